@@ -1,0 +1,32 @@
+"""`mailgw check-config`: validate config.yaml; print ok or every error with its YAML path."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway.commands import SubParsers, add_config_arg
+from gateway.config import ConfigError, load_config
+from gateway.exitcodes import EX_CONFIG
+
+
+def register(sub: SubParsers) -> None:
+    p = sub.add_parser("check-config", help="validate the config file (exit 78 on error)",
+                       description="Validate the config. Prints 'ok', or one line per error with its "
+                       "YAML path, and exits 78 (EX_CONFIG).")
+    add_config_arg(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config)
+        # Secrets are only checked for presence here, never printed.
+        for inst in cfg.odoo:
+            inst.password()
+    except ConfigError as exc:
+        for line in exc.errors:
+            print(f"{args.config}: {line}", file=sys.stderr)
+        return EX_CONFIG
+    print("ok")
+    return 0

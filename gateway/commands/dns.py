@@ -1,0 +1,18 @@
+"""`mailgw dns` (not built yet)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from gateway.commands import SubParsers
+
+
+def register(sub: SubParsers) -> None:
+    p = sub.add_parser("dns", help="(not built yet)")
+    p.set_defaults(func=_run)
+
+
+def _run(args: argparse.Namespace) -> int:
+    print("mailgw dns: not built yet", file=sys.stderr)
+    return 64

@@ -1,0 +1,437 @@
+"""config.yaml as pydantic models.
+
+`load_config(path)` returns a validated `Config` or raises `ConfigError` whose `errors` name each problem by
+its YAML path (``odoo[0].api: Input should be 'xmlrpc' or 'json2'``). Durations accept ``30s``, ``5m``,
+``2h``, ``5d`` (or plain seconds), sizes ``25MiB``, ``10MB``, ``512k`` (or plain bytes). Secrets are never
+inline: ``*_env`` names an environment variable, ``*_file`` a file; `resolve_secret` reads them late so
+that they never sit in a model that might be logged.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_SIZE_UNITS = {
+    "": 1, "b": 1,
+    "k": 1000, "kb": 1000, "kib": 1024,
+    "m": 1000**2, "mb": 1000**2, "mib": 1024**2,
+    "g": 1000**3, "gb": 1000**3, "gib": 1024**3,
+}
+
+
+def parse_duration(value: Any) -> float:
+    """``"5m"`` -> 300.0; numbers are seconds."""
+    if isinstance(value, bool):
+        raise ValueError("a duration like 30s, 5m, 2h or 5d")
+    if isinstance(value, int | float):
+        return float(value)
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*", str(value))
+    if not m:
+        raise ValueError(f"{value!r} is not a duration like 30s, 5m, 2h or 5d")
+    return float(m.group(1)) * _DURATION_UNITS[m.group(2) or "s"]
+
+
+def parse_size(value: Any) -> int:
+    """``"25MiB"`` -> 26214400; numbers are bytes."""
+    if isinstance(value, bool):
+        raise ValueError("a size like 25MiB")
+    if isinstance(value, int):
+        return value
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*", str(value))
+    if not m or m.group(2).lower() not in _SIZE_UNITS:
+        raise ValueError(f"{value!r} is not a size like 512KiB, 25MiB or 1GB")
+    return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+Size = Annotated[int, BeforeValidator(parse_size)]
+
+
+class ConfigError(Exception):
+    """Invalid configuration; `errors` lists ``"yaml.path: message"`` strings."""
+
+    def __init__(self, errors: list[str]):
+        super().__init__("\n".join(errors))
+        self.errors = errors
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_INLINE_SECRETS = ("password", "secret", "api_key", "token", "verp_secret")
+
+
+class _SecretHolder(_Model):
+    """Mixin validator: refuse inline secrets with a message that says what to do instead."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_inline_secret(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key in _INLINE_SECRETS:
+                if key in data and f"{key}_env" in cls.model_fields:
+                    raise ValueError(
+                        f"inline secret '{key}' is not allowed: use {key}_env (environment variable) "
+                        f"or {key}_file (path to a file)"
+                    )
+        return data
+
+
+def resolve_secret(env: str | None, file: str | Path | None, *, what: str) -> str:
+    """Read a secret from the named environment variable or file; raise ConfigError if absent."""
+    if env:
+        value = os.environ.get(env)
+        if value:
+            return value
+        if not file:
+            raise ConfigError([f"{what}: environment variable {env} is not set"])
+    if file:
+        try:
+            return Path(file).read_text().strip()
+        except OSError as exc:
+            raise ConfigError([f"{what}: cannot read secret file {file}: {exc.strerror}"]) from exc
+    raise ConfigError([f"{what}: no secret configured (set {what}_env or {what}_file)"])
+
+
+class TlsConfig(_Model):
+    cert_file: Path
+    key_file: Path
+    # Refuse MAIL before STARTTLS (submission from Odoo over a network should set this).
+    required: bool = False
+
+
+class AuthConfig(_Model):
+    """SMTP AUTH for the submission listener: a file of ``user:password`` lines (one per line)."""
+
+    users_file: Path
+
+
+class ListenerConfig(_Model):
+    kind: Literal["smtp", "lmtp", "submission"]
+    bind: str = Field(description='"host:port" or, for LMTP, "unix:/path/to/socket"')
+    hostname: str | None = None  # name in the banner and EHLO; default: the machine's FQDN
+    banner: str = "ESMTP ready"  # never a version string
+    max_message_size: Size = parse_size("25MiB")
+    max_recipients: int = Field(100, ge=1)
+    max_line_length: int = Field(4096, ge=1000)  # RFC 5321 needs 1000; longer DATA lines are refused
+    idle_timeout: Duration = parse_duration("5m")
+    max_sessions: int = Field(500, ge=1)
+    tls: TlsConfig | None = None
+    auth: AuthConfig | None = None
+    socket_mode: int = 0o660  # for unix sockets (Postfix's lmtp client must reach it)
+
+    @model_validator(mode="after")
+    def _check_bind(self) -> ListenerConfig:
+        if self.bind.startswith("unix:"):
+            if self.kind != "lmtp":
+                raise ValueError("unix: sockets are only for kind: lmtp")
+            if len(self.bind) <= 5:
+                raise ValueError("unix: needs a path")
+        else:
+            host, sep, port = self.bind.rpartition(":")
+            if not sep or not port.isdigit() or not host:
+                raise ValueError(f'bind {self.bind!r} must be "host:port" or "unix:PATH"')
+        return self
+
+    @property
+    def unix_path(self) -> str | None:
+        return self.bind[5:] if self.bind.startswith("unix:") else None
+
+    @property
+    def host_port(self) -> tuple[str, int]:
+        host, _, port = self.bind.rpartition(":")
+        return host.strip("[]"), int(port)
+
+
+class FallbackConfig(_Model):
+    """What to do with mail Odoo's chain would not route: deliver to a model (and record) or refuse."""
+
+    action: Literal["deliver", "refuse"] = "refuse"
+    model: str | None = None
+    thread_id: int | None = None
+    domains: list[str] = []  # empty: every domain of the instance
+
+    @model_validator(mode="after")
+    def _model_needed(self) -> FallbackConfig:
+        if self.action == "deliver" and not self.model:
+            raise ValueError("fallback action 'deliver' needs a model")
+        return self
+
+
+class ReferencePattern(_Model):
+    """catchall+<ref>@domain where <ref> matches `regex`: find the record of `model` whose `field` equals it."""
+
+    regex: str
+    model: str
+    field: str = "name"
+    group: int | str = 0  # which regex group is the value to search
+
+    @model_validator(mode="after")
+    def _compiles(self) -> ReferencePattern:
+        try:
+            re.compile(self.regex)
+        except re.error as exc:
+            raise ValueError(f"regex does not compile: {exc}") from exc
+        return self
+
+
+class OdooConfig(_SecretHolder):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    url: str
+    database: str
+    login: str = "mailgw"
+    password_env: str | None = None
+    password_file: Path | None = None
+    api: Literal["xmlrpc", "json2"] = "xmlrpc"
+    domains: list[str] = Field(min_length=1)
+    timeout: Duration = parse_duration("60s")
+    max_concurrency: int = Field(4, ge=1, le=64)
+    directory_refresh: Duration = parse_duration("5m")
+    fallback: FallbackConfig = FallbackConfig()
+    reference_patterns: list[ReferencePattern] = []
+    # Odoo 16 and older have no mail.alias.domain: the catchall domain comes from ICPs.
+    legacy_directory: bool = False
+    # Mirror of mail.gateway.loop.* checked at the door (None: read the ICPs from Odoo).
+    loop_minutes: int | None = None
+    loop_threshold: int | None = None
+
+    @model_validator(mode="after")
+    def _normalise(self) -> OdooConfig:
+        if not (self.password_env or self.password_file):
+            raise ValueError("set password_env or password_file (the Odoo password or API key)")
+        if not re.match(r"^https?://", self.url):
+            raise ValueError("url must start with http:// or https://")
+        object.__setattr__(self, "domains", [d.strip().lower().rstrip(".") for d in self.domains])
+        return self
+
+    def password(self) -> str:
+        return resolve_secret(self.password_env, self.password_file, what=f"odoo[{self.name}].password")
+
+
+class SpoolConfig(_Model):
+    backend: Literal["sqlite"] = "sqlite"
+    path: Path | None = None  # default: <state_dir>/spool.sqlite3
+    # Group commit: a commit waits at most this long for more writers to join it.
+    commit_window: Duration = parse_duration("0s")
+    max_batch: int = Field(256, ge=1)
+
+
+class DeliveryConfig(_Model):
+    concurrency: int = Field(8, ge=1, le=256)
+    retry_initial: Duration = parse_duration("30s")
+    retry_max: Duration = parse_duration("1h")
+    lifetime: Duration = parse_duration("5d")
+    poll_interval: Duration = parse_duration("1s")
+    # After this many consecutive transient failures an instance's breaker opens for `breaker_cooldown`.
+    breaker_threshold: int = Field(5, ge=1)
+    breaker_cooldown: Duration = parse_duration("30s")
+    crash_limit: int = Field(3, ge=1)  # a message that crashed the worker this often is parked
+
+
+class RoutingConfig(_Model):
+    # Refuse (550) or discard mail with Auto-Submitted: auto-* addressed to aliases. Odoo itself accepts it.
+    auto_submitted: Literal["accept", "refuse", "discard"] = "accept"
+    # Refuse a sender with 451 at the door once Odoo's own loop guard would drop its mail.
+    loop_guard: bool = True
+    reply_cache_size: int = Field(10000, ge=0)
+    reply_cache_ttl: Duration = parse_duration("1h")
+
+
+class BounceConfig(_SecretHolder):
+    verp: bool = True
+    verp_secret_env: str | None = None
+    verp_secret_file: Path | None = None
+    # Forward soft and policy bounces to Odoo as well (Odoo would count them as hard ones).
+    forward_soft: bool = False
+
+    def verp_secret(self) -> bytes | None:
+        if not (self.verp_secret_env or self.verp_secret_file):
+            return None
+        return resolve_secret(self.verp_secret_env, self.verp_secret_file, what="bounce.verp_secret").encode()
+
+
+class DkimConfig(_Model):
+    domain: str
+    selector: str
+    key_file: Path
+    algorithm: Literal["rsa-sha256", "ed25519-sha256"] = "rsa-sha256"
+
+
+class RelayConfig(_SecretHolder):
+    host: str
+    port: int = 25
+    tls: Literal["none", "starttls", "implicit"] = "starttls"
+    username: str | None = None
+    password_env: str | None = None
+    password_file: Path | None = None
+
+
+class OutboundConfig(_Model):
+    relay: RelayConfig | None = None  # None: deliver to the recipients' MX
+    dkim: list[DkimConfig] = []
+    concurrency: int = Field(4, ge=1, le=128)
+    retry_initial: Duration = parse_duration("5m")
+    retry_max: Duration = parse_duration("2h")
+    lifetime: Duration = parse_duration("5d")
+    helo_name: str | None = None
+
+
+class MailboxBase(_SecretHolder):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    host: str
+    port: int | None = None
+    tls: Literal["implicit", "starttls", "none"] = "implicit"
+    ca_file: Path | None = None
+    user: str
+    password_env: str | None = None
+    password_file: Path | None = None
+    instance: str | None = None
+    recipient: str | None = None  # address routing assumes when the headers carry none of ours
+    max_message_size: Size = parse_size("25MiB")
+    poll_interval: Duration = parse_duration("60s")
+    timeout: Duration = parse_duration("60s")
+
+    @model_validator(mode="after")
+    def _secret_needed(self) -> MailboxBase:
+        if not (self.password_env or self.password_file):
+            raise ValueError("set password_env or password_file")
+        return self
+
+    def password(self) -> str:
+        return resolve_secret(self.password_env, self.password_file, what=f"{self.name}.password")
+
+
+class ImapConfig(MailboxBase):
+    folder: str = "INBOX"
+    after: str = "seen"  # seen | move:<folder> | delete
+    idle: bool = True
+    idle_renew: Duration = parse_duration("25m")  # re-IDLE before the 29-minute server limit
+    batch_size: int = Field(50, ge=1, le=1000)
+
+    @model_validator(mode="after")
+    def _check_after(self) -> ImapConfig:
+        if not (self.after in ("seen", "delete") or (self.after.startswith("move:") and len(self.after) > 5)):
+            raise ValueError("after must be seen, delete or move:<folder>")
+        return self
+
+
+class Pop3Config(MailboxBase):
+    pass
+
+
+class LoggingConfig(_Model):
+    level: Literal["debug", "info", "warning", "error"] = "info"
+    format: Literal["auto", "json", "console"] = "auto"
+
+
+class MetricsConfig(_Model):
+    bind: str | None = None  # "127.0.0.1:9925" serves /metrics and /healthz
+
+
+class DnsCheckConfig(_Model):
+    interval: Duration | None = None  # periodic dns-check inside the daemon (None: off)
+    selector: str | None = None
+    ip: str | None = None
+    expect_mx: list[str] = []
+
+
+class Config(_Model):
+    state_dir: Path = Path("./var")
+    listeners: list[ListenerConfig] = []
+    odoo: list[OdooConfig] = []
+    spool: SpoolConfig = SpoolConfig()
+    delivery: DeliveryConfig = DeliveryConfig()
+    routing: RoutingConfig = RoutingConfig()
+    bounce: BounceConfig = BounceConfig()
+    outbound: OutboundConfig = OutboundConfig()
+    imap: list[ImapConfig] = []
+    pop3: list[Pop3Config] = []
+    logging: LoggingConfig = LoggingConfig()
+    metrics: MetricsConfig = MetricsConfig()
+    dns_check: DnsCheckConfig = DnsCheckConfig()
+    drain_timeout: Duration = parse_duration("30s")
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> Config:
+        names = [o.name for o in self.odoo]
+        if len(set(names)) != len(names):
+            raise ValueError("odoo instance names must be unique")
+        owner: dict[str, str] = {}
+        for inst in self.odoo:
+            for dom in inst.domains:
+                if dom in owner:
+                    raise ValueError(f"domain {dom} belongs to both {owner[dom]} and {inst.name}")
+                owner[dom] = inst.name
+        for mbox in [*self.imap, *self.pop3]:
+            if mbox.instance is not None and mbox.instance not in names:
+                raise ValueError(f"mailbox {mbox.name}: unknown odoo instance {mbox.instance!r}")
+        return self
+
+    @property
+    def spool_path(self) -> Path:
+        return self.spool.path or (self.state_dir / "spool.sqlite3")
+
+    def instance_for_domain(self, domain: str) -> OdooConfig | None:
+        domain = domain.lower().rstrip(".")
+        for inst in self.odoo:
+            if domain in inst.domains:
+                return inst
+        return None
+
+    def instance(self, name: str) -> OdooConfig:
+        for inst in self.odoo:
+            if inst.name == name:
+                return inst
+        raise KeyError(name)
+
+
+def _yaml_path(loc: tuple[Any, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif str(part).startswith(("function-", "json-or-python", "tagged-union")):
+            continue
+        else:
+            out += ("." if out else "") + str(part)
+    return out or "(top level)"
+
+
+def format_validation_error(exc: ValidationError) -> list[str]:
+    return [f"{_yaml_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
+
+
+def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(["(top level): the config must be a mapping"])
+    try:
+        cfg = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+    if base_dir is not None and not cfg.state_dir.is_absolute():
+        cfg = cfg.model_copy(update={"state_dir": (base_dir / cfg.state_dir)})
+    return cfg
+
+
+def load_config(path: str | Path) -> Config:
+    """Load and validate; relative `state_dir` is taken from the current directory (as systemd sets it)."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError([f"{path}: {exc.strerror}"]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
+    return parse_config(data)
