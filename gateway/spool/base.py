@@ -1,0 +1,209 @@
+"""The spool's vocabulary: states, their transition tables, entries, and the interface backends implement."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any, Protocol
+
+from gateway.errors import GatewayError
+
+
+class Direction(StrEnum):
+    INBOUND = "inbound"
+    OUTBOUND = "outbound"
+
+
+class State(StrEnum):
+    # inbound
+    RECEIVED = "received"
+    ROUTED = "routed"
+    DELIVERED = "delivered"
+    DEFERRED = "deferred"
+    FAILED = "failed"
+    # outbound: Odoo's mail.mail words, so an Odoo admin reads the queue without a glossary
+    OUTGOING = "outgoing"
+    SENT = "sent"
+    EXCEPTION = "exception"
+    CANCEL = "cancel"
+
+
+S = State
+# Every allowed move. The spool refuses anything else (InvalidTransition).
+TRANSITIONS: Mapping[Direction, Mapping[State, frozenset[State]]] = {
+    Direction.INBOUND: {
+        S.RECEIVED: frozenset({S.ROUTED, S.DEFERRED, S.FAILED, S.DELIVERED}),
+        S.ROUTED: frozenset({S.DELIVERED, S.DEFERRED, S.FAILED}),
+        S.DEFERRED: frozenset({S.ROUTED, S.DELIVERED, S.DEFERRED, S.FAILED, S.RECEIVED}),
+        S.FAILED: frozenset({S.RECEIVED}),  # operator requeue
+        S.DELIVERED: frozenset(),
+    },
+    Direction.OUTBOUND: {
+        S.OUTGOING: frozenset({S.OUTGOING, S.SENT, S.EXCEPTION, S.CANCEL}),
+        S.EXCEPTION: frozenset({S.OUTGOING, S.CANCEL}),
+        S.CANCEL: frozenset({S.OUTGOING}),
+        S.SENT: frozenset(),
+    },
+}
+
+INITIAL: Mapping[Direction, State] = {Direction.INBOUND: S.RECEIVED, Direction.OUTBOUND: S.OUTGOING}
+# States a worker may claim work from.
+ACTIVE: Mapping[Direction, frozenset[State]] = {
+    Direction.INBOUND: frozenset({S.RECEIVED, S.ROUTED, S.DEFERRED}),
+    Direction.OUTBOUND: frozenset({S.OUTGOING}),
+}
+# Where an operator's `queue retry` sends an entry.
+REQUEUE: Mapping[Direction, State] = {Direction.INBOUND: S.RECEIVED, Direction.OUTBOUND: S.OUTGOING}
+
+
+class SpoolError(GatewayError):
+    pass
+
+
+class InvalidTransition(SpoolError):
+    pass
+
+
+class UnknownEntry(SpoolError):
+    pass
+
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_queue_id(now: float | None = None) -> str:
+    """Time-ordered id (48-bit ms timestamp + 50 random bits, Crockford base32): sortable, URL/local-part safe."""
+    ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
+    value = (ms << 50) | secrets.randbits(50)
+    out = []
+    for _ in range(20):
+        out.append(_CROCKFORD[value & 31])
+        value >>= 5
+    return "".join(reversed(out))
+
+
+@dataclass(frozen=True, slots=True)
+class Envelope:
+    mail_from: str  # "" for the null sender <>
+    rcpt_tos: tuple[str, ...]
+    intake: str  # smtp | lmtp | submission | pipe | imap | pop3 | internal
+    peer: str | None = None
+    helo: str | None = None
+    received_at: float = field(default_factory=time.time)
+    # Where it came from beyond the socket, e.g. {"mailbox": "support", "uidvalidity": 7, "uid": 42}
+    source: Mapping[str, Any] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolEntry:
+    queue_id: str
+    direction: Direction
+    state: State
+    envelope: Envelope
+    message_id: str | None
+    message_id_generated: bool
+    size: int
+    attempts: int
+    next_attempt_at: float
+    last_error: str | None
+    route: Any  # JSON-able routing decision(s), None before routing
+    rcpt_status: Mapping[str, Any] | None
+    updated_at: float
+    crashes: int
+    claimed_by: str | None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "queue_id": self.queue_id,
+            "direction": str(self.direction),
+            "state": str(self.state),
+            "mail_from": self.envelope.mail_from,
+            "rcpt_tos": list(self.envelope.rcpt_tos),
+            "intake": self.envelope.intake,
+            "peer": self.envelope.peer,
+            "helo": self.envelope.helo,
+            "source": dict(self.envelope.source) if self.envelope.source else None,
+            "received_at": self.envelope.received_at,
+            "message_id": self.message_id,
+            "message_id_generated": self.message_id_generated,
+            "size": self.size,
+            "attempts": self.attempts,
+            "next_attempt_at": self.next_attempt_at,
+            "last_error": self.last_error,
+            "route": self.route,
+            "rcpt_status": dict(self.rcpt_status) if self.rcpt_status else None,
+            "updated_at": self.updated_at,
+            "crashes": self.crashes,
+        }
+
+
+def dumps(value: Any) -> str | None:
+    return None if value is None else json.dumps(value, separators=(",", ":"), sort_keys=True)
+
+
+@dataclass(frozen=True, slots=True)
+class RecoveryReport:
+    released: tuple[str, ...]
+    parked: tuple[str, ...]
+
+
+class Spool(Protocol):
+    """What workers, intakes and the CLI use. One transaction per call; every transition is logged once."""
+
+    async def put(
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        *,
+        direction: Direction = Direction.INBOUND,
+        message_id: str | None = None,
+        message_id_generated: bool = False,
+        dedup_key: str | None = None,
+        state: State | None = None,
+        last_error: str | None = None,
+    ) -> tuple[str, bool]:
+        """Store durably; returns (queue_id, created). With a dedup_key already stored: (its id, False)."""
+        ...
+
+    async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
+                    ) -> list[SpoolEntry]: ...
+
+    async def transition(
+        self,
+        queue_id: str,
+        to: State,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        route: Any = None,
+        rcpt_status: Mapping[str, Any] | None = None,
+        count_attempt: bool = False,
+        release: bool = True,
+    ) -> SpoolEntry: ...
+
+    async def release(self, queue_id: str) -> None: ...
+
+    async def get(self, queue_id: str) -> SpoolEntry | None: ...
+
+    async def raw(self, queue_id: str) -> bytes: ...
+
+    async def list(self, *, state: State | None = None, direction: Direction | None = None,
+                   limit: int = 1000) -> list[SpoolEntry]: ...
+
+    async def delete(self, queue_id: str) -> None: ...
+
+    async def requeue(self, queue_id: str) -> SpoolEntry: ...
+
+    async def wake(self, queue_ids: Sequence[str], now: float | None = None) -> int: ...
+
+    async def recover(self, crash_limit: int = 3) -> RecoveryReport: ...
+
+    async def counts(self) -> dict[tuple[str, str], int]: ...
+
+    async def has_dedup_key(self, key: str) -> str | None: ...
+
+    async def close(self) -> None: ...

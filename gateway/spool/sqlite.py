@@ -1,0 +1,513 @@
+"""SQLite spool: WAL, synchronous=FULL, one writer thread that groups commits.
+
+Why a writer thread: with synchronous=FULL every COMMIT is an fsync. Twenty SMTP sessions committing one
+by one would serialise on fsync; instead every write is queued to one thread that takes all writes waiting
+at that moment, runs each in its own SAVEPOINT (one failing write does not undo the others) and commits them
+together — one fsync per batch (group commit). Callers get their result only after that COMMIT returned,
+which is what lets the SMTP layer say 250 only for mail that is on disk.
+
+Reads run on their own connection in a small thread pool; WAL keeps them from blocking the writer. Another
+process (`mailgw pipe`) may write to the same file; SQLite's lock plus busy_timeout arbitrates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+from gateway.logs import get_logger
+from gateway.spool.base import (
+    ACTIVE,
+    INITIAL,
+    REQUEUE,
+    TRANSITIONS,
+    Direction,
+    Envelope,
+    InvalidTransition,
+    RecoveryReport,
+    SpoolEntry,
+    SpoolError,
+    State,
+    UnknownEntry,
+    dumps,
+    new_queue_id,
+)
+
+log = get_logger("mailgw.spool")
+T = TypeVar("T")
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS entries (
+    queue_id TEXT PRIMARY KEY,
+    direction TEXT NOT NULL,
+    state TEXT NOT NULL,
+    mail_from TEXT NOT NULL,
+    rcpt_tos TEXT NOT NULL,
+    intake TEXT NOT NULL,
+    peer TEXT,
+    helo TEXT,
+    source TEXT,
+    message_id TEXT,
+    message_id_generated INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL,
+    received_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at REAL NOT NULL,
+    last_error TEXT,
+    route TEXT,
+    rcpt_status TEXT,
+    claimed_by TEXT,
+    claimed_at REAL,
+    crashes INTEGER NOT NULL DEFAULT 0,
+    dedup_key TEXT UNIQUE
+);
+CREATE INDEX IF NOT EXISTS entries_due ON entries(direction, state, next_attempt_at);
+CREATE INDEX IF NOT EXISTS entries_state ON entries(state);
+CREATE TABLE IF NOT EXISTS messages (
+    queue_id TEXT PRIMARY KEY,
+    raw BLOB NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+"""
+SCHEMA_VERSION = "1"
+
+_COLUMNS = (
+    "queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
+    "message_id_generated, size, received_at, updated_at, attempts, next_attempt_at, last_error, route, "
+    "rcpt_status, crashes, claimed_by"
+)
+
+
+def _row_to_entry(row: Sequence[Any]) -> SpoolEntry:
+    (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, mid_gen, size,
+     received_at, updated_at, attempts, next_attempt_at, last_error, route, rcpt_status, crashes,
+     claimed_by) = row
+    return SpoolEntry(
+        queue_id=queue_id,
+        direction=Direction(direction),
+        state=State(state),
+        envelope=Envelope(
+            mail_from=mail_from,
+            rcpt_tos=tuple(json.loads(rcpt_tos)),
+            intake=intake,
+            peer=peer,
+            helo=helo,
+            received_at=received_at,
+            source=json.loads(source) if source else None,
+        ),
+        message_id=message_id,
+        message_id_generated=bool(mid_gen),
+        size=size,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        last_error=last_error,
+        route=json.loads(route) if route else None,
+        rcpt_status=json.loads(rcpt_status) if rcpt_status else None,
+        updated_at=updated_at,
+        crashes=crashes,
+        claimed_by=claimed_by,
+    )
+
+
+def connect(path: Path | str, *, busy_timeout_ms: int = 30000) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
+    conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    # FULL: the WAL is fsynced at every commit, so a committed message survives power loss.
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    return conn
+
+
+class _Op:
+    __slots__ = ("fn", "future")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]):
+        self.fn = fn
+        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+_STOP = object()
+
+
+class _GroupCommitWriter:
+    """The one thread that writes. See the module docstring."""
+
+    def __init__(self, conn: sqlite3.Connection, max_batch: int, window: float):
+        self._conn = conn
+        self._max_batch = max_batch
+        self._window = window
+        self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
+        self.batches = 0
+        self.ops = 0
+        self._thread = threading.Thread(target=self._run, name="mailgw-spool-writer", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
+        op = _Op(fn)
+        self._queue.put(op)
+        return op.future
+
+    def stop(self) -> None:
+        self._queue.put(_STOP)
+        self._thread.join()
+        self._conn.close()
+
+    def _collect(self, first: _Op) -> tuple[list[_Op], bool]:
+        batch = [first]
+        deadline = time.monotonic() + self._window
+        stop = False
+        while len(batch) < self._max_batch:
+            try:
+                timeout = deadline - time.monotonic()
+                item = self._queue.get(timeout=timeout) if timeout > 0 else self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if item is _STOP:
+                stop = True
+                break
+            batch.append(item)
+        return batch, stop
+
+    def _run(self) -> None:
+        conn = self._conn
+        while True:
+            item = self._queue.get()
+            if item is _STOP:
+                return
+            batch, stop = self._collect(item)
+            results: list[tuple[_Op, Any, BaseException | None]] = []
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                for op in batch:
+                    conn.execute("SAVEPOINT op")
+                    try:
+                        value = op.fn(conn)
+                    except BaseException as exc:  # the op's own error goes back to its caller
+                        conn.execute("ROLLBACK TO op")
+                        conn.execute("RELEASE op")
+                        results.append((op, None, exc))
+                    else:
+                        conn.execute("RELEASE op")
+                        results.append((op, value, None))
+                conn.execute("COMMIT")
+            except BaseException as exc:  # the batch did not commit: every caller must hear it
+                try:
+                    conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
+                failure = SpoolError(f"spool commit failed: {exc}")
+                for op in batch:
+                    if not op.future.done():
+                        op.future.set_exception(failure)
+                if stop:
+                    return
+                continue
+            self.batches += 1
+            self.ops += len(batch)
+            for op, value, exc in results:
+                if exc is not None:
+                    op.future.set_exception(exc)
+                else:
+                    op.future.set_result(value)
+            if stop:
+                return
+
+
+class SqliteSpool:
+    """The default spool. Create with `await SqliteSpool.open(path)`."""
+
+    def __init__(self, path: Path, *, max_batch: int = 256, commit_window: float = 0.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        conn = connect(self.path)
+        conn.executescript(SCHEMA)
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        self._writer = _GroupCommitWriter(conn, max_batch, commit_window)
+        self._local = threading.local()
+        self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mailgw-spool-read")
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._closed = False
+
+    @classmethod
+    async def open(cls, path: Path | str, *, max_batch: int = 256, commit_window: float = 0.0) -> SqliteSpool:
+        return await asyncio.to_thread(cls, Path(path), max_batch=max_batch, commit_window=commit_window)
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise SpoolError("spool is closed")
+        return await asyncio.wrap_future(self._writer.submit(fn))
+
+    def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """For non-async callers (tests, tools): blocks until committed."""
+        return self._writer.submit(fn).result()
+
+    def _reader(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            self._local.conn = conn
+            self._reader_conns.append(conn)
+        return conn
+
+    async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        if self._closed:
+            raise SpoolError("spool is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"commit_batches": self._writer.batches, "commit_ops": self._writer.ops}
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    async def put(
+        self,
+        envelope: Envelope,
+        raw: bytes,
+        *,
+        direction: Direction = Direction.INBOUND,
+        message_id: str | None = None,
+        message_id_generated: bool = False,
+        dedup_key: str | None = None,
+        state: State | None = None,
+        last_error: str | None = None,
+    ) -> tuple[str, bool]:
+        queue_id = new_queue_id(envelope.received_at)
+        state = state or INITIAL[direction]
+        if state not in TRANSITIONS[direction]:
+            raise InvalidTransition(f"{state} is not a {direction} state")
+        now = time.time()
+
+        def op(conn: sqlite3.Connection) -> tuple[str, bool]:
+            if dedup_key is not None:
+                row = conn.execute("SELECT queue_id FROM entries WHERE dedup_key=?", (dedup_key,)).fetchone()
+                if row:
+                    return row[0], False
+            conn.execute(
+                "INSERT INTO entries (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, "
+                "source, message_id, message_id_generated, size, received_at, updated_at, next_attempt_at, "
+                "last_error, dedup_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (queue_id, str(direction), str(state), envelope.mail_from, json.dumps(list(envelope.rcpt_tos)),
+                 envelope.intake, envelope.peer, envelope.helo, dumps(envelope.source), message_id,
+                 int(message_id_generated), len(raw), envelope.received_at, now, now, last_error, dedup_key),
+            )
+            conn.execute("INSERT INTO messages (queue_id, raw) VALUES (?, ?)", (queue_id, raw))
+            return queue_id, True
+
+        result = await self._write(op)
+        if result[1]:
+            log.info("spool.put", queue_id=result[0], message_id=message_id, state=str(state),
+                     intake=envelope.intake, size=len(raw), rcpts=len(envelope.rcpt_tos))
+        return result
+
+    async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
+                    ) -> list[SpoolEntry]:
+        states = sorted(str(s) for s in ACTIVE[direction])
+        marks = ",".join("?" * len(states))
+
+        def op(conn: sqlite3.Connection) -> list[SpoolEntry]:
+            at = time.time() if now is None else now
+            # Arrival order among what is due, so a sender's mail reaches Odoo in the order it came.
+            rows = conn.execute(
+                f"UPDATE entries SET claimed_by=?, claimed_at=? WHERE queue_id IN ("
+                f" SELECT queue_id FROM entries WHERE direction=? AND state IN ({marks})"
+                f" AND next_attempt_at<=? AND claimed_by IS NULL ORDER BY received_at, queue_id LIMIT ?)"
+                f" RETURNING {_COLUMNS}",
+                (worker, at, str(direction), *states, at, limit),
+            ).fetchall()
+            entries = [_row_to_entry(r) for r in rows]
+            entries.sort(key=lambda e: (e.envelope.received_at, e.queue_id))
+            return entries
+
+        return await self._write(op)
+
+    async def transition(
+        self,
+        queue_id: str,
+        to: State,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        route: Any = None,
+        rcpt_status: Mapping[str, Any] | None = None,
+        count_attempt: bool = False,
+        release: bool = True,
+    ) -> SpoolEntry:
+        def op(conn: sqlite3.Connection) -> tuple[State, SpoolEntry]:
+            row = conn.execute("SELECT direction, state FROM entries WHERE queue_id=?", (queue_id,)).fetchone()
+            if row is None:
+                raise UnknownEntry(queue_id)
+            direction, current = Direction(row[0]), State(row[1])
+            if to not in TRANSITIONS[direction][current]:
+                raise InvalidTransition(f"{queue_id}: {current} -> {to} is not allowed for {direction} mail")
+            now = time.time()
+            sets = ["state=?", "updated_at=?", "last_error=?", "next_attempt_at=?"]
+            args: list[Any] = [str(to), now, error, now if next_attempt_at is None else next_attempt_at]
+            if route is not None:
+                sets.append("route=?")
+                args.append(dumps(route))
+            if rcpt_status is not None:
+                sets.append("rcpt_status=?")
+                args.append(dumps(rcpt_status))
+            if count_attempt:
+                sets.append("attempts=attempts+1")
+            if release:
+                sets.append("claimed_by=NULL, claimed_at=NULL")
+            new = conn.execute(
+                f"UPDATE entries SET {', '.join(sets)} WHERE queue_id=? RETURNING {_COLUMNS}", (*args, queue_id)
+            ).fetchone()
+            return current, _row_to_entry(new)
+
+        current, entry = await self._write(op)
+        log.info("spool.transition", queue_id=queue_id, message_id=entry.message_id, **{"from": str(current)},
+                 to=str(to), attempts=entry.attempts, error=error)
+        return entry
+
+    async def release(self, queue_id: str) -> None:
+        await self._write(lambda c: c.execute(
+            "UPDATE entries SET claimed_by=NULL, claimed_at=NULL WHERE queue_id=?", (queue_id,)))
+
+    async def delete(self, queue_id: str) -> None:
+        def op(conn: sqlite3.Connection) -> None:
+            cur = conn.execute("DELETE FROM entries WHERE queue_id=?", (queue_id,))
+            if cur.rowcount == 0:
+                raise UnknownEntry(queue_id)
+            conn.execute("DELETE FROM messages WHERE queue_id=?", (queue_id,))
+
+        await self._write(op)
+        log.info("spool.deleted", queue_id=queue_id)
+
+    async def requeue(self, queue_id: str) -> SpoolEntry:
+        """Operator retry: failed/exception/cancel -> received/outgoing, due now, crash counter cleared."""
+        entry = await self.get(queue_id)
+        if entry is None:
+            raise UnknownEntry(queue_id)
+        target = REQUEUE[entry.direction]
+        if entry.state == target and entry.direction == Direction.OUTBOUND:
+            return entry
+        new = await self.transition(queue_id, target, error=None, next_attempt_at=time.time())
+        await self._write(lambda c: c.execute("UPDATE entries SET crashes=0 WHERE queue_id=?", (queue_id,)))
+        return new
+
+    async def wake(self, queue_ids: Sequence[str], now: float | None = None) -> int:
+        """Make these entries due now (an instance came back: do not wait out every backoff)."""
+        if not queue_ids:
+            return 0
+        at = time.time() if now is None else now
+
+        def op(conn: sqlite3.Connection) -> int:
+            total = 0
+            for i in range(0, len(queue_ids), 500):
+                chunk = list(queue_ids[i:i + 500])
+                cur = conn.execute(
+                    f"UPDATE entries SET next_attempt_at=? WHERE next_attempt_at>? AND queue_id IN "
+                    f"({','.join('?' * len(chunk))})", (at, at, *chunk))
+                total += cur.rowcount
+            return total
+
+        return await self._write(op)
+
+    async def recover(self, crash_limit: int = 3) -> RecoveryReport:
+        """At start-up: entries still claimed were being worked on when the process died."""
+
+        def op(conn: sqlite3.Connection) -> RecoveryReport:
+            rows = conn.execute(
+                "SELECT queue_id, direction, state, crashes FROM entries WHERE claimed_by IS NOT NULL").fetchall()
+            released, parked = [], []
+            now = time.time()
+            for queue_id, direction, state, crashes in rows:
+                crashes += 1
+                if crashes >= crash_limit:
+                    failed = State.FAILED if direction == Direction.INBOUND else State.EXCEPTION
+                    conn.execute(
+                        "UPDATE entries SET state=?, crashes=?, claimed_by=NULL, claimed_at=NULL, updated_at=?, "
+                        "last_error=? WHERE queue_id=?",
+                        (str(failed), crashes, now,
+                         f"parked: the worker died {crashes} times while handling it (was {state})", queue_id))
+                    parked.append(queue_id)
+                else:
+                    conn.execute("UPDATE entries SET crashes=?, claimed_by=NULL, claimed_at=NULL WHERE queue_id=?",
+                                 (crashes, queue_id))
+                    released.append(queue_id)
+            return RecoveryReport(tuple(released), tuple(parked))
+
+        report = await self._write(op)
+        if report.released or report.parked:
+            log.warning("spool.recovered", released=len(report.released), parked=list(report.parked))
+        return report
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def get(self, queue_id: str) -> SpoolEntry | None:
+        def fn(conn: sqlite3.Connection) -> SpoolEntry | None:
+            row = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE queue_id=?", (queue_id,)).fetchone()
+            return _row_to_entry(row) if row else None
+
+        return await self._read(fn)
+
+    async def raw(self, queue_id: str) -> bytes:
+        def fn(conn: sqlite3.Connection) -> bytes:
+            row = conn.execute("SELECT raw FROM messages WHERE queue_id=?", (queue_id,)).fetchone()
+            if row is None:
+                raise UnknownEntry(queue_id)
+            return bytes(row[0])
+
+        return await self._read(fn)
+
+    async def list(self, *, state: State | None = None, direction: Direction | None = None,
+                   limit: int = 1000) -> list[SpoolEntry]:
+        where, args = [], []
+        if state is not None:
+            where.append("state=?")
+            args.append(str(state))
+        if direction is not None:
+            where.append("direction=?")
+            args.append(str(direction))
+        sql = f"SELECT {_COLUMNS} FROM entries"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY received_at, queue_id LIMIT ?"
+
+        def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
+            return [_row_to_entry(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
+
+        return await self._read(fn)
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        def fn(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:
+            rows = conn.execute("SELECT direction, state, COUNT(*) FROM entries GROUP BY direction, state")
+            return {(d, s): n for d, s, n in rows.fetchall()}
+
+        return await self._read(fn)
+
+    async def has_dedup_key(self, key: str) -> str | None:
+        def fn(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT queue_id FROM entries WHERE dedup_key=?", (key,)).fetchone()
+            return row[0] if row else None
+
+        return await self._read(fn)
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        await asyncio.to_thread(self._writer.stop)
+        self._readers.shutdown(wait=True)
+        for conn in self._reader_conns:
+            try:
+                conn.close()
+            except sqlite3.Error:
+                pass
