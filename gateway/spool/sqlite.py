@@ -214,9 +214,9 @@ class _GroupCommitWriter:
                 continue
             self.batches += 1
             self.ops += len(batch)
-            for op, value, exc in results:
-                if exc is not None:
-                    op.future.set_exception(exc)
+            for op, value, op_exc in results:
+                if op_exc is not None:
+                    op.future.set_exception(op_exc)
                 else:
                     op.future.set_result(value)
             if stop:
