@@ -50,7 +50,18 @@ def parse_size(value: Any) -> int:
     return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
 
 
+def parse_mode(value: Any) -> int:
+    """File mode: 0o660 / "0660" / "660" (octal strings) or an int."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    try:
+        return int(str(value).removeprefix("0o"), 8)
+    except ValueError:
+        raise ValueError(f"{value!r} is not an octal file mode like 0o660") from None
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
+FileMode = Annotated[int, BeforeValidator(parse_mode)]
 Size = Annotated[int, BeforeValidator(parse_size)]
 
 
@@ -121,12 +132,12 @@ class ListenerConfig(_Model):
     banner: str = "ESMTP ready"  # never a version string
     max_message_size: Size = parse_size("25MiB")
     max_recipients: int = Field(100, ge=1)
-    max_line_length: int = Field(4096, ge=1000)  # RFC 5321 needs 1000; longer DATA lines are refused
+    max_line_length: int = Field(65536, ge=1000)  # RFC 5321 needs 1000; longer DATA lines are refused
     idle_timeout: Duration = parse_duration("5m")
     max_sessions: int = Field(500, ge=1)
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
-    socket_mode: int = 0o660  # for unix sockets (Postfix's lmtp client must reach it)
+    socket_mode: FileMode = 0o660  # for unix sockets (Postfix's lmtp client must reach it)
 
     @model_validator(mode="after")
     def _check_bind(self) -> ListenerConfig:

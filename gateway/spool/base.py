@@ -165,6 +165,7 @@ class Spool(Protocol):
         dedup_key: str | None = None,
         state: State | None = None,
         last_error: str | None = None,
+        message_id_domain: str | None = None,
     ) -> tuple[str, bool]:
         """Store durably; returns (queue_id, created). With a dedup_key already stored: (its id, False)."""
         ...

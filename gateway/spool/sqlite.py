@@ -284,8 +284,12 @@ class SqliteSpool:
         dedup_key: str | None = None,
         state: State | None = None,
         last_error: str | None = None,
+        message_id_domain: str | None = None,
     ) -> tuple[str, bool]:
         queue_id = new_queue_id(envelope.received_at)
+        if message_id is None and message_id_domain:
+            # Stable from the first attempt on, so Odoo deduplicates a redelivery (it would invent a new one).
+            message_id, message_id_generated = f"<{queue_id}@{message_id_domain}>", True
         state = state or INITIAL[direction]
         if state not in TRANSITIONS[direction]:
             raise InvalidTransition(f"{state} is not a {direction} state")

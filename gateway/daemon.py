@@ -1,0 +1,198 @@
+"""`mailgw serve`: build components from Config, start → run → reload (SIGHUP) → drain (SIGTERM).
+
+Order matters (design: Lifecycle): spool opened and recovered first, then the directory and workers,
+listeners bound last, so nothing is accepted before it can be stored and nothing is stored that no
+worker will pick up. On SIGTERM listeners stop first (DATA in progress finishes), then pollers and
+workers; whatever is unfinished stays claimed-free in the spool for the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from gateway import __version__
+from gateway.admission import AdmissionPolicy
+from gateway.config import Config, ConfigError, load_config
+from gateway.intake.smtp import SmtpListener, default_hostname
+from gateway.logs import get_logger, setup_logging
+from gateway.sdnotify import notify, watchdog_interval
+from gateway.spool import SqliteSpool, open_spool
+
+log = get_logger("mailgw.daemon")
+
+
+class Service(Protocol):
+    """Anything the daemon starts and stops (workers, pollers, the directory sync)."""
+
+    async def run(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+
+# Extension points filled by the components that exist: each takes the daemon and returns services to run.
+ServiceFactory = Callable[["Daemon"], Awaitable[list[Service]]]
+SERVICE_FACTORIES: list[ServiceFactory] = []
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: Path | None = None):
+        self.config = config
+        self.config_path = config_path
+        self.hostname = default_hostname()
+        self.spool: SqliteSpool | None = None
+        self.admission = AdmissionPolicy(config)
+        self.listeners: list[SmtpListener] = []
+        self.services: list[Service] = []
+        self._service_tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+        self._reload = asyncio.Event()
+        self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
+        self.started_at = time.time()
+
+    # -- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        cfg = self.config
+        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        self.spool = await open_spool(cfg)
+        report = await self.spool.recover(crash_limit=cfg.delivery.crash_limit)
+        log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=str(cfg.spool_path),
+                 recovered=len(report.released), parked=len(report.parked))
+        for factory in SERVICE_FACTORIES:
+            self.services.extend(await factory(self))
+        for svc in self.services:
+            self._service_tasks.append(asyncio.create_task(self._run_service(svc), name=type(svc).__name__))
+        for lcfg in cfg.listeners:
+            if lcfg.kind == "submission":
+                check = AdmissionPolicy.submission_check(lcfg.auth is not None)
+            else:
+                check = self.admission.check_rcpt
+            listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname)
+            await listener.start()
+            self.listeners.append(listener)
+        notify(f"READY=1\nSTATUS=accepting mail on {', '.join(x.address for x in self.listeners) or 'no listener'}")
+        log.info("daemon.ready", listeners=[x.address for x in self.listeners])
+
+    async def _run_service(self, svc: Service) -> None:
+        try:
+            await svc.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # a service dying must be loud, and must not take the listeners down
+            log.error("daemon.service_crashed", service=type(svc).__name__, error=repr(exc))
+
+    async def run_until_stopped(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, self._stop.set)
+        loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+        watchdog = asyncio.create_task(self._watchdog())
+        try:
+            while not self._stop.is_set():
+                reload_wait = asyncio.create_task(self._reload.wait())
+                stop_wait = asyncio.create_task(self._stop.wait())
+                await asyncio.wait({reload_wait, stop_wait}, return_when=asyncio.FIRST_COMPLETED)
+                reload_wait.cancel()
+                stop_wait.cancel()
+                if self._reload.is_set() and not self._stop.is_set():
+                    self._reload.clear()
+                    await self.reload()
+        finally:
+            watchdog.cancel()
+            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+                loop.remove_signal_handler(sig)
+
+    def request_stop(self) -> None:
+        self._stop.set()
+
+    async def reload(self) -> None:
+        """SIGHUP: re-read the config; keep the old one if the new one is invalid. Listeners are not rebound."""
+        notify("RELOADING=1")
+        if self.config_path is None:
+            notify("READY=1")
+            return
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as exc:
+            log.error("daemon.reload_rejected", errors=exc.errors)
+            notify("READY=1\nSTATUS=reload rejected: invalid config, still running the old one")
+            return
+        if [x.model_dump() for x in new.listeners] != [x.model_dump() for x in self.config.listeners]:
+            log.warning("daemon.reload_listeners_unchanged", hint="listener changes need a restart")
+        self.config = new
+        self.admission.domains = {d for inst in new.odoo for d in inst.domains}
+        for hook in self.reload_hooks:
+            try:
+                await hook(new)
+            except Exception as exc:
+                log.error("daemon.reload_hook_failed", hook=getattr(hook, "__qualname__", repr(hook)), error=repr(exc))
+        log.info("daemon.reloaded")
+        notify("READY=1\nSTATUS=config reloaded")
+
+    async def _watchdog(self) -> None:
+        interval = watchdog_interval()
+        if interval is None:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            # Ping only while the loop turns (we are here) and no service task died.
+            if all(not t.done() for t in self._service_tasks):
+                notify("WATCHDOG=1")
+            else:
+                log.error("daemon.watchdog_withheld", reason="a service task has stopped")
+
+    async def drain(self) -> None:
+        notify("STOPPING=1")
+        log.info("daemon.draining", timeout=self.config.drain_timeout)
+        await asyncio.gather(*(x.drain(self.config.drain_timeout) for x in self.listeners))
+        stops = [asyncio.wait_for(svc.stop(), self.config.drain_timeout) for svc in self.services]
+        for result in await asyncio.gather(*stops, return_exceptions=True):
+            if isinstance(result, BaseException):
+                log.warning("daemon.service_stop_failed", error=repr(result))
+        for task in self._service_tasks:
+            task.cancel()
+        for task in self._service_tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        if self.spool is not None:
+            await self.spool.close()
+        log.info("daemon.stopped")
+
+
+async def serve(config: Config, config_path: Path | None = None, ready: Callable[[Daemon], Any] | None = None) -> int:
+    daemon = Daemon(config, config_path)
+    try:
+        await daemon.start()
+    except OSError as exc:
+        log.error("daemon.start_failed", error=str(exc))
+        await daemon.drain()
+        return 71  # EX_OSERR: e.g. the port is taken
+    if ready is not None:
+        ready(daemon)
+    try:
+        await daemon.run_until_stopped()
+    finally:
+        await daemon.drain()
+    return 0
+
+
+def run(config_path: Path) -> int:
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        setup_logging()
+        for line in exc.errors:
+            log.error("config.invalid", path=str(config_path), error=line)
+        return 78
+    setup_logging(config.logging.level, config.logging.format)
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without it
+        return asyncio.run(serve(config, config_path))
+    return uvloop.run(serve(config, config_path))
