@@ -1,0 +1,30 @@
+"""Shared test set-up. Area fixtures live in their own modules (tests/integration/*.py) and are imported here
+only when every test needs them. Keep this file small."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# ../shared next to the repository: the bounce corpus and the Odoo docs. Absent on a user's fresh clone.
+SHARED = REPO.parent / "shared"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if os.environ.get("MAILGW_SOAK") == "1":
+        return
+    skip = pytest.mark.skip(reason="soak test: set MAILGW_SOAK=1 to run it")
+    for item in items:
+        if "soak" in item.keywords:
+            item.add_marker(skip)
+
+
+def shared_path(*parts: str) -> Path:
+    """A path under ../shared, or skip the test with the reason when it is not there."""
+    path = SHARED.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"{path} is absent (../shared is only present in the development workspace)")
+    return path
