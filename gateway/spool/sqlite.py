@@ -72,6 +72,7 @@ CREATE TABLE IF NOT EXISTS entries (
 );
 CREATE INDEX IF NOT EXISTS entries_due ON entries(direction, state, next_attempt_at);
 CREATE INDEX IF NOT EXISTS entries_state ON entries(state);
+CREATE INDEX IF NOT EXISTS entries_message_id ON entries(message_id);
 CREATE TABLE IF NOT EXISTS messages (
     queue_id TEXT PRIMARY KEY,
     raw BLOB NOT NULL
@@ -501,6 +502,15 @@ class SqliteSpool:
         def fn(conn: sqlite3.Connection) -> str | None:
             row = conn.execute("SELECT queue_id FROM entries WHERE dedup_key=?", (key,)).fetchone()
             return row[0] if row else None
+
+        return await self._read(fn)
+
+    async def find_message_id(self, message_id: str, *, limit: int = 20) -> list[SpoolEntry]:
+        """Entries carrying this Message-Id (mailbox intakes use it to spot a message they already spooled)."""
+        def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
+            rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id=? ORDER BY received_at LIMIT ?",
+                                (message_id, limit)).fetchall()
+            return [_row_to_entry(r) for r in rows]
 
         return await self._read(fn)
 
