@@ -8,6 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from gateway import __version__
+from gateway.logs import setup_logging
 
 # Order here is the order in --help.
 COMMAND_MODULES = (
@@ -39,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config).
+    setup_logging("warning", "auto", sys.stderr)
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -1,0 +1,122 @@
+"""Run `mailgw serve` as a real subprocess for system tests: config in, readiness, signals, kill -9."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+MAILGW = str(Path(sys.executable).parent / "mailgw")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def base_config(tmp: Path, **extra: Any) -> dict[str, Any]:
+    port = free_port()
+    cfg: dict[str, Any] = {
+        "state_dir": str(tmp / "state"),
+        "listeners": [
+            {"kind": "smtp", "bind": f"127.0.0.1:{port}", "hostname": "mx.test"},
+            {"kind": "lmtp", "bind": f"unix:{tmp / 'state' / 'lmtp.sock'}", "hostname": "mx.test"},
+        ],
+        "odoo": [{"name": "main", "url": "http://127.0.0.1:9", "database": "odoo", "password_env": "MAILGW_TEST_PW",
+                  "domains": ["example.com"]}],
+        "logging": {"format": "json"},
+        "drain_timeout": "5s",
+    }
+    cfg.update(extra)
+    return cfg
+
+
+class DaemonProcess:
+    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.config = config
+        self.config_path = tmp / "config.yaml"
+        self.write_config(config)
+        self.env = {**os.environ, "MAILGW_TEST_PW": "test-secret", **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = tmp / "daemon.log"
+
+    def write_config(self, config: dict[str, Any]) -> None:
+        self.config_path.write_text(yaml.safe_dump(config))
+
+    @property
+    def smtp_port(self) -> int:
+        for lst in self.config["listeners"]:
+            if lst["kind"] == "smtp":
+                return int(lst["bind"].rpartition(":")[2])
+        raise KeyError("no smtp listener")
+
+    def start(self, timeout: float = 20.0) -> None:
+        log = self.log_path.open("ab")
+        self.proc = subprocess.Popen([MAILGW, "serve", "-c", str(self.config_path)], stdout=log, stderr=log,
+                                     env=self.env, cwd=self.tmp)
+        self.wait_ready(timeout)
+
+    def wait_ready(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
+            if "daemon.ready" in self.log_text():
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"daemon not ready:\n{self.log_text()[-3000:]}")
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def events(self) -> list[dict[str, Any]]:
+        out = []
+        for line in self.log_text().splitlines():
+            if line.startswith("{"):
+                try:
+                    out.append(json.loads(line))
+                except ValueError:
+                    pass
+        return out
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def kill9(self) -> None:
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(10)
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.proc is None or self.proc.poll() is not None:
+            return self.proc.returncode if self.proc else 0
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise
+
+    def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        return subprocess.run([MAILGW, *args], input=stdin, capture_output=True, env=self.env, cwd=self.tmp,
+                              timeout=timeout)
+
+    def queue(self) -> list[dict[str, Any]]:
+        out = self.cli("queue", "list", "--json", "--limit", "100000", "-c", str(self.config_path))
+        assert out.returncode == 0, out.stderr
+        result: list[dict[str, Any]] = json.loads(out.stdout)
+        return result
