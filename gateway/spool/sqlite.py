@@ -505,12 +505,12 @@ class SqliteSpool:
 
         return await self._read(fn)
 
-    async def find_message_id(self, message_id: str, *, limit: int = 20) -> list[SpoolEntry]:
+    async def find_message_id(self, message_id: str, *, limit: int = 20) -> tuple[SpoolEntry, ...]:
         """Entries carrying this Message-Id (mailbox intakes use it to spot a message they already spooled)."""
-        def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
+        def fn(conn: sqlite3.Connection) -> tuple[SpoolEntry, ...]:
             rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id=? ORDER BY received_at LIMIT ?",
                                 (message_id, limit)).fetchall()
-            return [_row_to_entry(r) for r in rows]
+            return tuple(_row_to_entry(r) for r in rows)
 
         return await self._read(fn)
 
