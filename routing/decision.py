@@ -8,8 +8,8 @@ are passed only where the gateway adds something Odoo lacks (catchall+subaddress
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Literal
 
 RouteKind = Literal["bounce", "reply", "alias", "subaddress", "fallback", "refuse"]
@@ -80,3 +80,38 @@ def plan_deliveries(decisions: Sequence[RouteDecision]) -> list[DeliveryPlan]:
 
 def recipients_of(decisions: Iterable[RouteDecision], kind: str) -> list[str]:
     return [d.recipient for d in decisions if d.route == kind]
+
+
+def is_discard(d: RouteDecision) -> bool:
+    """A refusal whose answer is 2xx: accepted and dropped without DSN (Auto-Submitted discard, loop notices)."""
+    return d.route == "refuse" and d.reply is not None and d.reply[0] < 300
+
+
+def is_deferral(d: RouteDecision) -> bool:
+    """A refusal with a 4xx answer (directory not loaded yet, loop guard): retry later, never a DSN."""
+    return d.route == "refuse" and d.reply is not None and 400 <= d.reply[0] < 500
+
+
+def resolve_lookups(
+    decisions: Sequence[RouteDecision], found: Mapping[tuple[str, str, str], int | None],
+) -> list[RouteDecision]:
+    """Fill `thread_id` of reference-pattern decisions from the worker's lookups (`found[lookup]`).
+
+    A lookup that found nothing becomes a 550 5.1.1 refusal naming the reference; one not looked up yet is
+    left as it is.
+    """
+    out: list[RouteDecision] = []
+    for d in decisions:
+        if d.lookup is None or d.thread_id or d.lookup not in found:
+            out.append(d)
+            continue
+        res_id = found[d.lookup]
+        model, fname, value = d.lookup
+        if res_id:
+            out.append(replace(d, thread_id=res_id, lookup=None,
+                               reason=f"{d.reason} (found: {model} record {res_id})"))
+        else:
+            out.append(replace(d, route="refuse", model=None, thread_id=None, lookup=None,
+                               rule="subaddress.not_found", reason=f"no {model} record with {fname} = {value!r}",
+                               reply=(550, "5.1.1", f"No {model} with {fname} {value}")))
+    return out
