@@ -15,6 +15,8 @@
 - UDP replies larger than 512 bytes (or the client's EDNS size) are truncated (TC), so clients retry
   over TCP as they would with a real server.
 - ``queries`` records ``(protocol, name, type)`` for every request, for tests that count lookups.
+
+`mail_zone(...)` writes the zone text of a typical mail domain, `txt(...)` quotes a long TXT value.
 """
 
 from __future__ import annotations
@@ -22,12 +24,36 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from dnslib import QTYPE, RCODE, RR, DNSLabel, DNSRecord
 
 NameSpec = str | tuple[str, str]
+
+
+def txt(value: str) -> str:
+    """A TXT value in master-file syntax, split into quoted strings of at most 255 octets."""
+    escaped = [value[i:i + 255].replace("\\", "\\\\").replace('"', '\\"') for i in range(0, len(value), 255)]
+    return " ".join(f'"{part}"' for part in escaped or [""])
+
+
+def mail_zone(domain: str, *, mx: Sequence[str] = (), spf: str | Sequence[str] | None = None,
+              dmarc: str | None = None, dkim: Mapping[str, str] | None = None, extra: Iterable[str] = (),
+              ns_address: str = "127.0.0.1") -> str:
+    """Zone text for a mail domain: SOA, NS (+glue), MX (``["10 mx.example.test."]``), SPF, DMARC, DKIM selectors
+    (``{"sel1": "v=DKIM1; k=rsa; p=..."}``) and `extra` lines (relative to the domain, e.g. ``"mx A 192.0.2.1"``)."""
+    lines = [f"$ORIGIN {domain.rstrip('.')}.", "$TTL 300",
+             "@ IN SOA ns1 hostmaster 1 3600 600 86400 300", "@ IN NS ns1", f"ns1 IN A {ns_address}"]
+    lines += [f"@ IN MX {m}" for m in mx]
+    for record in [spf] if isinstance(spf, str) else spf or ():
+        lines.append(f"@ IN TXT {txt(record)}")
+    if dmarc is not None:
+        lines.append(f"_dmarc IN TXT {txt(dmarc)}")
+    for selector, record in (dkim or {}).items():
+        lines.append(f"{selector}._domainkey IN TXT {txt(record)}")
+    lines += list(extra)
+    return "\n".join(lines) + "\n"
 
 
 def _label(name: str) -> DNSLabel:
