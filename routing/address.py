@@ -152,13 +152,28 @@ def domain_part(address: str) -> str:
     return address.rpartition("@")[2] if "@" in address else ""
 
 
+def _charset(name: str | None) -> str:
+    # iso-8859-8-i / -e (Hebrew logical/explicit ordering) are labels Python does not know, same bytes.
+    cs = (name or "ascii").lower()
+    return cs[:-2] if cs.startswith("iso-8859-") and cs.endswith(("-i", "-e")) else cs
+
+
 def decode_name(name: str) -> str:
-    """RFC 2047 display name to text; the input unchanged when it is not encoded or does not decode."""
+    """RFC 2047 header text (display names, Subject) to text; unchanged when it does not decode."""
     if _ENCODED_WORD not in name:
         return name
     try:
         return str(make_header(decode_header(name)))
+    except LookupError:  # an unknown charset label: decode part by part with known aliases
+        pass
     except Exception:  # broken encodings in display names are common and never worth failing for
+        return name
+    try:
+        out = []
+        for chunk, cs in decode_header(name):
+            out.append(chunk.decode(_charset(cs), errors="replace") if isinstance(chunk, bytes) else chunk)
+        return "".join(out)
+    except Exception:
         return name
 
 

@@ -256,3 +256,8 @@ def explain(decisions: Iterable[RouteDecision]) -> str:
         lines.append(f"  rule:   {d.rule}")
         lines.append(f"  reason: {d.reason}")
     return "\n".join(lines)
+
+
+def header_recipients(msg: MessageView) -> list[str]:
+    """Recipients read from Delivered-To, To and Cc (what `mailgw route` uses without --rcpt), de-duplicated."""
+    return list(dict.fromkeys(a.lower() for a in msg.delivered_to + msg.to + msg.cc))
