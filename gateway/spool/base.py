@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-import secrets
+import random
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -78,7 +78,8 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 def new_queue_id(now: float | None = None) -> str:
     """Time-ordered id (48-bit ms timestamp + 50 random bits, Crockford base32): sortable, URL/local-part safe."""
     ms = int((time.time() if now is None else now) * 1000) & ((1 << 48) - 1)
-    value = (ms << 50) | secrets.randbits(50)
+    # Uniqueness, not secrecy (VERP tokens carry their own MAC): no urandom syscall per message.
+    value = (ms << 50) | random.getrandbits(50)
     out = []
     for _ in range(20):
         out.append(_CROCKFORD[value & 31])

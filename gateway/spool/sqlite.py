@@ -130,11 +130,35 @@ def connect(path: Path | str, *, busy_timeout_ms: int = 30000) -> sqlite3.Connec
 
 
 class _Op:
-    __slots__ = ("fn", "future")
+    """One write and where its result goes: an asyncio future (resolved on its loop) or a concurrent one."""
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]):
+    __slots__ = ("fn", "future", "loop")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any], loop: asyncio.AbstractEventLoop | None = None):
         self.fn = fn
-        self.future: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        self.loop = loop
+        self.future: asyncio.Future[Any] | concurrent.futures.Future[Any] = (
+            loop.create_future() if loop is not None else concurrent.futures.Future())
+
+    def resolve(self, value: Any, exc: BaseException | None) -> None:
+        if self.loop is None:
+            fut = self.future
+            assert isinstance(fut, concurrent.futures.Future)
+            if exc is not None:
+                fut.set_exception(exc)
+            else:
+                fut.set_result(value)
+        else:
+            self.loop.call_soon_threadsafe(_settle, self.future, value, exc)
+
+
+def _settle(fut: asyncio.Future[Any] | concurrent.futures.Future[Any], value: Any, exc: BaseException | None) -> None:
+    if fut.done():  # the caller was cancelled; the write happened anyway
+        return
+    if exc is not None:
+        fut.set_exception(exc)
+    else:
+        fut.set_result(value)
 
 
 _STOP = object()
@@ -153,8 +177,9 @@ class _GroupCommitWriter:
         self._thread = threading.Thread(target=self._run, name="mailgw-spool-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, fn: Callable[[sqlite3.Connection], T]) -> concurrent.futures.Future[T]:
-        op = _Op(fn)
+    def submit(self, fn: Callable[[sqlite3.Connection], T], loop: asyncio.AbstractEventLoop | None = None
+               ) -> asyncio.Future[T] | concurrent.futures.Future[T]:
+        op = _Op(fn, loop)
         self._queue.put(op)
         return op.future
 
@@ -208,18 +233,14 @@ class _GroupCommitWriter:
                     pass
                 failure = SpoolError(f"spool commit failed: {exc}")
                 for op in batch:
-                    if not op.future.done():
-                        op.future.set_exception(failure)
+                    op.resolve(None, failure)
                 if stop:
                     return
                 continue
             self.batches += 1
             self.ops += len(batch)
             for op, value, op_exc in results:
-                if op_exc is not None:
-                    op.future.set_exception(op_exc)
-                else:
-                    op.future.set_result(value)
+                op.resolve(value, op_exc)
             if stop:
                 return
 
@@ -248,11 +269,15 @@ class SqliteSpool:
     async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         if self._closed:
             raise SpoolError("spool is closed")
-        return await asyncio.wrap_future(self._writer.submit(fn))
+        fut = self._writer.submit(fn, asyncio.get_running_loop())
+        assert isinstance(fut, asyncio.Future)
+        return await fut
 
     def write_sync(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """For non-async callers (tests, tools): blocks until committed."""
-        return self._writer.submit(fn).result()
+        fut = self._writer.submit(fn)
+        assert isinstance(fut, concurrent.futures.Future)
+        return fut.result()
 
     def _reader(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = getattr(self._local, "conn", None)

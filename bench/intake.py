@@ -1,0 +1,181 @@
+"""Intake throughput with durable acknowledgement, beside Postfix's smtp-sink (the ceiling) in the same run.
+
+    .venv/bin/python bench/intake.py [--messages 4000] [--sessions 20] [--size 4096] [--runs 3]
+
+Each server is driven by Postfix's smtp-source (-s sessions, one new connection per message, 4 KiB payload):
+  smtp-sink        Postfix's C sink: no storage at all (the ceiling on this machine)
+  aiosmtpd-bare    aiosmtpd under uvloop, handler returns 250 and stores nothing (Python's floor cost)
+  mailgw           `mailgw serve`: every 250 is sent after the message is committed (fsync) to the spool
+Prints msg/s per run, the median, and mailgw's ratio to smtp-sink (the issue asks for >= 25 %). Then opens
+200 concurrent sessions against mailgw and reports its RSS.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import yaml
+
+HERE = Path(__file__).resolve().parent
+VENV_BIN = Path(sys.executable).parent
+
+BARE_SERVER = """
+import asyncio, sys, uvloop
+from aiosmtpd.smtp import SMTP
+class H:
+    async def handle_DATA(self, server, session, envelope):
+        return "250 2.0.0 OK discarded"
+async def main(port):
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(lambda: SMTP(H(), hostname="bare.test", data_size_limit=None),
+                                   "127.0.0.1", port, backlog=1024)
+    print("ready", flush=True)
+    await srv.serve_forever()
+uvloop.run(main(int(sys.argv[1])))
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, timeout: float = 15) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"port {port} never opened")
+
+
+def drive(port: int, messages: int, sessions: int, size: int) -> float:
+    start = time.perf_counter()
+    out = subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(size),
+                          "-f", "bench@example.org", "-t", "inbox@example.com", f"127.0.0.1:{port}"],
+                         capture_output=True, timeout=600)
+    elapsed = time.perf_counter() - start
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr.decode())
+    return messages / elapsed
+
+
+def start_sink(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen(["smtp-sink", "-u", "nobody" if os.getuid() == 0 else os.environ.get("USER", "nobody"),
+                             f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def start_bare(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def start_mailgw(port: int, workdir: Path) -> subprocess.Popen[bytes]:
+    state = workdir / f"state-{port}"
+    cfg = {
+        "state_dir": str(state),
+        "listeners": [{"kind": "smtp", "bind": f"127.0.0.1:{port}", "hostname": "bench.test", "max_sessions": 2000}],
+        "odoo": [{"name": "main", "url": "http://127.0.0.1:9", "database": "x", "password_env": "BENCH_PW",
+                  "domains": ["example.com"]}],
+        "logging": {"level": "warning", "format": "json"},
+    }
+    path = workdir / f"config-{port}.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return subprocess.Popen([str(VENV_BIN / "mailgw"), "serve", "-c", str(path)], env={**os.environ, "BENCH_PW": "x"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def measure_sessions(workdir: Path, count: int) -> tuple[int, int]:
+    port = free_port()
+    proc = start_mailgw(port, workdir)
+    try:
+        wait_port(port)
+        idle = rss_kib(proc.pid)
+        socks = []
+        for _ in range(count):
+            s = socket.create_connection(("127.0.0.1", port), timeout=10)
+            s.recv(512)
+            s.sendall(b"EHLO bench\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.com>\r\nDATA\r\n")
+            socks.append(s)
+        time.sleep(1.0)
+        for s in socks:  # every session in the middle of DATA with 64 KiB buffered
+            s.sendall(b"Subject: open\r\n\r\n" + b"y" * 65536)
+        time.sleep(1.0)
+        busy = rss_kib(proc.pid)
+        for s in socks:
+            s.close()
+        return idle, busy
+    finally:
+        stop(proc)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--messages", type=int, default=4000)
+    ap.add_argument("--sessions", type=int, default=20)
+    ap.add_argument("--size", type=int, default=4096)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args()
+    for tool in ("smtp-source", "smtp-sink"):
+        if shutil.which(tool) is None:
+            print(f"{tool} missing: apt-get install postfix (./run bench intake does it)", file=sys.stderr)
+            return 2
+    servers = {"smtp-sink": start_sink, "aiosmtpd-bare": start_bare}
+    results: dict[str, list[float]] = {"smtp-sink": [], "aiosmtpd-bare": [], "mailgw": []}
+    with tempfile.TemporaryDirectory(prefix="mailgw-bench-") as tmp:
+        workdir = Path(tmp)
+        for run in range(args.runs):
+            # Interleave the servers in every run so machine noise hits them alike.
+            for name in results:
+                port = free_port()
+                proc = start_mailgw(port, workdir) if name == "mailgw" else servers[name](port)
+                try:
+                    wait_port(port)
+                    drive(port, min(200, args.messages), args.sessions, args.size)  # warm-up
+                    rate = drive(port, args.messages, args.sessions, args.size)
+                finally:
+                    stop(proc)
+                results[name].append(rate)
+                print(f"run {run + 1}: {name:<14} {rate:8.0f} msg/s", flush=True)
+        idle, busy = measure_sessions(workdir, 200)
+    med = {k: statistics.median(v) for k, v in results.items()}
+    print()
+    print(f"{args.messages} messages x {args.runs} runs, {args.sessions} sessions, {args.size} B, new connection each")
+    print(f"{'server':<14} {'median msg/s':>12} {'vs smtp-sink':>13}")
+    for name, value in med.items():
+        print(f"{name:<14} {value:12.0f} {value / med['smtp-sink']:12.1%}")
+    print(f"mailgw / aiosmtpd-bare: {med['mailgw'] / med['aiosmtpd-bare']:.2f}x")
+    print(f"mailgw RSS: {idle / 1024:.1f} MiB idle, {busy / 1024:.1f} MiB with 200 sessions in DATA")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
