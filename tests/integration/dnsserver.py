@@ -196,7 +196,11 @@ class DnsTestServer:
                 if rr.rtype == QTYPE.OPT:
                     limit = max(512, rr.rclass)  # the OPT record's class is the client's UDP size
             if len(packed) > limit:
-                packed = reply.truncate().pack()
+                # dnslib's truncate() drops the question too, and clients discard such replies.
+                short = request.reply()
+                short.header.tc = 1
+                short.header.aa = reply.header.aa
+                packed = short.pack()
         return packed
 
     def _serve_udp(self) -> None:

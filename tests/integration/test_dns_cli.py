@@ -1,0 +1,128 @@
+"""`mailgw dns-check` as operators and monitoring run it: a subprocess against a loopback DNS server."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from tests.integration.dnsserver import DnsTestServer, mail_zone
+
+MAILGW = Path(sys.executable).with_name("mailgw")
+GW_IP = "127.0.0.10"
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    path = tmp_path_factory.mktemp("dkim") / "sel1.pem"
+    path.write_bytes(priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                        serialization.NoEncryption()))
+    der = priv.public_key().public_bytes(serialization.Encoding.DER,
+                                         serialization.PublicFormat.SubjectPublicKeyInfo)
+    return path, base64.b64encode(der).decode()
+
+
+@pytest.fixture(scope="module")
+def server(key: tuple[Path, str]) -> Iterator[DnsTestServer]:
+    _, p = key
+
+    def dom(name: str, **kw: object) -> str:
+        args: dict[str, object] = {
+            "mx": ["10 mx.gw.test."], "spf": f"v=spf1 ip4:{GW_IP} -all",
+            "dmarc": f"v=DMARC1; p=reject; adkim=s; aspf=s; rua=mailto:dmarc@{name}",
+            "dkim": {"sel1": f"v=DKIM1; k=rsa; p={p}"}}
+        args.update(kw)
+        return mail_zone(name, **args)  # type: ignore[arg-type]
+
+    zones = [
+        mail_zone("gw.test", extra=[f"mx A {GW_IP}"]),
+        mail_zone("10.0.0.127.in-addr.arpa", extra=["@ PTR mx.gw.test."]),
+        dom("good.test"),
+        dom("good2.test"),
+        dom("broken.test", mx=["0 ."], spf=["v=spf1 -all", "v=spf1 +all"]),  # null MX, two SPF records
+        dom("warn.test", dmarc=None),
+    ]
+    with DnsTestServer(*zones) as srv:
+        yield srv
+
+
+def mailgw(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(MAILGW), "dns-check", *args], capture_output=True, text=True, timeout=60,
+                          cwd=cwd, env={"PATH": "/usr/bin:/bin", "NO_COLOR": "1"})
+
+
+def common(server: DnsTestServer) -> list[str]:
+    return ["--nameserver", server.nameserver, "--ip", GW_IP, "--selector", "sel1", "--timeout", "2",
+            "--expect-mx", "mx.gw.test", "--"]
+
+
+def test_healthy_zone_exits_0(server: DnsTestServer, tmp_path: Path) -> None:
+    r = mailgw(*common(server), "good.test", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.splitlines()[0].split() == ["DOMAIN", "CHECK", "STATUS", "FINDING"]
+    assert "dns-check ok: 1 domain, 9 ok, 0 warn, 0 fail" in r.stdout
+    assert "\033[" not in r.stdout  # not a TTY: no colour
+
+
+def test_broken_zone_exits_2(server: DnsTestServer, tmp_path: Path) -> None:
+    r = mailgw(*common(server), "broken.test", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "null MX (RFC 7505)" in r.stdout and "2 SPF records" in r.stdout
+
+
+def test_warning_exits_1_and_json_has_the_documented_shape(server: DnsTestServer, tmp_path: Path) -> None:
+    r = mailgw("--json", *common(server), "warn.test", "good.test", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert [d["domain"] for d in data] == ["warn.test", "good.test"]
+    for d in data:
+        for c in d["checks"]:
+            assert set(c) == {"check", "status", "finding", "records"}
+            assert c["status"] in ("ok", "warn", "fail") and isinstance(c["records"], list)
+    dmarc = next(c for c in data[0]["checks"] if c["check"] == "dmarc")
+    assert dmarc["status"] == "warn" and "no DMARC record" in dmarc["finding"]
+
+
+def test_domains_and_keys_from_the_config(server: DnsTestServer, key: tuple[Path, str], tmp_path: Path) -> None:
+    key_file, _ = key
+    config = tmp_path / "config.yaml"
+    config.write_text(f"""
+odoo:
+  - name: main
+    url: http://127.0.0.1:8069
+    database: odoo
+    password_env: ODOO_PASSWORD
+    domains: [good.test, good2.test]
+outbound:
+  dkim:
+    - {{domain: good.test, selector: sel1, key_file: {key_file}}}
+    - {{domain: good2.test, selector: sel1, key_file: {key_file}}}
+dns_check:
+  ip: {GW_IP}
+  expect_mx: [mx.gw.test]
+""")
+    r = mailgw("-c", str(config), "--json", "--nameserver", server.nameserver, cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert [d["domain"] for d in data] == ["good.test", "good2.test"]
+    dkim = next(c for c in data[0]["checks"] if c["check"] == "dkim")
+    assert "matches the signing key" in dkim["finding"]
+
+
+def test_usage_and_config_errors(server: DnsTestServer, tmp_path: Path) -> None:
+    assert mailgw("--nameserver", "127.0.0.1:notaport", "good.test", cwd=tmp_path).returncode == 64
+    assert mailgw("--ip", "not-an-ip", "good.test", cwd=tmp_path).returncode == 64
+    no_domains = mailgw("--nameserver", server.nameserver, cwd=tmp_path)  # no config.yaml here either
+    assert no_domains.returncode == 78 and "config.yaml" in no_domains.stderr
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("odoo: 3\n")
+    r = mailgw("-c", str(bad), "--nameserver", server.nameserver, cwd=tmp_path)
+    assert r.returncode == 78 and "odoo" in r.stderr
