@@ -215,6 +215,10 @@ def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str,
     if spf_result is not None:
         records.append(f"SPF for the gateway IP at {bounce_domain}: {spf_result}")
 
+    unknown = " (SPF not evaluated: no --ip)"
+    if spf_result == "temperror":
+        spf_result = None  # a DNS failure says nothing about alignment: judge as if no IP were given
+        unknown = " (SPF not evaluated: DNS error, see spf)"
     spf_aligned = is_aligned(bounce_domain, from_domain, aspf)
     if not spf_aligned:
         spf_why = (f"Return-Path @{bounce_domain} is not aligned with From @{from_domain}"
@@ -238,11 +242,11 @@ def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str,
 
     p = found.effective_p
     if spf_ok and dkim_ok:
-        how = "SPF and DKIM both aligned" + (" (SPF not evaluated: no --ip)" if spf_result is None else "")
+        how = "SPF and DKIM both aligned" + (unknown if spf_result is None else "")
         return CheckResult("dmarc-alignment", Status.OK, how, tuple(records))
     if spf_ok or dkim_ok:
         leg, other = ("SPF", dkim_why) if spf_ok else ("DKIM", spf_why)
-        note = " (SPF not evaluated: no --ip)" if spf_ok and spf_result is None else ""
+        note = unknown if spf_ok and spf_result is None else ""
         return CheckResult("dmarc-alignment", Status.OK,
                            f"passes DMARC through {leg} only{note}; {other}", tuple(records))
     why = f"{spf_why}; {dkim_why}"

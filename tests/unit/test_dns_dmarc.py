@@ -126,3 +126,9 @@ def test_subdomain_inherits_sp() -> None:
     found = DmarcLookup("shop.example.com", policy=parse_dmarc("v=DMARC1; p=reject; sp=none"),
                         found_at="example.com")
     assert found.effective_p == "none"
+
+
+def test_spf_temperror_is_not_a_dmarc_failure() -> None:
+    res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
+                          spf_result="temperror", signers=[])
+    assert res.status is Status.OK and "SPF not evaluated: DNS error" in res.finding
