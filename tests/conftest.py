@@ -4,9 +4,14 @@ only when every test needs them. Keep this file small."""
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.odoo_standin import OdooStandin
 
 REPO = Path(__file__).resolve().parents[1]
 # ../shared next to the repository: the bounce corpus and the Odoo docs. Absent on a user's fresh clone.
@@ -28,3 +33,15 @@ def shared_path(*parts: str) -> Path:
     if not path.exists():
         pytest.skip(f"{path} is absent (../shared is only present in the development workspace)")
     return path
+
+
+# Odoo side (gateway/odoo): a real HTTP stand-in Odoo speaking XML-RPC and JSON-2 (tests/odoo_standin.py).
+@pytest.fixture
+def odoo_standin() -> Iterator[OdooStandin]:
+    from tests.odoo_standin import OdooStandin
+
+    standin = OdooStandin().start()
+    try:
+        yield standin
+    finally:
+        standin.stop()

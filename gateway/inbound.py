@@ -1,0 +1,671 @@
+"""InboundWorker: claim spooled mail → route → deliver to Odoo → transition (design: Flow, State machines).
+
+Per message:
+1. Route the recipients still pending (a retry skips those already delivered): the Router (routing/) with
+   the current directory snapshot, after looking up the message's References on the owning instances.
+2. Plan one `message_process` call per instance (routing/decision.py says why), prepend Return-Path,
+   Delivered-To, Received and, if missing, a stable Message-Id, and call Odoo.
+3. Map each result (the issue's table): id / False / loop-None ⇒ delivered; no route ⇒ failed + DSN;
+   credentials/database ⇒ deferred, never bounced, one loud log line per outage; anything transient ⇒
+   deferred with exponential backoff and jitter until `delivery.lifetime`, then failed + DSN.
+
+Ordering: entries are claimed in arrival order and two deliveries of one envelope sender never run at the
+same time. When an instance's breaker closes again, its deferred entries are woken together so that they
+are claimed — and delivered — in arrival order instead of by their scattered backoff times.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import os
+import random
+import socket
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, Protocol
+
+from gateway.config import Config
+from gateway.dsn_sender import FailedRecipient, send_dsn
+from gateway.errors import ConfigProblem, PermFailure, TempFailure
+from gateway.logs import get_logger
+from gateway.odoo.breaker import BreakerOpenError
+from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, OdooTempError, ProcessResult
+from gateway.odoo.directory import DirectorySync
+from gateway.odoo.headers import delivery_headers, get_header, line_ending, stable_message_id
+from gateway.odoo.transport import TransportError
+from gateway.spool import Direction, Spool, SpoolEntry, State
+from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, plan_deliveries
+from routing.directory import Directory
+
+log = get_logger("mailgw.inbound")
+
+# Recipient states kept in rcpt_status. Final ones are never delivered again on a retry.
+FINAL = frozenset({"delivered", "discarded", "bounce_handled"})
+BounceHandler = Callable[[SpoolEntry, bytes, Sequence[RouteDecision]], Awaitable[None]]
+
+
+@dataclasses.dataclass(slots=True)
+class _Hold:
+    """A sender's oldest message is waiting for its instance to come back: later ones wait behind it."""
+
+    queue_id: str
+    received_at: float
+    until: float
+    instance: str
+
+
+def _instance_wide(exc: BaseException) -> bool:
+    """Failures that hit every message of the instance alike (as opposed to one message's trouble)."""
+    return isinstance(exc, TransportError | BreakerOpenError | ConfigProblem) or (
+        isinstance(exc, OdooTempError) and exc.kind == "http")
+
+
+class RouterLike(Protocol):
+    def reference_ids(self, msg: Any) -> list[str]: ...
+
+    def route(self, msg: Any, recipients: Sequence[str], known: Mapping[str, Any]) -> list[RouteDecision]: ...
+
+
+class DomainRouter:
+    """Stand-in when routing/router.py is absent: each recipient goes to the instance owning its domain."""
+
+    def __init__(self, directory: Directory):
+        self.directory = directory
+
+    def reference_ids(self, msg: Any) -> list[str]:
+        return []
+
+    def route(self, msg: Any, recipients: Sequence[str], known: Mapping[str, Any]) -> list[RouteDecision]:
+        out = []
+        for rcpt in recipients:
+            owner = self.directory.owner_of(rcpt.rpartition("@")[2])
+            if owner is None:
+                out.append(RouteDecision(rcpt, "refuse", None, rule="relay.denied",
+                                         reason="no Odoo instance for this domain",
+                                         reply=(550, "5.7.1", "Relaying denied")))
+            else:
+                out.append(RouteDecision(rcpt, "alias", owner, rule="domain.owner",
+                                         reason=f"the domain belongs to {owner}"))
+        return out
+
+
+def _message_view(raw: bytes) -> Any:
+    try:
+        from routing.message import MessageView
+    except ImportError:  # pragma: no cover - routing/message.py is part of the package
+        return None
+    return MessageView.from_bytes(raw)
+
+
+def _known_message(instance: str, row: Mapping[str, Any]) -> Any:
+    from routing.replies import KnownMessage
+
+    return KnownMessage(instance=instance, model=row.get("model") or None, res_id=row.get("res_id") or None,
+                        message_id=str(row.get("message_id") or ""), id=int(row.get("id") or 0))
+
+
+def routing_policy(config: Config) -> Any:
+    """The routing/ policy from gateway config (plain data: routing/ must not import gateway/)."""
+    from routing.policy import FallbackPolicy, InstancePolicy, ReferencePattern, RoutingPolicy
+
+    instances = []
+    for inst in config.odoo:
+        fb = inst.fallback
+        instances.append(InstancePolicy(
+            name=inst.name, domains=tuple(inst.domains),
+            fallback=FallbackPolicy(action=fb.action, model=fb.model, thread_id=fb.thread_id,
+                                    domains=frozenset(d.lower() for d in fb.domains)),
+            reference_patterns=tuple(ReferencePattern.compile(p.regex, p.model, p.field, p.group)
+                                     for p in inst.reference_patterns),
+            loop_minutes=inst.loop_minutes, loop_threshold=inst.loop_threshold,
+        ))
+    policy = RoutingPolicy.build(instances, auto_submitted=config.routing.auto_submitted,
+                                 loop_guard=config.routing.loop_guard)
+    return dataclasses.replace(policy, reply_cache_size=config.routing.reply_cache_size,
+                               reply_cache_ttl=config.routing.reply_cache_ttl)
+
+
+def default_router_factory(config: Config) -> Callable[[Directory], RouterLike]:
+    """routing.router.Router when present, else DomainRouter. The returned factory rebuilds on each snapshot."""
+    try:
+        from routing.router import Router
+    except ImportError:
+        return DomainRouter
+    policy = routing_policy(config)
+    previous: list[Any] = []
+
+    def factory(directory: Directory) -> RouterLike:
+        # Keep the loop guard and unchanged indexes across snapshots.
+        router = previous[0].with_directory(directory) if previous else Router(directory, policy)
+        previous[:] = [router]
+        return router
+
+    return factory
+
+
+class InboundWorker:
+    """Run with `await worker.run()`; `await worker.stop()` drains. `kick()` after spooling new mail."""
+
+    def __init__(self, config: Config, spool: Spool, clients: Mapping[str, OdooClient],
+                 directory: DirectorySync | Directory, *,
+                 router_factory: Callable[[Directory], RouterLike] | None = None,
+                 bounce_handler: BounceHandler | None = None, hostname: str | None = None,
+                 worker_id: str | None = None, rng: random.Random | None = None):
+        self.config = config
+        self.delivery = config.delivery
+        self.spool = spool
+        self.clients = dict(clients)
+        self.bounce_handler = bounce_handler
+        self.hostname = hostname or socket.gethostname()
+        self.worker_id = worker_id or f"inbound-{os.getpid()}"
+        self._rng = rng or random.Random()
+        self._router_factory = router_factory or default_router_factory(config)
+        if isinstance(directory, DirectorySync):
+            self._directory = directory.current
+            directory.subscribe(self.set_directory)
+        else:
+            self._directory = directory
+        self._router: RouterLike = self._router_factory(self._directory)
+        self._kick = asyncio.Event()
+        self._stopping = False
+        self._running: asyncio.Task[None] | None = None
+        self._slots = asyncio.Semaphore(self.delivery.concurrency)
+        self._queues: dict[str, deque[SpoolEntry]] = {}
+        self._sender_tasks: dict[str, asyncio.Task[None]] = {}
+        self._claimed: dict[str, SpoolEntry] = {}
+        self._waiting: dict[str, set[str]] = {name: set() for name in self.clients}
+        self._holds: dict[str, _Hold] = {}
+        self._bg: set[asyncio.Task[Any]] = set()
+        self.stats = {"delivered": 0, "deferred": 0, "failed": 0}
+        for name, client in self.clients.items():
+            client.breaker.subscribe(self._breaker_listener(name))
+
+    # -- wiring -----------------------------------------------------------------------------------------
+
+    def set_directory(self, directory: Directory) -> None:
+        """A new snapshot (DirectorySync subscriber): route with it from the next message on."""
+        self._directory = directory
+        self._router = self._router_factory(directory)
+
+    def kick(self) -> None:
+        """Look for due mail now instead of at the next poll."""
+        self._kick.set()
+
+    def _breaker_listener(self, instance: str) -> Callable[[str], None]:
+        return lambda state: self._on_breaker(instance, state)
+
+    def _on_breaker(self, instance: str, state: str) -> None:
+        if state != "closed":
+            return
+        ids = sorted(self._waiting.get(instance, ()))
+        self._waiting[instance] = set()
+        if ids:
+            self._spawn(self._wake(instance, ids))
+
+    async def _wake(self, instance: str, ids: list[str]) -> None:
+        woken = await self.spool.wake(ids)
+        log.info("delivery.resumed", instance=instance, woken=woken)
+        self.kick()
+
+    def _spawn(self, coro: Awaitable[Any]) -> None:
+        task = asyncio.ensure_future(coro)
+        self._bg.add(task)
+        task.add_done_callback(self._bg.discard)
+
+    # -- main loop --------------------------------------------------------------------------------------
+
+    @property
+    def max_claimed(self) -> int:
+        return self.delivery.concurrency * 4
+
+    async def run(self) -> None:
+        self._running = asyncio.current_task()
+        log.info("delivery.started", worker=self.worker_id, concurrency=self.delivery.concurrency,
+                 instances=sorted(self.clients))
+        while not self._stopping:
+            self._kick.clear()
+            capacity = self.max_claimed - len(self._claimed)
+            got: list[SpoolEntry] = []
+            if capacity > 0:
+                try:
+                    got = await self.spool.claim(Direction.INBOUND, self.worker_id, limit=capacity)
+                except Exception as exc:  # a spool hiccup must not kill the worker
+                    log.error("delivery.claim_failed", error=str(exc))
+                for entry in got:
+                    self._enqueue(entry)
+            if got and len(got) == capacity:
+                await asyncio.sleep(0)  # more may be due: claim again once the loop had a turn
+                if len(self._claimed) < self.max_claimed:
+                    continue
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), self.delivery.poll_interval)
+
+    async def stop(self, timeout: float | None = None) -> None:
+        """Stop claiming, let in-flight deliveries finish (up to `timeout`), release everything else."""
+        timeout = self.config.drain_timeout if timeout is None else timeout
+        self._stopping = True
+        self._kick.set()
+        pending: list[SpoolEntry] = []
+        for q in self._queues.values():
+            pending.extend(q)
+            q.clear()
+        tasks = list(self._sender_tasks.values())
+        if tasks:
+            _done, still = await asyncio.wait(tasks, timeout=timeout)
+            for task in still:
+                task.cancel()
+            for task in still:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+        for task in list(self._bg):
+            task.cancel()
+        leftovers = {e.queue_id for e in pending} | set(self._claimed)
+        for queue_id in leftovers:
+            with contextlib.suppress(Exception):
+                await self.spool.release(queue_id)
+        self._claimed.clear()
+        if self._running is not None and self._running is not asyncio.current_task():
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, Exception):
+                await asyncio.wait_for(asyncio.shield(self._running), 1.0)
+        log.info("delivery.stopped", released=len(leftovers))
+
+    @staticmethod
+    def _sender_key(entry: SpoolEntry) -> str:
+        sender = entry.envelope.mail_from.strip().lower()
+        # Bounces (null sender) have no order to keep: each is its own lane.
+        return sender if sender else f"<>{entry.queue_id}"
+
+    def _enqueue(self, entry: SpoolEntry) -> None:
+        self._claimed[entry.queue_id] = entry
+        key = self._sender_key(entry)
+        self._queues.setdefault(key, deque()).append(entry)
+        if key not in self._sender_tasks:
+            self._sender_tasks[key] = asyncio.get_running_loop().create_task(self._drain_sender(key))
+
+    async def _drain_sender(self, key: str) -> None:
+        try:
+            queue = self._queues[key]
+            while queue and not self._stopping:
+                entry = queue.popleft()
+                hold = self._holds.get(key)
+                if (hold is not None and hold.queue_id != entry.queue_id and hold.until > time.time()
+                        and entry.envelope.received_at >= hold.received_at):
+                    await self._hold_back(entry, hold)
+                    continue
+                async with self._slots:
+                    try:
+                        await self.process(entry)
+                    except asyncio.CancelledError:
+                        raise
+                    except Exception as exc:  # a bug must not wedge the lane; the entry is retried later
+                        log.exception("delivery.crashed", queue_id=entry.queue_id, message_id=entry.message_id)
+                        await self._safe_defer(entry, f"internal error: {exc!r}")
+                    finally:
+                        self._claimed.pop(entry.queue_id, None)
+                self._kick.set()
+        finally:
+            self._sender_tasks.pop(key, None)
+            if not self._queues.get(key):
+                self._queues.pop(key, None)
+
+    async def _hold_back(self, entry: SpoolEntry, hold: _Hold) -> None:
+        """Keep per-sender order through an outage: wait behind the sender's older deferred message."""
+        try:
+            await self.spool.transition(entry.queue_id, State.DEFERRED, next_attempt_at=hold.until + 0.001,
+                                        error=f"waiting behind {hold.queue_id} (same sender) for odoo "
+                                              f"{hold.instance}", count_attempt=False)
+            self._waiting.setdefault(hold.instance, set()).add(entry.queue_id)
+        finally:
+            self._claimed.pop(entry.queue_id, None)
+
+    async def _safe_defer(self, entry: SpoolEntry, error: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.spool.transition(entry.queue_id, State.DEFERRED, error=error[:500], count_attempt=True,
+                                        next_attempt_at=time.time() + self._backoff(entry.attempts + 1))
+
+    # -- one message ------------------------------------------------------------------------------------
+
+    async def process(self, entry: SpoolEntry) -> SpoolEntry:
+        """Route and deliver one claimed entry; returns the entry after its transition."""
+        raw = await self.spool.raw(entry.queue_id)
+        status: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (entry.rcpt_status or {}).items()}
+        pending = [r for r in dict.fromkeys(entry.envelope.rcpt_tos)
+                   if status.get(r, {}).get("state") not in FINAL]
+        mid = self._message_id(entry, raw)
+        log_id = entry.message_id or mid
+        temp: list[tuple[str, TempFailure]] = []  # (instance, error) of transient failures
+        failed: list[FailedRecipient] = []
+        route: list[dict[str, Any]] = []
+        now = time.time()
+
+        try:
+            decisions = await self._route(raw, pending)
+        except TempFailure as exc:
+            instance = getattr(exc, "instance", "")
+            for rcpt in pending:
+                status[rcpt] = {"state": "deferred", "detail": str(exc), "at": now}
+            temp.append((instance, exc))
+            decisions = []
+        route = [d.to_dict() for d in decisions]
+
+        deliver: list[RouteDecision] = []
+        bounces: list[RouteDecision] = []
+        for d in decisions:
+            if d.route == "refuse":
+                self._refused(d, status, failed, temp, now)
+            elif d.route == "bounce":
+                bounces.append(d)
+            elif d.route in DELIVERING:
+                deliver.append(d)
+
+        if bounces and self.bounce_handler is not None:
+            try:
+                await self.bounce_handler(entry, raw, bounces)
+            except TempFailure as exc:
+                temp.append((bounces[0].instance or "", exc))
+                for d in bounces:
+                    status[d.recipient] = {"state": "deferred", "detail": str(exc), "at": now}
+            else:
+                for d in bounces:
+                    status[d.recipient] = {"state": "bounce_handled", "instance": d.instance, "at": now}
+            bounces = []
+
+        deliver = await self._resolve_lookups(deliver, status, failed, temp, now)
+        plans = self._plans(deliver, bounces)
+        results = await asyncio.gather(*(self._deliver(entry, raw, plan, mid) for plan in plans),
+                                       return_exceptions=True)
+        delivered_any = False
+        for plan, res in zip(plans, results, strict=True):
+            if isinstance(res, asyncio.CancelledError):
+                raise res
+            self._apply(entry, plan, res, status, failed, temp, now, log_id)
+            delivered_any = delivered_any or isinstance(res, ProcessResult)
+        if delivered_any:
+            self._record_loop(entry, raw, [d for p, r in zip(plans, results, strict=True)
+                                           if isinstance(r, ProcessResult) for d in p.decisions])
+        return await self._finish(entry, raw, status, failed, temp, route, log_id)
+
+    def _message_id(self, entry: SpoolEntry, raw: bytes) -> str:
+        existing = get_header(raw, "Message-Id")
+        if existing:
+            return existing
+        if entry.message_id and entry.message_id_generated:
+            return entry.message_id
+        rcpt = entry.envelope.rcpt_tos[0] if entry.envelope.rcpt_tos else ""
+        return stable_message_id(entry.queue_id, rcpt.rpartition("@")[2])
+
+    async def _route(self, raw: bytes, recipients: list[str]) -> list[RouteDecision]:
+        if not recipients:
+            return []
+        router = self._router
+        view = _message_view(raw)
+        known: dict[str, Any] = {}
+        refs = router.reference_ids(view) if view is not None else []
+        if refs:
+            owners = dict.fromkeys(o for r in recipients
+                                   if (o := self._directory.owner_of(r.rpartition("@")[2])) in self.clients)
+            for instance in owners:
+                try:
+                    row = await self.clients[instance].find_message(refs)
+                except TempFailure as exc:
+                    exc.instance = instance  # type: ignore[attr-defined]
+                    raise
+                except PermFailure:
+                    row = None
+                if row and row.get("message_id") and row["message_id"] not in known:
+                    known[row["message_id"]] = _known_message(instance, row)
+        return list(router.route(view, recipients, known))
+
+    def _refused(self, d: RouteDecision, status: dict[str, dict[str, Any]], failed: list[FailedRecipient],
+                 temp: list[tuple[str, TempFailure]], now: float) -> None:
+        code, enhanced, text = d.reply or (550, "5.1.1", d.reason or "No such recipient here")
+        if 200 <= code < 300:
+            status[d.recipient] = {"state": "discarded", "instance": d.instance, "detail": d.reason, "at": now}
+        elif 400 <= code < 500:
+            err = TempFailure(f"{code} {enhanced} {text}")
+            temp.append((d.instance or "", err))
+            status[d.recipient] = {"state": "deferred", "instance": d.instance, "detail": str(err), "at": now}
+        else:
+            status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": f"{code} {enhanced} {text}",
+                                   "at": now}
+            failed.append(FailedRecipient(d.recipient, enhanced, f"{text} ({d.reason})" if d.reason else text))
+
+    async def _resolve_lookups(self, deliver: list[RouteDecision], status: dict[str, dict[str, Any]],
+                               failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]],
+                               now: float) -> list[RouteDecision]:
+        """Reference patterns (catchall+SO042@): find the record the routing decision names."""
+        out = []
+        for d in deliver:
+            if d.lookup is None or d.thread_id or d.instance not in self.clients:
+                out.append(d)
+                continue
+            model, field, value = d.lookup
+            try:
+                rid = await self.clients[d.instance].find_record(model, field, value)
+            except TempFailure as exc:
+                temp.append((d.instance, exc))
+                status[d.recipient] = {"state": "deferred", "instance": d.instance, "detail": str(exc), "at": now}
+                continue
+            except PermFailure as exc:
+                rid, why = None, str(exc)
+            else:
+                why = f"no {model} record with {field} = {value!r}"
+            if rid is None:
+                status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": why, "at": now}
+                failed.append(FailedRecipient(d.recipient, "5.1.1", why))
+                continue
+            out.append(dataclasses.replace(d, thread_id=rid))
+        return out
+
+    @staticmethod
+    def _plans(deliver: list[RouteDecision], bounces: list[RouteDecision]) -> list[DeliveryPlan]:
+        plans = {p.instance: p for p in plan_deliveries(deliver)}
+        # Without a bounce handler a bounce goes to its instance as Odoo would get it (Delivered-To: bounce@).
+        for d in bounces:
+            if not d.instance:
+                continue
+            p = plans.get(d.instance)
+            if p is None:
+                plans[d.instance] = DeliveryPlan(d.instance, None, None, (d.recipient,), (d,))
+            elif d.recipient not in p.recipients:
+                plans[d.instance] = dataclasses.replace(p, recipients=(*p.recipients, d.recipient),
+                                                        decisions=(*p.decisions, d))
+        return list(plans.values())
+
+    async def _deliver(self, entry: SpoolEntry, raw: bytes, plan: DeliveryPlan, mid: str) -> ProcessResult:
+        client = self.clients.get(plan.instance)
+        if client is None:
+            raise ConfigProblem(f"odoo instance {plan.instance!r} is not configured")
+        env = entry.envelope
+        block = delivery_headers(
+            mail_from=env.mail_from, recipients=plan.recipients, queue_id=entry.queue_id,
+            received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,
+            message_id=None if get_header(raw, "Message-Id") else mid, eol=line_ending(raw))
+        return await client.message_process(block + raw, model=plan.model, thread_id=plan.thread_id)
+
+    def _apply(self, entry: SpoolEntry, plan: DeliveryPlan, res: Any, status: dict[str, dict[str, Any]],
+               failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]], now: float, log_id: str) -> None:
+        base = {"instance": plan.instance, "at": now}
+        ctx = {"queue_id": entry.queue_id, "message_id": log_id, "instance": plan.instance,
+               "recipients": list(plan.recipients)}
+        if isinstance(res, ProcessResult):
+            for r in plan.recipients:
+                status[r] = {**base, "state": "delivered", "result": res.outcome, "record_id": res.record_id,
+                             "detail": res.reason}
+            if res.outcome == "posted":
+                log.info("delivery.delivered", record_id=res.record_id, **ctx)
+            elif res.outcome == "false":
+                log.info("delivery.delivered", outcome="false", reason=res.reason, **ctx)
+            else:
+                log.warning("delivery.dropped", reason=res.reason, **ctx)
+            self._waiting.get(plan.instance, set()).discard(entry.queue_id)
+        elif isinstance(res, NoRouteError | OdooRefusedError):
+            notified = isinstance(res, OdooRefusedError) and res.sender_notified
+            for r in plan.recipients:
+                status[r] = {**base, "state": "failed", "detail": str(res)}
+                if not notified:
+                    failed.append(FailedRecipient(r, "5.1.1" if isinstance(res, NoRouteError) else "5.7.1",
+                                                  _diagnostic(res)))
+            level = log.error if isinstance(res, OdooRefusedError) else log.warning
+            level("delivery.refused", error=str(res), sender_notified=notified, **ctx)
+        elif isinstance(res, PermFailure):
+            for r in plan.recipients:
+                status[r] = {**base, "state": "failed", "detail": str(res)}
+                failed.append(FailedRecipient(r, "5.0.0", _diagnostic(res)))
+            log.warning("delivery.refused", error=str(res), **ctx)
+        elif isinstance(res, TempFailure):
+            temp.append((plan.instance, res))
+            for r in plan.recipients:
+                status[r] = {**base, "state": "deferred", "detail": str(res)}
+        else:
+            raise res
+
+    def _record_loop(self, entry: SpoolEntry, raw: bytes, decisions: list[RouteDecision]) -> None:
+        record = getattr(self._router, "record", None)
+        if record is None or not decisions:
+            return
+        with contextlib.suppress(Exception):
+            record(entry.envelope.mail_from, decisions, msg=_message_view(raw))
+
+    async def _finish(self, entry: SpoolEntry, raw: bytes, status: dict[str, dict[str, Any]],
+                      failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]],
+                      route: list[dict[str, Any]], log_id: str) -> SpoolEntry:
+        now = time.time()
+        ctx = {"queue_id": entry.queue_id, "message_id": log_id}
+        deferred = [r for r, s in status.items() if s.get("state") == "deferred"]
+        if deferred:
+            config_only = all(isinstance(e, ConfigProblem) for _i, e in temp) and bool(temp)
+            age = now - entry.envelope.received_at
+            if age < self.delivery.lifetime or config_only:
+                return await self._defer(entry, status, temp, route, ctx)
+            # Lifetime over: the transient failures become permanent (a config problem never does).
+            for r in deferred:
+                status[r] = {**status[r], "state": "failed",
+                             "detail": f"expired after {age / 86400:.1f} days: {status[r].get('detail', '')}"}
+                failed.append(FailedRecipient(r, "4.4.7", f"delivery time expired: {status[r].get('detail', '')}"))
+        self._release_hold(entry)
+        if failed:
+            await send_dsn(self.spool, entry, raw, failed, hostname=self.hostname)
+        states = {s.get("state") for s in status.values()}
+        if "failed" in states:
+            error = "; ".join(sorted({str(s.get("detail", "")) for s in status.values()
+                                      if s.get("state") == "failed"}))[:1000]
+            new = await self.spool.transition(entry.queue_id, State.FAILED, error=error, route=route,
+                                              rcpt_status=status, count_attempt=True)
+            self.stats["failed"] += 1
+            log.warning("delivery.failed", error=error, **ctx)
+            return new
+        new = await self.spool.transition(entry.queue_id, State.DELIVERED, route=route, rcpt_status=status,
+                                          count_attempt=True)
+        self.stats["delivered"] += 1
+        return new
+
+    async def _defer(self, entry: SpoolEntry, status: dict[str, dict[str, Any]],
+                     temp: list[tuple[str, TempFailure]], route: list[dict[str, Any]],
+                     ctx: dict[str, Any]) -> SpoolEntry:
+        breaker_only = bool(temp) and all(isinstance(e, BreakerOpenError) for _i, e in temp)
+        attempts = entry.attempts + (0 if breaker_only else 1)
+        delay = self._backoff(max(1, attempts))
+        next_at = time.time() + delay
+        for instance, exc in temp:
+            if isinstance(exc, BreakerOpenError):
+                client = self.clients.get(instance)
+                if client is not None and client.breaker.state == "closed":
+                    next_at = time.time()  # it closed while we were busy: go again now, in order
+                else:
+                    next_at = max(next_at, exc.retry_at)
+        for instance, _exc in temp:
+            if instance in self._waiting:
+                self._waiting[instance].add(entry.queue_id)
+        key = self._sender_key(entry)
+        wide = [(i, e) for i, e in temp if _instance_wide(e)]
+        hold = self._holds.get(key)
+        if wide and (hold is None or hold.queue_id == entry.queue_id
+                     or entry.envelope.received_at < hold.received_at):
+            self._holds[key] = _Hold(entry.queue_id, entry.envelope.received_at, next_at, wide[0][0])
+        elif not wide:
+            self._release_hold(entry)
+        error = "; ".join(dict.fromkeys(str(e) for _i, e in temp))[:1000] or "deferred"
+        new = await self.spool.transition(entry.queue_id, State.DEFERRED, error=error, next_attempt_at=next_at,
+                                          route=route or None, rcpt_status=status, count_attempt=not breaker_only)
+        self.stats["deferred"] += 1
+        log.info("delivery.deferred", error=error, attempts=new.attempts,
+                 next_attempt_in=round(next_at - time.time(), 3), **ctx)
+        return new
+
+    def _release_hold(self, entry: SpoolEntry) -> None:
+        key = self._sender_key(entry)
+        hold = self._holds.get(key)
+        if hold is not None and hold.queue_id == entry.queue_id:
+            del self._holds[key]
+
+    def _backoff(self, attempts: int) -> float:
+        """Exponential from retry_initial to retry_max, with "equal jitter" (half fixed, half random)."""
+        base = min(self.delivery.retry_max, self.delivery.retry_initial * (2 ** min(attempts - 1, 30)))
+        return base / 2 + self._rng.uniform(0, base / 2)
+
+
+def _diagnostic(exc: BaseException) -> str:
+    text = str(exc)
+    # "odoo main: mail.thread.message_process: No possible route …" -> the part a sender can read.
+    return text.split(": ", 2)[-1] if text.count(": ") >= 2 else text
+
+
+async def requeue_failed(spool: Spool, queue_id: str) -> SpoolEntry:
+    """Operator retry (`mailgw queue retry`): a failed entry goes back to `received`, due now.
+
+    The worker then routes it again with the current directory and delivers every recipient not already
+    delivered (rcpt_status keeps those, so a partly delivered message is not posted twice).
+    """
+    return await spool.requeue(queue_id)
+
+
+# -- daemon wiring ------------------------------------------------------------------------------------------
+
+def build_clients(config: Config) -> dict[str, OdooClient]:
+    d = config.delivery
+    return {inst.name: OdooClient(inst, breaker_threshold=d.breaker_threshold, breaker_cooldown=d.breaker_cooldown,
+                                  cache_size=config.routing.reply_cache_size, cache_ttl=config.routing.reply_cache_ttl)
+            for inst in config.odoo}
+
+
+class InboundService:
+    """The Odoo side as one daemon service: clients, directory sync, inbound worker; stopped in that order
+    reversed (worker first, so in-flight deliveries still have their connections)."""
+
+    def __init__(self, config: Config, spool: Spool, *, hostname: str | None = None,
+                 bounce_handler: BounceHandler | None = None):
+        self.config = config
+        self.clients = build_clients(config)
+        self.directory = DirectorySync(config, self.clients)
+        self.worker = InboundWorker(config, spool, self.clients, self.directory, hostname=hostname,
+                                    bounce_handler=bounce_handler)
+
+    async def run(self) -> None:
+        await asyncio.gather(*(c.start() for c in self.clients.values()))
+        await self.directory.start()
+        await self.worker.run()
+
+    async def stop(self) -> None:
+        await self.worker.stop()
+        await self.directory.stop()
+        for client in self.clients.values():
+            await client.close()
+
+    async def reload(self, config: Config) -> None:
+        """SIGHUP: refresh the directory now (instance changes need a restart)."""
+        await self.directory.refresh()
+
+
+async def inbound_services(daemon: Any) -> list[Any]:
+    """A `gateway.daemon.SERVICE_FACTORIES` entry: `SERVICE_FACTORIES.append(inbound_services)`."""
+    if not daemon.config.odoo:
+        return []
+    service = InboundService(daemon.config, daemon.spool, hostname=getattr(daemon, "hostname", None),
+                             bounce_handler=getattr(daemon, "bounce_handler", None))
+    daemon.reload_hooks.append(service.reload)
+    daemon.inbound = service
+    return [service]
