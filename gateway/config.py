@@ -208,6 +208,8 @@ class OdooConfig(_SecretHolder):
     directory_refresh: Duration = parse_duration("5m")
     fallback: FallbackConfig = FallbackConfig()
     reference_patterns: list[ReferencePattern] = []
+    # Models catchall+<model>-<id>@ may post to (None: any). That path checks no alias contact policy.
+    subaddress_models: list[str] | None = None
     # Odoo 16 and older have no mail.alias.domain: the catchall domain comes from ICPs.
     legacy_directory: bool = False
     # Mirror of mail.gateway.loop.* checked at the door (None: read the ICPs from Odoo).

@@ -108,6 +108,7 @@ class Recipient(NamedTuple):
     local: str
     domain: str
     raw_local: str
+    original: str  # as given (decisions name the recipient this way, so callers can match them)
 
 
 def parse_recipient(rcpt: str) -> Recipient | None:
@@ -129,7 +130,7 @@ def parse_recipient(rcpt: str) -> Recipient | None:
     if not domain:
         return None
     low = local.lower()
-    return Recipient(f"{low}@{domain}", low, domain, local)
+    return Recipient(f"{low}@{domain}", low, domain, local, rcpt)
 
 
 def canonical_recipient(rcpt: str) -> str:

@@ -8,8 +8,8 @@ are passed only where the gateway adds something Odoo lacks (catchall+subaddress
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 RouteKind = Literal["bounce", "reply", "alias", "subaddress", "fallback", "refuse"]
@@ -54,6 +54,18 @@ class DeliveryPlan:
     def kinds(self) -> set[str]:
         return {d.route for d in self.decisions}
 
+    def delivered_to(self, visible: Iterable[str]) -> tuple[str, ...]:
+        """The recipients to write as Delivered-To: those absent from the message's own Delivered-To, To, Cc,
+        Resent-To and Resent-Cc (`visible`, e.g. ``MessageView.odoo_recipients``).
+
+        Odoo counts Delivered-To as To: writing a recipient that is only in Cc there would change its
+        decision (a Cc'd alias of another model turns a reply into a forward; a Cc'd catchall makes mail
+        a catchall write). Recipients the headers do not show must be written, or Odoo finds no route.
+        The router predicts exactly this.
+        """
+        seen = {a.lower() for a in visible}
+        return tuple(r for r in self.recipients if r.lower() not in seen)
+
 
 def plan_deliveries(decisions: Sequence[RouteDecision]) -> list[DeliveryPlan]:
     """Group delivering decisions per instance (order of first appearance).
@@ -91,27 +103,3 @@ def is_deferral(d: RouteDecision) -> bool:
     """A refusal with a 4xx answer (directory not loaded yet, loop guard): retry later, never a DSN."""
     return d.route == "refuse" and d.reply is not None and 400 <= d.reply[0] < 500
 
-
-def resolve_lookups(
-    decisions: Sequence[RouteDecision], found: Mapping[tuple[str, str, str], int | None],
-) -> list[RouteDecision]:
-    """Fill `thread_id` of reference-pattern decisions from the worker's lookups (`found[lookup]`).
-
-    A lookup that found nothing becomes a 550 5.1.1 refusal naming the reference; one not looked up yet is
-    left as it is.
-    """
-    out: list[RouteDecision] = []
-    for d in decisions:
-        if d.lookup is None or d.thread_id or d.lookup not in found:
-            out.append(d)
-            continue
-        res_id = found[d.lookup]
-        model, fname, value = d.lookup
-        if res_id:
-            out.append(replace(d, thread_id=res_id, lookup=None,
-                               reason=f"{d.reason} (found: {model} record {res_id})"))
-        else:
-            out.append(replace(d, route="refuse", model=None, thread_id=None, lookup=None,
-                               rule="subaddress.not_found", reason=f"no {model} record with {fname} = {value!r}",
-                               reply=(550, "5.1.1", f"No {model} with {fname} {value}")))
-    return out

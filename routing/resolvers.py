@@ -259,7 +259,7 @@ Resolver = Callable[[RouteContext, Recipient], RouteDecision | None]
 def _decision(ctx: RouteContext, rcpt: Recipient, route: RouteKind, *, rule: str, reason: str,
               model: str | None = None, thread_id: int | None = None, alias: str | None = None,
               lookup: tuple[str, str, str] | None = None) -> RouteDecision:
-    return RouteDecision(recipient=rcpt.address, route=route, instance=ctx.instance, model=model,
+    return RouteDecision(recipient=rcpt.original, route=route, instance=ctx.instance, model=model,
                          thread_id=thread_id, alias=alias, rule=rule, reason=reason, lookup=lookup)
 
 
@@ -267,7 +267,7 @@ def by_loop_marker(ctx: RouteContext, rcpt: Recipient) -> RouteDecision | None:
     """Odoo drops answers to its own refusal/loop notices before routing; the gateway drops them too."""
     if not ctx.msg.is_loop_notice_reply:
         return None
-    return refusal(rcpt.address, ctx.instance, "loop.notice_reply",
+    return refusal(rcpt.original, ctx.instance, "loop.notice_reply",
                    "answers one of Odoo's refusal/loop notices: Odoo drops it silently, so does the gateway",
                    DISCARDED)
 
@@ -303,7 +303,7 @@ def by_alias(ctx: RouteContext, rcpt: Recipient) -> RouteDecision | None:
     if not ctx.rcpt_list:
         return None
     if ctx.direct_catchall:
-        return refusal(rcpt.address, ctx.instance, "catchall.direct",
+        return refusal(rcpt.original, ctx.instance, "catchall.direct",
                        "every To/Delivered-To address is a catchall: Odoo refuses a direct write to the catchall",
                        CATCHALL_REFUSED)
     routes = ctx.alias_routes
@@ -360,16 +360,16 @@ def by_fallback(ctx: RouteContext, rcpt: Recipient) -> RouteDecision | None:
 
 def by_refusal(ctx: RouteContext, rcpt: Recipient) -> RouteDecision:
     if ctx.any_catchall_in_to:
-        return refusal(rcpt.address, ctx.instance, "catchall.unroutable",
+        return refusal(rcpt.original, ctx.instance, "catchall.unroutable",
                        "a catchall plus addresses that route nowhere: Odoo refuses it as a catchall write",
                        CATCHALL_REFUSED)
     sub = parse_subaddress(ctx.index, ctx.ipolicy, rcpt, ctx.separator)
     if sub is not None and sub.error:
-        return refusal(rcpt.address, ctx.instance, "subaddress.invalid", f"catchall subaddress: {sub.error}")
+        return refusal(rcpt.original, ctx.instance, "subaddress.invalid", f"catchall subaddress: {sub.error}")
     reason = f"{rcpt.address} is no alias, no reply matched and no fallback applies: Odoo finds no route"
     if rcpt.address in ctx.index.full_ci and rcpt.address not in ctx.index.full:
         reason += " (an alias matches only case-insensitively: its domain is stored with capitals in Odoo)"
-    return refusal(rcpt.address, ctx.instance, "refuse.no_route", reason)
+    return refusal(rcpt.original, ctx.instance, "refuse.no_route", reason)
 
 
 CHAIN: tuple[Resolver, ...] = (by_loop_marker, by_bounce, by_reply, by_alias, by_subaddress, by_fallback)
@@ -393,16 +393,16 @@ def by_address(index: InstanceIndex, ipolicy: InstancePolicy, rcpt: Recipient,
     inst = index.name
     dom = index.alias_domain_of(rcpt)
     if dom is not None and dom.bounce_alias and rcpt.local == dom.bounce_alias.lower():
-        return RouteDecision(rcpt.address, "bounce", inst, rule="bounce.address",
+        return RouteDecision(rcpt.original, "bounce", inst, rule="bounce.address",
                              reason=f"the bounce address of {dom.name}")
     vdom = index.verp_domain(rcpt, separator)
     if vdom is not None:
-        return RouteDecision(rcpt.address, "bounce", inst, rule="bounce.verp",
+        return RouteDecision(rcpt.original, "bounce", inst, rule="bounce.verp",
                              reason=f"a VERP bounce address of {vdom.name}")
     aliases, how = index.aliases_for_address(rcpt.address)
     if aliases:
         alias = aliases[0]
-        return RouteDecision(rcpt.address, "alias", inst, model=alias.model, thread_id=alias.force_thread_id,
+        return RouteDecision(rcpt.original, "alias", inst, model=alias.model, thread_id=alias.force_thread_id,
                              alias=odoo_full_name(alias), rule=f"alias.{how}",
                              reason=f"alias {odoo_full_name(alias)}: Odoo {describe_alias(alias)}")
     if dom is not None and dom.catchall_alias and rcpt.local == dom.catchall_alias.lower():
@@ -410,15 +410,15 @@ def by_address(index: InstanceIndex, ipolicy: InstancePolicy, rcpt: Recipient,
     sub = parse_subaddress(index, ipolicy, rcpt, separator)
     if sub is not None:
         if sub.error:
-            return refusal(rcpt.address, inst, "subaddress.invalid", f"catchall subaddress: {sub.error}")
+            return refusal(rcpt.original, inst, "subaddress.invalid", f"catchall subaddress: {sub.error}")
         what = f"{sub.model} record {sub.thread_id}" if sub.thread_id else f"a {sub.model} reference"
-        return RouteDecision(rcpt.address, "subaddress", inst, model=sub.model, thread_id=sub.thread_id,
+        return RouteDecision(rcpt.original, "subaddress", inst, model=sub.model, thread_id=sub.thread_id,
                              rule=sub.rule, reason=f"catchall subaddress naming {what}", lookup=sub.lookup)
     fb = ipolicy.fallback
     if fb.applies_to(rcpt.domain):
-        return RouteDecision(rcpt.address, "fallback", inst, model=fb.model, thread_id=fb.thread_id,
+        return RouteDecision(rcpt.original, "fallback", inst, model=fb.model, thread_id=fb.thread_id,
                              rule="fallback.deliver", reason=f"unknown address; the fallback delivers to {fb.model}")
     reason = f"{rcpt.address} is no alias, bounce or catchall address of {inst}"
     if rcpt.address in index.full_ci:
         reason += " (an alias matches only case-insensitively: its domain is stored with capitals in Odoo)"
-    return refusal(rcpt.address, inst, "refuse.unknown", reason)
+    return refusal(rcpt.original, inst, "refuse.unknown", reason)

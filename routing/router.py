@@ -125,11 +125,11 @@ class Router:
             return refusal(str(rcpt), None, "address.invalid", "not a local@domain address", BAD_ADDRESS)
         instance = self.owner_of(r.domain)
         if instance is None:
-            return refusal(r.address, None, "relay.denied",
+            return refusal(r.original, None, "relay.denied",
                            f"{r.domain} is not a domain of this gateway (it is not a relay)", RELAY_DENIED)
         index = self._indexes.get(instance)
         if index is None:
-            return refusal(r.address, instance, "directory.unavailable", f"no directory snapshot of {instance} yet",
+            return refusal(r.original, instance, "directory.unavailable", f"no directory snapshot of {instance} yet",
                            DIRECTORY_UNAVAILABLE)
         return r, instance, index
 
@@ -259,5 +259,9 @@ def explain(decisions: Iterable[RouteDecision]) -> str:
 
 
 def header_recipients(msg: MessageView) -> list[str]:
-    """Recipients read from Delivered-To, To and Cc (what `mailgw route` uses without --rcpt), de-duplicated."""
-    return list(dict.fromkeys(a.lower() for a in msg.delivered_to + msg.to + msg.cc))
+    """Recipients read from Delivered-To, To and Cc (what `mailgw route` uses without --rcpt), de-duplicated
+    case-insensitively, as written (reference patterns may care about case)."""
+    seen: dict[str, str] = {}
+    for a in msg.delivered_to + msg.to + msg.cc:
+        seen.setdefault(a.lower(), a)
+    return list(seen.values())

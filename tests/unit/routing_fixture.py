@@ -96,4 +96,4 @@ def decide(router: Router, msg: MessageView, rcpts: Sequence[str] | None = None,
 
 
 def of(decisions: Sequence[RouteDecision], address: str) -> RouteDecision:
-    return next(d for d in decisions if d.recipient == address.lower())
+    return next(d for d in decisions if d.recipient.lower() == address.lower())
