@@ -1,0 +1,583 @@
+"""IMAP intake: `ImapPoller` watches one folder (IDLE, or polling) and moves its new mail into the spool.
+
+Per message, in this order: UID FETCH with BODY.PEEK (no implicit \\Seen) -> spool commit (ledger key
+``imap:<name>:<uidvalidity>:<uid>``) -> the configured action (`after`: \\Seen, MOVE, or \\Deleted + EXPUNGE).
+A crash anywhere before the action leaves the message in the "new" view; the next pass finds its key in the
+ledger and only applies the action. See gateway/intake/mailbox.py for the envelope and duplicate rules.
+
+Connection life: connect (implicit TLS, STARTTLS or plain) -> LOGIN -> SELECT -> catch up (UID SEARCH) ->
+IDLE until something arrives or `idle_renew` passes (servers drop idlers after 30 min) -> catch up -> …
+Any error closes the connection and reconnects with backoff; every (re)connect starts with the catch-up, so
+mail that arrived while disconnected is found. aioimaplib leaves a command waiting forever when the connection
+drops (and `idle_start` when the server answers BYE, aioimaplib#110), so every call here is raced against the
+connection-lost callback and a timeout (`ImapClient.call`).
+
+aioimaplib has no client STARTTLS: `ImapClient.starttls` adds it (STARTTLS command, then `loop.start_tls` on the
+same transport and protocol, then CAPABILITY again as RFC 3501 §6.2.1 requires).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import socket
+import ssl
+from collections.abc import Awaitable, Iterable, Sequence
+from typing import Any, TypeVar
+
+import aioimaplib
+from aioimaplib.aioimaplib import STOP_WAIT_SERVER_PUSH, Command, IMAP4ClientProtocol, quoted
+
+from gateway.config import Config, ImapConfig
+from gateway.errors import GatewayError
+from gateway.intake.mailbox import (
+    BackoffPolicy,
+    FetchedMessage,
+    MailboxLedger,
+    SpoolOutcome,
+    crash_point,
+    default_port,
+    imap_key,
+    is_loopback,
+    ssl_context_for,
+)
+from gateway.logs import get_logger
+from gateway.spool.base import Spool, State
+
+T = TypeVar("T")
+log = get_logger("mailgw.intake.imap")
+
+# aioimaplib parses a read buffer recursively, one stack frame per response line: a FETCH of many small
+# messages arriving in one read would hit the recursion limit. 200 UIDs per command keeps it far below.
+MAX_UIDS_PER_COMMAND = 200
+MAX_BATCH_BYTES = 32 * 1024 * 1024  # bodies held in memory at once (one message may exceed it alone)
+IDLE_RENEW_MAX = 28 * 60.0  # RFC 2177: servers may log an idle client out after 30 minutes
+
+_EXISTS = re.compile(rb"^\* \d+ EXISTS")
+_FETCH_START = re.compile(rb"^(\d+) FETCH \(")
+_UID = re.compile(rb"\bUID (\d+)")
+_SIZE = re.compile(rb"\bRFC822\.SIZE (\d+)")
+_EMPTY_BODY = re.compile(rb"BODY\[(?:HEADER)?\] (?:\{0\}|\"\")")
+_UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
+_EXISTS_LINE = re.compile(rb"^(\d+) EXISTS")
+
+
+class ImapError(GatewayError):
+    """The server said NO/BAD or something unexpected; the poller reconnects."""
+
+
+class ImapConnectionLost(ImapError):
+    pass
+
+
+class ImapAuthError(ImapError):
+    pass
+
+
+def uid_set(uids: Iterable[int]) -> str:
+    """[1, 2, 3, 7, 9, 10] -> "1:3,7,9:10"."""
+    out: list[str] = []
+    ordered = sorted(set(uids))
+    i = 0
+    while i < len(ordered):
+        j = i
+        while j + 1 < len(ordered) and ordered[j + 1] == ordered[j] + 1:
+            j += 1
+        out.append(str(ordered[i]) if i == j else f"{ordered[i]}:{ordered[j]}")
+        i = j + 1
+    return ",".join(out)
+
+
+def _chunks(items: Sequence[T], n: int) -> Iterable[Sequence[T]]:
+    for i in range(0, len(items), n):
+        yield items[i : i + n]
+
+
+def _text(resp: Any) -> str:
+    """The human text of a response (its last line), for error messages."""
+    lines = getattr(resp, "lines", None) or [b""]
+    last = lines[-1]
+    return bytes(last).decode(errors="replace") if isinstance(last, bytes | bytearray) else str(last)
+
+
+def parse_search(lines: Sequence[Any]) -> list[int]:
+    uids: list[int] = []
+    for line in lines[:-1]:
+        if isinstance(line, bytes) and re.fullmatch(rb"[\d ]*", line):
+            uids.extend(int(x) for x in line.split())
+    return uids
+
+
+def parse_fetch(lines: Sequence[Any]) -> dict[int, tuple[int | None, bytes | None]]:
+    """UID -> (RFC822.SIZE, literal) from aioimaplib's FETCH response lines (literals arrive as bytearray).
+
+    Items without a UID (unsolicited flag updates) are ignored; the literal is None when none was requested.
+    """
+    out: dict[int, tuple[int | None, bytes | None]] = {}
+    items: list[list[Any]] = []
+    for line in lines[:-1]:  # the last line is the tagged completion text
+        if isinstance(line, bytearray):
+            if items:
+                items[-1][1] = bytes(line)
+        elif isinstance(line, bytes):
+            if _FETCH_START.match(line) or not items:
+                items.append([line, None])
+            else:
+                items[-1][0] += b" " + line
+    for text, literal in items:
+        m = _UID.search(text)
+        if not m:
+            continue
+        size = _SIZE.search(text)
+        if literal is None and _EMPTY_BODY.search(text):
+            literal = b""
+        out[int(m.group(1))] = (int(size.group(1)) if size else None, literal)
+    return out
+
+
+class _WatchfulProtocol(IMAP4ClientProtocol):
+    """Notices EXISTS and BYE lines, which aioimaplib drops when no command is waiting for them."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Any) -> None:
+        super().__init__(loop, conn_lost_cb)
+        self.exists_seen = False
+        self.bye: str | None = None
+
+    def _untagged_response(self, line: bytes) -> Any:
+        if _EXISTS.match(line):
+            self.exists_seen = True
+        elif line.startswith(b"* BYE"):
+            self.bye = line[2:].decode(errors="replace")
+        return super()._untagged_response(line)
+
+
+class ImapClient(aioimaplib.IMAP4):
+    """aioimaplib.IMAP4 plus what a long-running poller needs: STARTTLS, connection-loss and EXISTS tracking,
+    and `call()`, which bounds every command by the connection's life and a timeout."""
+
+    def __init__(self, host: str, port: int, *, ssl_context: ssl.SSLContext | None, timeout: float) -> None:
+        self.lost = asyncio.Event()
+        self.lost_reason: str | None = None
+        self.protocol: _WatchfulProtocol
+        super().__init__(host=host, port=port, timeout=timeout, conn_lost_cb=self._on_lost, ssl_context=ssl_context)
+
+    def create_client(self, host: str, port: int, loop: asyncio.AbstractEventLoop | None,
+                      conn_lost_cb: Any = None, ssl_context: ssl.SSLContext | None = None) -> None:
+        local_loop = loop if loop is not None else asyncio.get_running_loop()
+        self.protocol = _WatchfulProtocol(local_loop, conn_lost_cb)
+        self._client_task = local_loop.create_task(
+            local_loop.create_connection(lambda: self.protocol, host, port, ssl=ssl_context))
+
+    def _on_lost(self, exc: Exception | None) -> None:
+        self.lost_reason = str(exc) if exc else (self.protocol.bye or "closed by the server")
+        self.lost.set()
+
+    @property
+    def capabilities(self) -> set[str]:
+        return set(self.protocol.capabilities)
+
+    async def call(self, aw: Awaitable[T], what: str, timeout: float | None = None) -> T:
+        """Await `aw` unless the connection drops or `timeout` (default: the client's) passes first."""
+        if self.lost.is_set():
+            raise ImapConnectionLost(f"connection lost before {what}: {self.lost_reason}")
+        task = asyncio.ensure_future(aw)
+        lost = asyncio.ensure_future(self.lost.wait())
+        try:
+            done, _ = await asyncio.wait({task, lost}, timeout=timeout or self.timeout,
+                                         return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not task.done():
+                task.cancel()
+        if task in done:
+            return task.result()
+        if lost in done:
+            raise ImapConnectionLost(f"connection lost during {what}: {self.lost_reason}")
+        raise ImapConnectionLost(f"no answer to {what} within {timeout or self.timeout:g}s (watchdog)")
+
+    async def ok(self, aw: Awaitable[Any], what: str, timeout: float | None = None) -> Any:
+        resp = await self.call(aw, what, timeout)
+        if resp.result != "OK":
+            raise ImapError(f"{what}: {resp.result} {_text(resp)}")
+        return resp
+
+    async def open(self, user: str, password: str, *, starttls: ssl.SSLContext | None) -> None:
+        """Greeting, optional STARTTLS, LOGIN, fresh CAPABILITY."""
+        await self.call(self.wait_hello_from_server(), "greeting")
+        self._keepalive()
+        if starttls is not None:
+            await self.starttls(starttls)
+        if "LOGINDISABLED" in self.capabilities:
+            raise ImapAuthError("the server refuses LOGIN on this connection (LOGINDISABLED): use TLS")
+        resp = await self.call(self.login(quoted(user), password), "LOGIN")
+        if resp.result != "OK":
+            raise ImapAuthError(f"LOGIN refused: {_text(resp)}")
+        # LOGIN's inline [CAPABILITY …] is parsed badly by aioimaplib ("MOVE]"): ask again.
+        await self.call(self.protocol.capability(), "CAPABILITY")
+
+    async def starttls(self, ctx: ssl.SSLContext) -> None:
+        if "STARTTLS" not in self.capabilities:
+            # Never fall back to plaintext: that is exactly what a downgrade attack would provoke.
+            raise ImapError("tls: starttls but the server does not offer STARTTLS")
+        cmd = Command("STARTTLS", self.protocol.new_tag(), loop=self.protocol.loop)
+        resp = await self.call(self.protocol.execute(cmd), "STARTTLS")
+        if resp.result != "OK":
+            raise ImapError(f"STARTTLS refused: {_text(resp)}")
+        loop = asyncio.get_running_loop()
+        transport = await self.call(loop.start_tls(self.protocol.transport, self.protocol, ctx,
+                                                   server_hostname=self.host), "TLS handshake")
+        self.protocol.transport = transport
+        await self.call(self.protocol.capability(), "CAPABILITY")
+
+    def _keepalive(self) -> None:
+        """TCP keepalive so a silently dead peer (NAT timeout) is noticed in minutes, not hours."""
+        sock = self.protocol.transport.get_extra_info("socket") if self.protocol.transport else None
+        if sock is None:
+            return
+        with contextlib.suppress(OSError, AttributeError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            if hasattr(socket, "TCP_KEEPIDLE"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, 60)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, 15)
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, 4)
+
+    def tls_info(self) -> str | None:
+        transport = self.protocol.transport
+        obj = transport.get_extra_info("ssl_object") if transport else None
+        if obj is None:
+            return None
+        cipher = obj.cipher()
+        return f"{obj.version()} {cipher[0] if cipher else ''}".strip()
+
+    def abort(self) -> None:
+        transport = self.protocol.transport
+        if transport is not None:
+            transport.abort()
+
+    async def close_gracefully(self) -> None:
+        """LOGOUT if the connection is healthy, then drop it. Never raises."""
+        if not self.lost.is_set() and self.protocol.state in ("AUTH", "SELECTED", "NONAUTH"):
+            with contextlib.suppress(Exception):
+                await self.call(self.logout(), "LOGOUT", timeout=min(self.timeout, 5.0))
+        self.abort()
+
+
+def connect_client(cfg: ImapConfig) -> tuple[ImapClient, ssl.SSLContext | None]:
+    """A not-yet-opened client for this mailbox and the STARTTLS context to pass to `open` (or None)."""
+    ctx = ssl_context_for(cfg) if cfg.tls != "none" else None
+    client = ImapClient(cfg.host, default_port(cfg, "imap"), ssl_context=ctx if cfg.tls == "implicit" else None,
+                        timeout=cfg.timeout)
+    return client, ctx if cfg.tls == "starttls" else None
+
+
+def search_criteria(cfg: ImapConfig) -> str:
+    # after: seen -> the unread messages are the "new" view; move/delete -> everything still in the folder.
+    return "UNSEEN" if cfg.after == "seen" else "ALL"
+
+
+class ImapPoller:
+    """One mailbox folder -> the spool. `await run()` until `await stop()`; never raises for server trouble."""
+
+    backoff_initial = 1.0
+    backoff_max = 300.0
+
+    def __init__(self, cfg: ImapConfig, config: Config, spool: Spool) -> None:
+        self.cfg = cfg
+        self.config = config
+        self.spool = spool
+        self.ledger = MailboxLedger(spool, cfg, config, intake="imap")
+        self.log = log.bind(mailbox=cfg.name)
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "flagged"), 0)
+        self.uidvalidity: int | None = None
+        self.idle_active = False  # True while an IDLE is acknowledged by the server (tests and metrics read it)
+        self._left: set[int] = set()  # UIDs (of the current UIDVALIDITY) deliberately left in the mailbox
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()
+        self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
+        self._last_error: str | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        self._task = asyncio.current_task()
+        self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
+        try:
+            while not self._stopping:
+                client: ImapClient | None = None
+                try:
+                    client, starttls = connect_client(self.cfg)
+                    await self._session(client, starttls)
+                except asyncio.CancelledError:
+                    raise
+                except ImapAuthError as exc:
+                    self._note_error(exc)
+                    # Hammering a wrong password gets accounts locked: wait at least a minute.
+                    self._backoff.current = max(self._backoff.current, 60.0)
+                except (OSError, TimeoutError, ssl.SSLError, GatewayError, aioimaplib.AioImapException) as exc:
+                    self._note_error(exc)
+                except Exception as exc:  # a bug must not kill the intake; say so loudly and carry on
+                    self.stats["errors"] += 1
+                    self.log.exception("imap.poller_error", error=repr(exc))
+                finally:
+                    self.idle_active = False
+                    if client is not None:
+                        await client.close_gracefully()
+                if not self._stopping:
+                    await self._sleep(self._backoff.next_delay())
+        finally:
+            self._finished.set()
+            self.log.info("imap.stopped")
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish the batch in progress (spool + flag), log out, return. Cancels after `grace` seconds."""
+        self._stopping = True
+        self._stop_event.set()
+        task = self._task
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._finished.wait()), grace)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.stats["errors"] += 1
+        text = f"{type(exc).__name__}: {exc}"
+        # Outages are logged once per change, not once per retry.
+        if text != self._last_error:
+            self.log.warning("imap.disconnected", error=text, retry_in=round(self._backoff.current, 1))
+        else:
+            self.log.debug("imap.disconnected", error=text)
+        self._last_error = text
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    # -- one connection ---------------------------------------------------------------------------------
+
+    async def _session(self, client: ImapClient, starttls: ssl.SSLContext | None) -> None:
+        cfg = self.cfg
+        if cfg.tls == "none" and not is_loopback(cfg.host):
+            self.log.warning("imap.plaintext", note="tls: none sends the password in clear text")
+        await client.open(cfg.user, cfg.password(), starttls=starttls)
+        resp = await client.ok(client.select(quoted(cfg.folder)), f"SELECT {cfg.folder}")
+        uidvalidity = exists = None
+        for line in resp.lines:
+            if isinstance(line, bytes):
+                if m := _UIDVALIDITY.search(line):
+                    uidvalidity = int(m.group(1))
+                elif m := _EXISTS_LINE.match(line):
+                    exists = int(m.group(1))
+        if uidvalidity is None:
+            raise ImapError(f"SELECT {cfg.folder}: the server sent no UIDVALIDITY")
+        if self.uidvalidity is not None and uidvalidity != self.uidvalidity:
+            # Old UIDs mean nothing now. Ledger keys carry the UIDVALIDITY, so no new message is mistaken for an
+            # old one; the Message-Id check keeps messages spooled under the old UIDVALIDITY from coming twice.
+            self.log.warning("imap.uidvalidity_changed", old=self.uidvalidity, new=uidvalidity)
+            self._left.clear()
+        self.uidvalidity = uidvalidity
+        if cfg.after.startswith("move:"):
+            target = cfg.after[5:]
+            with contextlib.suppress(ImapError):  # NO [ALREADYEXISTS] is the usual answer
+                await client.ok(client.create(quoted(target)), f"CREATE {target}")
+        self.stats["sessions"] += 1
+        self._last_error = None
+        use_idle = cfg.idle and "IDLE" in client.capabilities
+        self.log.info("imap.connected", host=cfg.host, folder=cfg.folder, uidvalidity=uidvalidity, exists=exists,
+                      idle=use_idle, tls=client.tls_info())
+        first = True
+        while not self._stopping:
+            await self._catch_up(client)
+            if first:
+                self._backoff.reset()  # only once a session has done real work
+                first = False
+            if self._stopping:
+                break
+            if use_idle:
+                await self._idle(client)
+            else:
+                await self._sleep(cfg.poll_interval)
+                await client.ok(client.noop(), "NOOP")
+
+    async def _catch_up(self, client: ImapClient) -> None:
+        """Spool and flag everything in the "new" view; repeat while the server reports new arrivals."""
+        handled: set[int] = set()
+        while not self._stopping:
+            client.protocol.exists_seen = False
+            resp = await client.ok(client.uid_search(search_criteria(self.cfg), charset=None), "UID SEARCH")
+            todo = [u for u in parse_search(resp.lines) if u not in handled and u not in self._left]
+            for chunk in _chunks(todo, MAX_UIDS_PER_COMMAND):
+                if self._stopping:
+                    return
+                await self._process(client, list(chunk))
+                handled.update(chunk)
+            if not todo and not client.protocol.exists_seen:
+                return
+
+    async def _process(self, client: ImapClient, uids: list[int]) -> None:
+        assert self.uidvalidity is not None
+        uv = self.uidvalidity
+        keys = {u: imap_key(self.cfg.name, uv, u) for u in uids}
+        known = await self.ledger.lookup(list(keys.values()))
+        redo: list[tuple[int, str]] = []
+        for u in uids:
+            qid = known.get(keys[u])
+            if qid is None:
+                continue
+            if await self.ledger.left_in_mailbox(qid):
+                self._left.add(u)
+            else:
+                redo.append((u, qid))
+        if redo:
+            # Spooled before (crash between commit and flag, or a human marked it unread): only flag.
+            self.stats["refetched"] += len(redo)
+            self.log.info("imap.already_spooled", uids=uid_set(u for u, _ in redo), queue_ids=[q for _, q in redo])
+            await self._after(client, [u for u, _ in redo], [q for _, q in redo])
+        new = [u for u in uids if keys[u] not in known]
+        if not new:
+            return
+        sizes = {u: s for u, (s, _) in parse_fetch((await client.ok(
+            client.uid("fetch", uid_set(new), "(UID RFC822.SIZE)"), "UID FETCH RFC822.SIZE")).lines).items()}
+        batch: list[int] = []
+        batch_bytes = 0
+        for u in new:
+            size = sizes.get(u)
+            if size is None:
+                continue  # expunged meanwhile by another client
+            if size > self.cfg.max_message_size:
+                await self._oversized(client, u, size)
+                continue
+            if batch and (len(batch) >= self.cfg.batch_size or batch_bytes + size > MAX_BATCH_BYTES):
+                await self._fetch_and_spool(client, batch)
+                batch, batch_bytes = [], 0
+            batch.append(u)
+            batch_bytes += size
+            if self._stopping:
+                break
+        if batch:
+            await self._fetch_and_spool(client, batch)
+
+    async def _fetch_and_spool(self, client: ImapClient, uids: list[int]) -> None:
+        assert self.uidvalidity is not None
+        resp = await client.ok(client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE BODY.PEEK[])"), "UID FETCH")
+        fetched = parse_fetch(resp.lines)
+        messages = [
+            FetchedMessage(imap_key(self.cfg.name, self.uidvalidity, u), body,
+                           {"uidvalidity": self.uidvalidity, "uid": u, "folder": self.cfg.folder})
+            for u in uids
+            if (body := fetched.get(u, (None, None))[1]) is not None
+        ]
+        outcomes = await self.ledger.store(messages)
+        self._count(outcomes)
+        crash_point()
+        ok = [(int(o.key.rsplit(":", 1)[1]), o.queue_id or "") for o in outcomes if o.committed]
+        await self._after(client, [u for u, _ in ok], [q for _, q in ok])
+        failed = [o for o in outcomes if not o.committed]
+        if failed:
+            # The spool refused a write (disk full, …): leave those unflagged and retry after a backoff.
+            raise ImapError(f"{len(failed)} message(s) could not be spooled: {failed[0].error}")
+
+    def _count(self, outcomes: Sequence[SpoolOutcome]) -> None:
+        for o in outcomes:
+            if o.duplicate_of:
+                self.stats["duplicates"] += 1
+            elif o.created and o.state == State.FAILED:
+                self.stats["parked"] += 1
+            elif o.created:
+                self.stats["fetched"] += 1
+            elif o.committed:
+                self.stats["refetched"] += 1
+
+    async def _oversized(self, client: ImapClient, uid: int, size: int) -> None:
+        assert self.uidvalidity is not None
+        resp = await client.ok(client.uid("fetch", str(uid), "(UID RFC822.SIZE BODY.PEEK[HEADER])"),
+                               "UID FETCH HEADER")
+        head = parse_fetch(resp.lines).get(uid, (None, None))[1] or b""
+        outcome = await self.ledger.store_oversized(
+            imap_key(self.cfg.name, self.uidvalidity, uid), head, size,
+            {"uidvalidity": self.uidvalidity, "uid": uid, "folder": self.cfg.folder})
+        if outcome.committed:
+            self.stats["oversized"] += 1
+            self._left.add(uid)
+
+    async def _after(self, client: ImapClient, uids: list[int], queue_ids: list[str]) -> None:
+        """Take committed messages out of the "new" view, as configured."""
+        if not uids:
+            return
+        after = self.cfg.after
+        caps = client.capabilities
+        for chunk in _chunks(sorted(uids), MAX_UIDS_PER_COMMAND):
+            s = uid_set(chunk)
+            if after == "seen":
+                await client.ok(client.uid("store", s, r"+FLAGS.SILENT (\Seen)"), "UID STORE \\Seen")
+            elif after.startswith("move:") and "MOVE" in caps:
+                await client.ok(client.uid("move", s, quoted(after[5:])), "UID MOVE")
+            else:
+                if after.startswith("move:"):
+                    await client.ok(client.uid("copy", s, quoted(after[5:])), "UID COPY")
+                await client.ok(client.uid("store", s, r"+FLAGS.SILENT (\Deleted)"), "UID STORE \\Deleted")
+                if "UIDPLUS" in caps:
+                    await client.ok(client.uid("expunge", s), "UID EXPUNGE")
+                else:
+                    # Without UIDPLUS only a plain EXPUNGE exists; it also removes what others marked \Deleted.
+                    await client.ok(client.expunge(), "EXPUNGE")
+        self.stats["flagged"] += len(uids)
+        self.log.info("imap.flagged", action=after, count=len(uids), uids=uid_set(uids), queue_ids=queue_ids)
+
+    async def _idle(self, client: ImapClient) -> None:
+        """IDLE until new mail, `idle_renew`, stop() or a dead connection (which raises)."""
+        renew = min(self.cfg.idle_renew, IDLE_RENEW_MAX)
+        protocol = client.protocol
+        while not protocol.idle_queue.empty():  # stale pushes from the previous IDLE
+            protocol.idle_queue.get_nowait()
+        # idle_start can hang forever when the server answers BYE (aioimaplib#110): bounded by call().
+        idle_task = await client.call(client.idle_start(timeout=renew), "IDLE")
+        self.idle_active = True
+        try:
+            if not protocol.exists_seen:  # nothing arrived between the last search and IDLE
+                await self._wait_for_push(client, renew)
+        finally:
+            self.idle_active = False
+        if client.lost.is_set():
+            raise ImapConnectionLost(f"connection lost during IDLE: {client.lost_reason}")
+        client.idle_done()
+        resp = await client.call(idle_task, "IDLE DONE")
+        if resp.result != "OK":
+            raise ImapError(f"IDLE ended with {resp.result} {_text(resp)}")
+
+    async def _wait_for_push(self, client: ImapClient, renew: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + renew + 30.0  # aioimaplib pushes STOP at `renew`; this is the watchdog
+        while True:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            push = asyncio.ensure_future(client.wait_server_push(timeout=remaining))
+            stop = asyncio.ensure_future(self._stop_event.wait())
+            lost = asyncio.ensure_future(client.lost.wait())
+            try:
+                done, _ = await asyncio.wait({push, stop, lost}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for t in (push, stop, lost):
+                    t.cancel()
+            if push not in done or push.cancelled():
+                return  # stop() or connection lost: the caller looks at which
+            try:
+                lines = push.result()
+            except TimeoutError:
+                return
+            if lines == STOP_WAIT_SERVER_PUSH:
+                return  # idle_renew reached: re-IDLE
+            texts = [bytes(x) if isinstance(x, bytes | bytearray) else str(x).encode() for x in lines]
+            if any(t.startswith(b"BYE") for t in texts):
+                raise ImapConnectionLost("server said " + texts[0].decode(errors="replace"))
+            if any(t.endswith(b"EXISTS") for t in texts):
+                return
+            # Flag changes and expunges by other clients: nothing new to fetch, keep idling.

@@ -1,0 +1,327 @@
+"""What the IMAP and POP3 pollers share: the envelope read from headers, the ledger, spooling, TLS, backoff.
+
+The guarantee both give is SMTP's: a message leaves the mailbox's "new" view (\\Seen, moved, deleted) only after
+it is committed to the spool. The spool's `dedup_key` is the ledger: ``imap:<name>:<uidvalidity>:<uid>`` or
+``pop3:<name>:<uidl>``; a key already stored means "spooled before, only the mailbox action is missing" (a crash
+between commit and flag), so a re-fetch is a no-op. The Message-Id is the second line of defence for what the
+key cannot see — a new UIDVALIDITY (server migration, mailbox rebuilt), a POP3 server without stable UIDLs, the
+same message delivered into the mailbox twice: a message whose Message-Id this mailbox already spooled is not
+spooled again (Odoo would drop it as a duplicate anyway).
+
+Envelope of mailbox mail (there was no SMTP transaction we saw):
+- mail_from: the topmost Return-Path (the final delivery agent's record of the envelope sender; ``<>`` -> "").
+  Without one: "" — never the From header, so a DSN the gateway might send later cannot be backscatter to a
+  forged From, and a bounce without Return-Path stays recognisable as one.
+- rcpt_tos: the addresses in Delivered-To, X-Original-To, To, Cc, Resent-To, Resent-Cc whose domain belongs to
+  an Odoo instance; else the mailbox's `recipient`; else its `user` if that is an address. `source.rcpt_from`
+  says which ("headers", "recipient", "user"). With none of these the message is spooled as `failed`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import random
+import re
+import signal
+import ssl
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses, parseaddr
+from typing import Any
+
+from gateway.config import Config, MailboxBase
+from gateway.logs import get_logger
+from gateway.spool.base import Envelope, Spool, State
+
+log = get_logger("mailgw.intake.mailbox")
+
+RCPT_HEADERS = ("Delivered-To", "X-Original-To", "To", "Cc", "Resent-To", "Resent-Cc")
+_HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
+
+
+def imap_key(name: str, uidvalidity: int, uid: int) -> str:
+    return f"imap:{name}:{uidvalidity}:{uid}"
+
+
+def pop3_key(name: str, uidl: str) -> str:
+    return f"pop3:{name}:{uidl}"
+
+
+def header_section(raw: bytes) -> bytes:
+    """The bytes before the first empty line (the whole message if there is none)."""
+    for sep in (b"\r\n\r\n", b"\n\n"):
+        i = raw.find(sep)
+        if i >= 0:
+            return raw[: i + len(sep)]
+    return raw
+
+
+def broken_reason(raw: bytes) -> str | None:
+    """Why this is not a message Odoo could parse, or None. Deliberately lenient: only what is hopeless."""
+    if not raw.strip():
+        return "empty message"
+    head = header_section(raw)
+    first = head.split(b"\n", 1)[0]
+    if not (_HEADER_LINE.match(first) or first.startswith(b"From ")):
+        return "no header section (the first line is not a header field)"
+    if b"\x00" in head:
+        return "NUL byte in the header section"
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class MailboxEnvelope:
+    envelope: Envelope
+    message_id: str
+    message_id_generated: bool
+    state: State
+    reason: str | None  # why `failed`, None when `received`
+
+
+def _address_domain(addr: str) -> str | None:
+    local, at, domain = addr.rpartition("@")
+    return domain.strip().lower().rstrip(".") if at and local and domain else None
+
+
+def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: str,
+                   source: dict[str, Any], received_at: float | None = None) -> MailboxEnvelope:
+    """Envelope, Message-Id and initial state for one fetched message (pure: no I/O)."""
+    reason = broken_reason(raw)
+    head = header_section(raw)
+    try:
+        msg = BytesHeaderParser(policy=compat32).parsebytes(head)
+        headers_ok = True
+    except Exception as exc:  # the stdlib parser is lenient; anything it still cannot take is "broken"
+        reason = reason or f"unparsable header section: {exc}"
+        headers_ok = False
+
+    message_id = ""
+    rcpts: list[str] = []
+    mail_from = ""
+    if headers_ok:
+        message_id = " ".join(str(msg.get("Message-ID", "") or "").split())
+        rp = msg.get("Return-Path")
+        if rp is not None:
+            mail_from = parseaddr(str(rp))[1]
+        seen: set[str] = set()
+        for name in RCPT_HEADERS:
+            values = [str(v) for v in msg.get_all(name, [])]
+            for _display, addr in getaddresses(values):
+                addr = addr.strip()
+                domain = _address_domain(addr)
+                if domain is None or config.instance_for_domain(domain) is None:
+                    continue
+                local = addr.rpartition("@")[0]
+                norm = f"{local}@{domain}"
+                if norm.lower() not in seen:
+                    seen.add(norm.lower())
+                    rcpts.append(norm)
+    generated = not message_id
+    if generated:
+        # Stable across re-fetches (content hash), so the duplicate check works for these too.
+        message_id = f"<mailgw.{hashlib.sha256(raw).hexdigest()[:32]}@{mailbox.host}>"
+
+    src = dict(source)
+    src["mailbox"] = mailbox.name
+    if mailbox.instance:
+        src["instance"] = mailbox.instance
+    if rcpts:
+        src["rcpt_from"] = "headers"
+    elif mailbox.recipient:
+        rcpts = [mailbox.recipient]
+        src["rcpt_from"] = "recipient"
+    elif _address_domain(mailbox.user):
+        rcpts = [mailbox.user]
+        src["rcpt_from"] = "user"
+    else:
+        reason = reason or ("cannot route: no recipient of an Odoo domain in the headers, no `recipient` "
+                            "configured and the mailbox user is not an address")
+    env = Envelope(mail_from=mail_from, rcpt_tos=tuple(rcpts), intake=intake, peer=mailbox.host,
+                   received_at=time.time() if received_at is None else received_at, source=src)
+    return MailboxEnvelope(env, message_id, generated, State.FAILED if reason else State.RECEIVED, reason)
+
+
+@dataclass(frozen=True, slots=True)
+class FetchedMessage:
+    """One message as a poller fetched it: its ledger key, bytes and protocol-specific source fields."""
+
+    key: str
+    raw: bytes
+    source: dict[str, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class SpoolOutcome:
+    key: str
+    queue_id: str | None  # None only when `error` is set
+    message_id: str | None
+    created: bool  # False: the ledger key or the Message-Id was already in the spool
+    state: State | None = None
+    duplicate_of: str | None = None  # spooled before under another key (same Message-Id, same mailbox)
+    error: BaseException | None = None
+
+    @property
+    def committed(self) -> bool:
+        """True when the mailbox action may be applied: the message is durably in the spool (now or before)."""
+        return self.error is None
+
+
+class MailboxLedger:
+    """The (mailbox, key) -> queue_id ledger kept in the spool, and the one place mailbox mail is spooled."""
+
+    def __init__(self, spool: Spool, mailbox: MailboxBase, config: Config, *, intake: str):
+        self.spool = spool
+        self.mailbox = mailbox
+        self.config = config
+        self.intake = intake
+        self.log = get_logger(f"mailgw.intake.{intake}").bind(mailbox=mailbox.name)
+
+    async def lookup(self, keys: Sequence[str]) -> dict[str, str]:
+        """Keys already in the spool -> their queue_id."""
+        found = await asyncio.gather(*(self.spool.has_dedup_key(k) for k in keys))
+        return {k: q for k, q in zip(keys, found, strict=True) if q}
+
+    async def left_in_mailbox(self, queue_id: str) -> bool:
+        """Was this entry recorded as "left in the mailbox" (oversized)? Then the mailbox action must not run."""
+        entry = await self.spool.get(queue_id)
+        return bool(entry and entry.envelope.source and entry.envelope.source.get("left_in_mailbox"))
+
+    async def _already_spooled(self, message_id: str) -> str | None:
+        for entry in await self.spool.find_message_id(message_id):
+            src = entry.envelope.source or {}
+            if entry.envelope.intake == self.intake and src.get("mailbox") == self.mailbox.name \
+                    and not src.get("left_in_mailbox"):
+                return entry.queue_id
+        return None
+
+    async def store(self, messages: Sequence[FetchedMessage]) -> list[SpoolOutcome]:
+        """Spool a batch (concurrently, so the spool groups the commits). Never raises for one bad message."""
+        prepared = [(m, build_envelope(m.raw, self.mailbox, self.config, intake=self.intake, source=m.source))
+                    for m in messages]
+        earlier = await asyncio.gather(*(self._already_spooled(p.message_id) for _m, p in prepared))
+        first_in_batch: dict[str, int] = {}  # Message-Id -> index of its first copy in this batch
+        to_put = [i for i, (_m, p) in enumerate(prepared)
+                  if not earlier[i] and first_in_batch.setdefault(p.message_id, i) == i]
+        results = await asyncio.gather(
+            *(self.spool.put(p.envelope, m.raw, message_id=p.message_id, message_id_generated=p.message_id_generated,
+                             dedup_key=m.key, state=p.state, last_error=p.reason)
+              for m, p in (prepared[i] for i in to_put)),
+            return_exceptions=True)
+        put_result = dict(zip(to_put, results, strict=True))
+
+        outcomes: list[SpoolOutcome] = []
+        for i, (m, p) in enumerate(prepared):
+            res = put_result.get(i)
+            if i not in put_result:
+                # Same Message-Id as a message spooled earlier (or earlier in this batch).
+                dup = earlier[i]
+                if dup is None:
+                    first = put_result.get(first_in_batch[p.message_id])
+                    if isinstance(first, BaseException) or first is None:
+                        outcomes.append(SpoolOutcome(m.key, None, p.message_id, created=False,
+                                                     error=first or RuntimeError("first copy not spooled")))
+                        continue
+                    dup = first[0]
+                outcomes.append(SpoolOutcome(m.key, dup, p.message_id, created=False, duplicate_of=dup))
+                self.log.info(f"{self.intake}.duplicate", queue_id=dup, message_id=p.message_id, key=m.key,
+                              note="Message-Id already spooled from this mailbox; not spooled again")
+            elif isinstance(res, BaseException):
+                if isinstance(res, asyncio.CancelledError):
+                    raise res
+                outcomes.append(SpoolOutcome(m.key, None, p.message_id, created=False, error=res))
+                self.log.error(f"{self.intake}.spool_failed", key=m.key, message_id=p.message_id, error=str(res))
+            else:
+                assert res is not None
+                queue_id, created = res
+                outcomes.append(SpoolOutcome(m.key, queue_id, p.message_id, created=created, state=p.state))
+                if not created:
+                    self.log.info(f"{self.intake}.refetched", queue_id=queue_id, message_id=p.message_id, key=m.key,
+                                  note="already in the spool (ledger); only the mailbox action was missing")
+                elif p.state == State.FAILED:
+                    self.log.warning(f"{self.intake}.parked", queue_id=queue_id, message_id=p.message_id, key=m.key,
+                                     reason=p.reason)
+                else:
+                    self.log.info(f"{self.intake}.fetched", queue_id=queue_id, message_id=p.message_id, key=m.key,
+                                  size=len(m.raw), rcpts=len(p.envelope.rcpt_tos))
+        return outcomes
+
+    async def store_oversized(self, key: str, head: bytes, size: int, source: dict[str, Any]) -> SpoolOutcome:
+        """Record a message over max_message_size: its header section, parked `failed`; the message stays put."""
+        src = dict(source, left_in_mailbox=True, size=size)
+        p = build_envelope(head, self.mailbox, self.config, intake=self.intake, source=src)
+        reason = (f"message of {size} bytes is over max_message_size ({self.mailbox.max_message_size}); only its "
+                  f"header is spooled and the message was left in the mailbox")
+        try:
+            queue_id, created = await self.spool.put(p.envelope, head, message_id=p.message_id,
+                                                     message_id_generated=p.message_id_generated, dedup_key=key,
+                                                     state=State.FAILED, last_error=reason)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.log.error(f"{self.intake}.spool_failed", key=key, message_id=p.message_id, error=str(exc))
+            return SpoolOutcome(key, None, p.message_id, created=False, error=exc)
+        if created:
+            self.log.warning(f"{self.intake}.oversized", queue_id=queue_id, message_id=p.message_id, key=key,
+                             size=size, limit=self.mailbox.max_message_size)
+        return SpoolOutcome(key, queue_id, p.message_id, created=created, state=State.FAILED)
+
+
+def ssl_context_for(mailbox: MailboxBase) -> ssl.SSLContext:
+    """Verifying client context: the system CAs, or `ca_file` for a private CA. Never unverified."""
+    ctx = ssl.create_default_context(cafile=str(mailbox.ca_file) if mailbox.ca_file else None)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    return ctx
+
+
+def default_port(mailbox: MailboxBase, protocol: str) -> int:
+    if mailbox.port:
+        return mailbox.port
+    implicit = mailbox.tls == "implicit"
+    return {"imap": 993 if implicit else 143, "pop3": 995 if implicit else 110}[protocol]
+
+
+@dataclass
+class BackoffPolicy:
+    """Exponential reconnect delay with jitter; `reset()` after a session that got as far as reading mail."""
+
+    initial: float = 1.0
+    maximum: float = 300.0
+    current: float = field(init=False, default=0.0)
+
+    def __post_init__(self) -> None:
+        self.current = self.initial
+
+    def next_delay(self) -> float:
+        delay = self.current * random.uniform(0.8, 1.2)
+        self.current = min(self.current * 2, self.maximum)
+        return delay
+
+    def reset(self) -> None:
+        self.current = self.initial
+
+
+def is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+def crash_point() -> None:
+    """Fault injection for the kill -9 system test, between a batch's spool commit and its mailbox action.
+
+    With MAILGW_TEST_KILL_AFTER_COMMIT=N in the environment the process SIGKILLs itself after the Nth committed
+    batch. Unset (production): a dictionary lookup and nothing else.
+    """
+    target = os.environ.get("MAILGW_TEST_KILL_AFTER_COMMIT")
+    if not target:
+        return
+    global _commits_seen
+    _commits_seen += 1
+    if _commits_seen >= int(target):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+_commits_seen = 0

@@ -1,0 +1,244 @@
+"""ImapPoller against a real Dovecot over implicit TLS: push, catch-up, after-modes, reconnect, UIDVALIDITY,
+oversized and broken mail, crash-between-commit-and-flag. Real sockets on 127.0.0.1; no mocks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from gateway.config import Config, parse_config
+from gateway.intake.imap import ImapPoller, uid_set
+from gateway.intake.mailbox import imap_key
+from gateway.spool import Envelope, SqliteSpool, State
+from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message
+
+
+async def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        result = pred()
+        if asyncio.iscoroutine(result):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def polling(dovecot: DovecotServer, user: MailUser, tmp_path: Path, **overrides: Any
+                  ) -> AsyncIterator[tuple[ImapPoller, SqliteSpool, Config]]:
+    config = parse_config(mailbox_config_dict(dovecot, user, tmp_path / "state", **overrides))
+    spool = await SqliteSpool.open(config.spool_path)
+    poller = ImapPoller(config.imap[0], config, spool)
+    poller.backoff_initial = 0.2  # tests restart Dovecot: reconnect quickly
+    task = asyncio.create_task(poller.run())
+    try:
+        yield poller, spool, config
+    finally:
+        await poller.stop()
+        await asyncio.wait_for(task, 15)
+        await spool.close()
+
+
+async def count(spool: SqliteSpool, state: State | None = None) -> int:
+    return len(await spool.list(state=state))
+
+
+async def append(dovecot: DovecotServer, user: MailUser, raw: bytes, **kw: Any) -> None:
+    await asyncio.to_thread(dovecot.append, user, raw, **kw)
+
+
+def test_uid_set_compresses_ranges() -> None:
+    assert uid_set([9, 1, 2, 3, 7, 10, 2]) == "1:3,7,9:10"
+    assert uid_set([5]) == "5"
+
+
+async def test_idle_push_spools_then_marks_seen(dovecot: DovecotServer, tmp_path: Path,
+                                               capsys: pytest.CaptureFixture[str]) -> None:
+    user = dovecot.add_user()
+    async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+        await wait_until(lambda: poller.idle_active, what="IDLE")
+        raw = message(1, to="Sales <sales@example.test>, someone@elsewhere.example",
+                      extra_headers="Delivered-To: support@example.test\r\n")
+        t0 = time.monotonic()
+        await append(dovecot, user, raw)
+        await wait_until(lambda: count(spool), what="the pushed message in the spool")
+        elapsed = time.monotonic() - t0
+        await wait_until(lambda: poller.stats["flagged"] == 1, what="\\Seen")
+        with capsys.disabled():
+            print(f"\nIMAP IDLE push: APPEND on another connection -> spool commit in {elapsed * 1000:.0f} ms")
+        assert elapsed < 5.0  # the issue asks for < 1 s; measured figure printed above
+        [entry] = await spool.list()
+        assert entry.state == State.RECEIVED
+        env = entry.envelope
+        assert env.intake == "imap" and env.peer == "127.0.0.1"
+        assert env.mail_from == "sender1@sender.example"  # from Return-Path
+        assert env.rcpt_tos == ("support@example.test", "sales@example.test")  # ours only, Delivered-To first
+        assert env.source is not None
+        assert env.source["mailbox"] == "support" and env.source["uid"] == 1 and env.source["rcpt_from"] == "headers"
+        assert env.source["uidvalidity"] == poller.uidvalidity and env.source["instance"] == "main"
+        assert entry.message_id and entry.message_id.startswith("<m1.")
+        assert await spool.raw(entry.queue_id) == raw
+        assert await spool.has_dedup_key(imap_key("support", poller.uidvalidity or 0, 1)) == entry.queue_id
+        assert "\\Seen" in dovecot.flags(user)[1]
+
+
+@pytest.mark.parametrize("after", ["seen", "move:Processed", "delete"])
+async def test_catch_up_in_bounded_chunks_then_after_action(dovecot: DovecotServer, tmp_path: Path,
+                                                            after: str) -> None:
+    user = dovecot.add_user()
+    for i in range(7):
+        await append(dovecot, user, message(i))
+    await append(dovecot, user, message(99), flags="\\Seen")  # already read by a human
+    async with polling(dovecot, user, tmp_path, after=after, batch_size=3) as (poller, spool, _):
+        expected = 7 if after == "seen" else 8  # move/delete: the folder itself is the "new" view
+        await wait_until(lambda: poller.stats["flagged"] == expected, what=f"{expected} messages handled")
+        await append(dovecot, user, message(7))  # and one more, by push
+        await wait_until(lambda: poller.stats["flagged"] == expected + 1, what="the pushed one")
+        assert await count(spool) == expected + 1
+        assert poller.stats["fetched"] == expected + 1
+    flags = dovecot.flags(user)
+    if after == "seen":
+        assert len(flags) == 9 and all("\\Seen" in f for f in flags.values())
+    else:
+        assert flags == {}
+        if after.startswith("move:"):
+            assert len(dovecot.flags(user, "Processed")) == expected + 1
+
+
+async def test_poll_mode_without_idle(dovecot: DovecotServer, tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    async with polling(dovecot, user, tmp_path, idle=False, poll_interval="0.2s") as (poller, spool, _):
+        await wait_until(lambda: poller.stats["sessions"] == 1, what="connected")
+        await append(dovecot, user, message(1))
+        await wait_until(lambda: poller.stats["flagged"] == 1, what="polled message")
+        assert not poller.idle_active and await count(spool) == 1
+
+
+async def test_dovecot_restart_mid_idle_reconnects_and_catches_up(dovecot: DovecotServer, tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+        await append(dovecot, user, message(1))
+        await wait_until(lambda: poller.stats["flagged"] == 1 and poller.idle_active, what="first message, IDLE")
+        await asyncio.to_thread(dovecot.stop)
+        # Mail that arrives while the gateway is disconnected (delivered by the MTA straight into the Maildir).
+        from tests.integration.dovecot import preload_maildir
+
+        await asyncio.to_thread(preload_maildir, dovecot, user, [message(2), message(3)])
+        await asyncio.to_thread(dovecot.start)
+        await wait_until(lambda: poller.stats["flagged"] == 3, timeout=30, what="catch-up after reconnect")
+        assert poller.stats["sessions"] >= 2 and poller.stats["errors"] >= 1
+        await append(dovecot, user, message(4))  # and IDLE works again
+        await wait_until(lambda: poller.stats["flagged"] == 4, what="push after reconnect")
+        assert await count(spool) == 4
+    assert all("\\Seen" in f for f in dovecot.flags(user).values())
+
+
+async def test_uidvalidity_change(dovecot: DovecotServer, tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    m1, m2, m3 = message(1), message(2), message(3)
+    async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+        await append(dovecot, user, m1)
+        await append(dovecot, user, m2)
+        await wait_until(lambda: poller.stats["flagged"] == 2 and poller.idle_active, what="two messages")
+        old = poller.uidvalidity
+        assert old is not None
+
+        def migrate() -> None:
+            # A server migration: same UIDs under a new UIDVALIDITY, and the \Seen flag of m1 lost.
+            with dovecot.imap(user) as conn:
+                conn.uid("STORE", "1", "-FLAGS.SILENT", "(\\Seen)")
+            dovecot.set_uidvalidity(user, old + 1000)
+
+        await asyncio.to_thread(migrate)
+        await append(dovecot, user, m3)  # Dovecot now drops the IDLE session ("state is inconsistent")
+        await wait_until(lambda: poller.uidvalidity == old + 1000, what="new UIDVALIDITY seen")
+        await wait_until(lambda: poller.stats["flagged"] == 4, what="m1 re-flagged and m3 spooled")
+        assert poller.stats["duplicates"] == 1  # m1: same Message-Id, same mailbox -> not spooled again
+        entries = await spool.list()
+        assert len(entries) == 3
+        by_mid = {e.message_id: e for e in entries}
+        assert len(by_mid) == 3
+        new = [e for e in entries if e.envelope.source and e.envelope.source["uidvalidity"] == old + 1000]
+        assert len(new) == 1 and await spool.raw(new[0].queue_id) == m3
+    assert all("\\Seen" in f for f in dovecot.flags(user).values())
+
+
+async def test_oversized_broken_and_good_mail_never_block_the_mailbox(dovecot: DovecotServer,
+                                                                      tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    big = message(1, size=20_000)
+    broken = b"this is not a header line\r\nnor this\r\n\r\nbody\r\n"
+    good = message(3)
+    no_rcpt_of_ours = message(4, to="someone@elsewhere.example")
+    for raw in (big, broken, good, no_rcpt_of_ours):
+        await append(dovecot, user, raw)
+    async with polling(dovecot, user, tmp_path, max_message_size="10KB",
+                       recipient="catchall@example.test") as (poller, spool, _):
+        await wait_until(lambda: poller.stats["flagged"] == 3, what="three handled")
+        await wait_until(lambda: poller.idle_active, what="IDLE after catch-up")
+        assert poller.stats["oversized"] == 1
+        entries = {e.envelope.source["uid"]: e for e in await spool.list() if e.envelope.source}
+        assert entries[1].state == State.FAILED and "max_message_size" in (entries[1].last_error or "")
+        assert entries[1].envelope.source is not None and entries[1].envelope.source["left_in_mailbox"] is True
+        assert (await spool.raw(entries[1].queue_id)).endswith(b"\r\n\r\n")  # header only
+        assert entries[2].state == State.FAILED and "no header section" in (entries[2].last_error or "")
+        assert entries[2].message_id and entries[2].message_id_generated
+        assert entries[3].state == State.RECEIVED
+        assert entries[4].state == State.RECEIVED and entries[4].envelope.rcpt_tos == ("catchall@example.test",)
+        assert entries[4].envelope.source is not None and entries[4].envelope.source["rcpt_from"] == "recipient"
+        # A later arrival is still served, and the oversized message is not reported twice.
+        await append(dovecot, user, message(5))
+        await wait_until(lambda: poller.stats["flagged"] == 4, what="message after the bad ones")
+        assert await count(spool) == 5 and poller.stats["oversized"] == 1
+    flags = dovecot.flags(user)
+    assert "\\Seen" not in flags[1]  # left in the mailbox, unread, for a human
+    assert all("\\Seen" in flags[u] for u in (2, 3, 4, 5))
+    # A restarted poller remembers (ledger) that it already reported the oversized one.
+    async with polling(dovecot, user, tmp_path, max_message_size="10KB") as (poller, spool, _):
+        await wait_until(lambda: poller.idle_active, what="IDLE")
+        assert poller.stats["oversized"] == 0 and await count(spool) == 5
+
+
+async def test_committed_but_unflagged_message_is_not_spooled_twice(dovecot: DovecotServer,
+                                                                    tmp_path: Path) -> None:
+    """The in-process half of the kill -9 guarantee: a ledger entry without the flag -> flag only."""
+    user = dovecot.add_user()
+    raw = message(1)
+    await append(dovecot, user, raw)
+    uidvalidity = dovecot.uidvalidity(user)
+    config = parse_config(mailbox_config_dict(dovecot, user, tmp_path / "state"))
+    spool = await SqliteSpool.open(config.spool_path)
+    qid, _ = await spool.put(Envelope("", ("support@example.test",), intake="imap"), raw,
+                             dedup_key=imap_key("support", uidvalidity, 1))
+    await spool.close()
+    async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+        await wait_until(lambda: poller.stats["flagged"] == 1, what="flag of the already spooled message")
+        assert poller.stats["refetched"] == 1 and poller.stats["fetched"] == 0
+        assert [e.queue_id for e in await spool.list()] == [qid]
+    assert "\\Seen" in dovecot.flags(user)[1]
+
+
+async def test_starttls_on_the_plain_port(dovecot: DovecotServer, tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    await append(dovecot, user, message(1))
+    async with polling(dovecot, user, tmp_path, tls="starttls", port=dovecot.imap_port) as (poller, spool, _):
+        await wait_until(lambda: poller.stats["flagged"] == 1, what="message over STARTTLS")
+        assert await count(spool) == 1
+
+
+async def test_unknown_ca_is_refused_and_nothing_is_read(dovecot: DovecotServer, tmp_path: Path) -> None:
+    user = dovecot.add_user()
+    await append(dovecot, user, message(1))
+    async with polling(dovecot, user, tmp_path, ca_file=None) as (poller, spool, _):
+        await wait_until(lambda: poller.stats["errors"] >= 1, what="TLS verification failure")
+        assert poller.stats["sessions"] == 0 and await count(spool) == 0
+    assert "\\Seen" not in dovecot.flags(user)[1]
