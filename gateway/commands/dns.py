@@ -50,8 +50,9 @@ def register(sub: SubParsers) -> None:
                    "its list with --")
     p.add_argument("--bounce-domain", help="envelope-sender (Return-Path) domain, if not the domain itself")
     p.add_argument("--directory", type=Path, metavar="FILE",
-                   help="an alias-directory snapshot (JSON, as `mailgw directory show --json` prints): "
-                   "its alias domains are checked too, with their bounce domains")
+                   help="an alias-directory snapshot (JSON, as `mailgw directory show --json` prints) whose "
+                   "alias domains are checked too, with their bounce domains (default: the daemon's cached "
+                   "<state_dir>/directory.json, when checking the config's domains)")
     p.add_argument("--timeout", type=float, default=DEFAULT_LIFETIME, metavar="SECONDS",
                    help="time limit per DNS query (default: %(default)s)")
     p.add_argument("--json", action="store_true", help="print a JSON array, one object per domain")
@@ -66,16 +67,19 @@ def _load(args: argparse.Namespace) -> Config | None:
     return load_config(args.config)
 
 
-def _directory_domains(path: Path) -> list[MailDomain]:
+def _read_snapshot(path: Path) -> Directory:
     try:
-        snapshot = Directory.from_dict(json.loads(path.read_text()))
+        return Directory.from_dict(json.loads(path.read_text()))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"cannot read directory snapshot {path}: {exc}") from None
+
+
+def _alias_domains(snapshot: Directory) -> list[MailDomain]:
+    """Odoo's alias domains, each with the domain of its bounce address (its Return-Path)."""
     out = []
     for inst in snapshot.instances.values():
         for dom in inst.domains:
-            bounce = dom.bounce_email.rpartition("@")[2] or None
-            out.append(MailDomain(dom.name, bounce))
+            out.append(MailDomain(dom.name, dom.bounce_email.rpartition("@")[2] or None))
     return out
 
 
@@ -90,10 +94,15 @@ def run(args: argparse.Namespace) -> int:
         if args.ip:
             ipaddress.ip_address(args.ip)
         servers = [parse_nameserver(ns) for ns in args.nameserver]
-        extra = _directory_domains(args.directory) if args.directory else []
+        extra = _alias_domains(_read_snapshot(args.directory)) if args.directory else []
     except ValueError as exc:
         print(f"mailgw dns-check: {exc}", file=sys.stderr)
         return EX_USAGE
+    if cfg is not None and not args.directory and not args.domains:
+        # The daemon's cached snapshot: alias domains Odoo knows beyond odoo[].domains.
+        from gateway.odoo.directory import load_cached
+
+        extra = _alias_domains(load_cached(cfg))
     if args.timeout <= 0:
         print("mailgw dns-check: --timeout must be positive", file=sys.stderr)
         return EX_USAGE

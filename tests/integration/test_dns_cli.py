@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
+from routing.directory import AliasDomain, Directory, InstanceDirectory
 from tests.integration.dnsserver import DnsTestServer, mail_zone
 
 MAILGW = Path(sys.executable).with_name("mailgw")
@@ -115,6 +116,29 @@ dns_check:
     assert [d["domain"] for d in data] == ["good.test", "good2.test"]
     dkim = next(c for c in data[0]["checks"] if c["check"] == "dkim")
     assert "matches the signing key" in dkim["finding"]
+
+
+def test_alias_domains_from_the_directory_snapshot(server: DnsTestServer, tmp_path: Path) -> None:
+    """Odoo knows alias domains beyond odoo[].domains: the daemon's cached snapshot adds them."""
+    (tmp_path / "var").mkdir()
+    snapshot = Directory.build([InstanceDirectory("main", domains=(AliasDomain(1, "good2.test"),
+                                                                   AliasDomain(2, "broken.test")))], {})
+    (tmp_path / "var" / "directory.json").write_text(json.dumps(snapshot.to_dict()))
+    (tmp_path / "config.yaml").write_text(f"""
+state_dir: var
+odoo:
+  - {{name: main, url: "http://127.0.0.1:8069", database: odoo, password_env: PW, domains: [good.test]}}
+dns_check: {{ip: {GW_IP}, selector: sel1, expect_mx: [mx.gw.test]}}
+""")
+    r = mailgw("--json", "--nameserver", server.nameserver, cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert [d["domain"] for d in json.loads(r.stdout)] == ["good.test", "good2.test", "broken.test"]
+    # --directory FILE instead of the cached snapshot.
+    (tmp_path / "snap.json").write_text(json.dumps(Directory.build(
+        [InstanceDirectory("main", domains=(AliasDomain(1, "good2.test"),))], {}).to_dict()))
+    r = mailgw("--json", "--nameserver", server.nameserver, "--directory", "snap.json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert [d["domain"] for d in json.loads(r.stdout)] == ["good.test", "good2.test"]
 
 
 def test_usage_and_config_errors(server: DnsTestServer, tmp_path: Path) -> None:
