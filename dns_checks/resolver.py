@@ -169,6 +169,8 @@ class DnsClient:
             return Answer(name, rdtype, *_servfail_or_error(exc))
         except dns.exception.DNSException as exc:
             return Answer(name, rdtype, "error", error=str(exc) or type(exc).__name__)
+        except OSError as exc:  # e.g. no route to an IPv6 server: the server could not tell us
+            return Answer(name, rdtype, "error", error=exc.strerror or str(exc))
         canonical = normalize(ans.canonical_name.to_text())
         return Answer(name, rdtype, "ok", tuple(ans), canonical if canonical != name else None)
 

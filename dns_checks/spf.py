@@ -31,6 +31,7 @@ class SpfAnalysis:
     records: list[str] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     uses_macros: bool = False
+    dns_error: bool = False  # some record of the tree could not be read: the IP is not evaluated
 
 
 async def analyze_spf(dns: DnsLookup, domain: str) -> SpfAnalysis:
@@ -52,6 +53,7 @@ async def _walk(dns: DnsLookup, out: SpfAnalysis, domain: str, via: str | None,
         return None, None
     ans, texts = await fetch_spf(dns, domain)
     if ans.is_error:
+        out.dns_error = True
         out.problems.append(Problem(Status.WARN, f"cannot read SPF: {ans.describe()}"))
         return None, None
     if not texts:
@@ -147,7 +149,6 @@ async def check_spf(dns: DnsLookup, domain: str, *, ip: str | None = None, role:
     domain = normalize(domain)
     a = await analyze_spf(dns, domain)
     problems = _record_problems(a)
-    reading_failed = any(p.status is Status.WARN and p.text.startswith("cannot read") for p in a.problems)
     if a.record is None and not a.problems:
         if role == "from":
             problems.append(Problem(Status.WARN, f"no SPF record at {domain}: mail sent with this domain "
@@ -155,7 +156,7 @@ async def check_spf(dns: DnsLookup, domain: str, *, ip: str | None = None, role:
         else:
             problems.append(Problem(Status.WARN, f"no SPF record at {domain} (bounce domain): receivers "
                                     "cannot authorise the gateway; Gmail/Yahoo require SPF or DKIM"))
-    if ip and a.record is not None and not reading_failed:
+    if ip and a.record is not None and not a.dns_error:
         problems.append(await _ip_problem(dns, domain, ip, role, from_domain))
     elif not ip and a.record is not None:
         problems.append(Problem(Status.OK, "pass --ip to check the gateway's address"))
