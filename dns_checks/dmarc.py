@@ -205,7 +205,8 @@ def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str,
                     signers: Sequence[DkimSigner]) -> CheckResult:
     """Will mail From `from_domain`, Return-Path @`bounce_domain`, signed by `signers`, pass DMARC?
 
-    `spf_result` is check_host() for the gateway IP at the bounce domain, None when no IP was given.
+    `spf_result` is check_host() for the gateway IP at the bounce domain; None when it could not be
+    evaluated (no IP given), but "none" when the bounce domain has no SPF record.
     """
     pol = found.policy
     aspf = pol.aspf if pol else "r"
@@ -213,7 +214,7 @@ def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str,
     records = [f"From: @{from_domain}", f"Return-Path: @{bounce_domain}"]
     records += [f"DKIM d={s.domain} s={s.selector}{'' if s.usable else ' (broken)'}" for s in signers]
     if spf_result is not None:
-        records.append(f"SPF for the gateway IP at {bounce_domain}: {spf_result}")
+        records.append(f"SPF at {bounce_domain}: {spf_result}")
 
     unknown = " (SPF not evaluated: no --ip)"
     if spf_result == "temperror":
@@ -223,6 +224,8 @@ def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str,
     if not spf_aligned:
         spf_why = (f"Return-Path @{bounce_domain} is not aligned with From @{from_domain}"
                    f" ({'aspf=s needs the same domain' if aspf == 's' else 'different organizational domain'})")
+    elif spf_result == "none":
+        spf_why = f"no SPF record at {bounce_domain}"
     elif spf_result not in (None, "pass"):
         spf_why = f"SPF {spf_result} for the gateway IP at {bounce_domain}"
     else:

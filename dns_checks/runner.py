@@ -18,7 +18,7 @@ from dns_checks.ptr import check_ptr
 from dns_checks.resolver import DnsClient, DnsLookup, normalize
 from dns_checks.result import CheckResult, DomainReport, Status
 from dns_checks.spf import check_spf
-from dns_checks.spf_eval import check_host
+from dns_checks.spf_eval import check_host, fetch_spf
 from dns_checks.tlsrpt import check_tls_rpt
 from gateway.config import DkimConfig
 
@@ -95,10 +95,15 @@ async def _dmarc_checks(dns: DnsLookup, target: DomainTarget, plan: CheckPlan,
     try:
         found = await lookup_dmarc(dns, target.domain)
         out = [await check_dmarc(dns, found)]
-        spf_result = None
+        spf_result: str | None = None
         if plan.ip:
             spf_result = (await check_host(dns, plan.ip, target.bounce_domain,
                                            f"bounce@{target.bounce_domain}")).result
+        else:
+            # Without an IP SPF cannot be evaluated, but without a record it cannot pass either.
+            ans, records = await fetch_spf(dns, target.bounce_domain)
+            if not ans.is_error and not records:
+                spf_result = "none"
         # A key is usable for DMARC when its dkim check did not fail (a short key still verifies).
         signers = [DkimSigner(d, s, res.status is not Status.FAIL)
                    for (d, s), res in zip(keyed, await dkim, strict=True)]

@@ -132,3 +132,9 @@ def test_spf_temperror_is_not_a_dmarc_failure() -> None:
     res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
                           spf_result="temperror", signers=[])
     assert res.status is Status.OK and "SPF not evaluated: DNS error" in res.finding
+
+
+def test_no_spf_record_means_the_spf_leg_cannot_pass() -> None:
+    res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
+                          spf_result="none", signers=[])
+    assert res.status is Status.FAIL and "no SPF record at example.com" in res.finding
