@@ -139,6 +139,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Like a production server: no Nagle delay on small answers.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.standin._track(self.connection, add=True)
 
     def finish(self) -> None:
@@ -161,8 +163,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         for k, v in (extra or {}).items():
             self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        self._headers_buffer.append(b"\r\n" + body)  # headers and body in one write
+        self.flush_headers()
 
 
 class OdooStandin:
@@ -187,6 +189,9 @@ class OdooStandin:
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._conns: set[socket.socket] = set()
+        self.connections_opened = 0
+        self.in_flight = 0
+        self.max_in_flight = 0
         self._ids = itertools.count(1000)
         self.db: dict[str, list[dict[str, Any]]] = {m: [] for m in MODEL_FIELDS}
         self.records: dict[str, dict[int, dict[str, Any]]] = {}
@@ -327,7 +332,11 @@ class OdooStandin:
 
     def _track(self, conn: socket.socket, *, add: bool) -> None:
         with self.lock:
-            (self._conns.add if add else self._conns.discard)(conn)
+            if add:
+                self._conns.add(conn)
+                self.connections_opened += 1
+            else:
+                self._conns.discard(conn)
 
     def _drop_connections(self) -> None:
         with self.lock:
@@ -364,6 +373,16 @@ class OdooStandin:
             return behaviour
 
     def _handle(self, h: _Handler, verb: str, body: bytes) -> None:
+        with self.lock:
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            self._handle_request(h, verb, body)
+        finally:
+            with self.lock:
+                self.in_flight -= 1
+
+    def _handle_request(self, h: _Handler, verb: str, body: bytes) -> None:
         path = h.path.split("?", 1)[0]
         headers = {k.lower(): v for k, v in h.headers.items()}
         behaviour = self._take_behaviour()
