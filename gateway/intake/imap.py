@@ -136,6 +136,18 @@ def parse_fetch(lines: Sequence[Any]) -> dict[int, tuple[int | None, bytes | Non
     return out
 
 
+def select_info(lines: Sequence[Any]) -> tuple[int | None, int | None]:
+    """(UIDVALIDITY, EXISTS) from a SELECT response."""
+    uidvalidity = exists = None
+    for line in lines:
+        if isinstance(line, bytes):
+            if m := _UIDVALIDITY.search(line):
+                uidvalidity = int(m.group(1))
+            elif m := _EXISTS_LINE.match(line):
+                exists = int(m.group(1))
+    return uidvalidity, exists
+
+
 class _WatchfulProtocol(IMAP4ClientProtocol):
     """Notices EXISTS and BYE lines, which aioimaplib drops when no command is waiting for them."""
 
@@ -208,6 +220,10 @@ class ImapClient(aioimaplib.IMAP4):
         self._keepalive()
         if starttls is not None:
             await self.starttls(starttls)
+        await self.open_authenticated(user, password)
+
+    async def open_authenticated(self, user: str, password: str) -> None:
+        """LOGIN, then a fresh CAPABILITY."""
         if "LOGINDISABLED" in self.capabilities:
             raise ImapAuthError("the server refuses LOGIN on this connection (LOGINDISABLED): use TLS")
         resp = await self.call(self.login(quoted(user), password), "LOGIN")
@@ -368,13 +384,7 @@ class ImapPoller:
             self.log.warning("imap.plaintext", note="tls: none sends the password in clear text")
         await client.open(cfg.user, cfg.password(), starttls=starttls)
         resp = await client.ok(client.select(quoted(cfg.folder)), f"SELECT {cfg.folder}")
-        uidvalidity = exists = None
-        for line in resp.lines:
-            if isinstance(line, bytes):
-                if m := _UIDVALIDITY.search(line):
-                    uidvalidity = int(m.group(1))
-                elif m := _EXISTS_LINE.match(line):
-                    exists = int(m.group(1))
+        uidvalidity, exists = select_info(resp.lines)
         if uidvalidity is None:
             raise ImapError(f"SELECT {cfg.folder}: the server sent no UIDVALIDITY")
         if self.uidvalidity is not None and uidvalidity != self.uidvalidity:
