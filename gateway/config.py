@@ -295,6 +295,10 @@ class OutboundConfig(_Model):
     retry_max: Duration = parse_duration("2h")
     lifetime: Duration = parse_duration("5d")
     helo_name: str | None = None
+    smtp_port: int = Field(25, ge=1, le=65535)  # port of the recipients' MX hosts (tests use another)
+    # Resolvers for MX lookups, "host" or "host:port" (empty: the system's /etc/resolv.conf).
+    nameservers: list[str] = []
+    timeout: Duration = parse_duration("5m")  # per SMTP session
 
 
 class MailboxBase(_SecretHolder):
