@@ -22,6 +22,7 @@ import ssl
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -348,6 +349,22 @@ def preload_maildir(server: DovecotServer, user: MailUser, raws: list[bytes]) ->
         shutil.chown(dirpath, "vmail", "vmail")
         for f in files:
             shutil.chown(os.path.join(dirpath, f), "vmail", "vmail")
+
+
+def dovecot_server_fixture() -> Iterator[DovecotServer]:
+    """Body of the `dovecot` fixtures (tests/integration/conftest.py, system tests): skip, start, clean up."""
+    import pytest
+
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    ensure_vmail_user()
+    server = DovecotServer()
+    server.start()
+    try:
+        yield server
+    finally:
+        server.cleanup()
 
 
 def mailbox_config_dict(server: DovecotServer, user: MailUser, state_dir: Path, *, protocol: str = "imap",
