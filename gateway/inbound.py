@@ -299,12 +299,11 @@ class InboundWorker:
                     try:
                         await self.process(entry)
                     except asyncio.CancelledError:
-                        raise
+                        raise  # stays in _claimed: stop() releases it
                     except Exception as exc:  # a bug must not wedge the lane; the entry is retried later
                         log.exception("delivery.crashed", queue_id=entry.queue_id, message_id=entry.message_id)
                         await self._safe_defer(entry, f"internal error: {exc!r}")
-                    finally:
-                        self._claimed.pop(entry.queue_id, None)
+                    self._claimed.pop(entry.queue_id, None)
                 self._kick.set()
         finally:
             self._sender_tasks.pop(key, None)
@@ -322,9 +321,12 @@ class InboundWorker:
             self._claimed.pop(entry.queue_id, None)
 
     async def _safe_defer(self, entry: SpoolEntry, error: str) -> None:
-        with contextlib.suppress(Exception):
+        try:
             await self.spool.transition(entry.queue_id, State.DEFERRED, error=error[:500], count_attempt=True,
                                         next_attempt_at=time.time() + self._backoff(entry.attempts + 1))
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.spool.release(entry.queue_id)
 
     # -- one message ------------------------------------------------------------------------------------
 

@@ -113,7 +113,8 @@ class StandinCall:
     message: bytes | None = None  # message_process: the bytes Odoo parses
     message_type: str = ""  # binary | str
     outcome: str = ""  # "id:12", "false", "none", "fault:1 ...", "http:503", "hang", "reset"
-    at: float = field(default_factory=time.time)
+    at: float = field(default_factory=time.time)  # when the answer was ready
+    started: float = field(default_factory=lambda: getattr(_REQUEST, "started", time.time()))
 
     @property
     def message_id(self) -> str | None:
@@ -122,6 +123,9 @@ class StandinCall:
         msg = email.message_from_bytes(self.message, policy=email.policy.compat32)
         value = msg.get("Message-Id")
         return str(value).strip() if value else None
+
+
+_REQUEST = threading.local()  # when the request being handled in this thread arrived
 
 
 class _Server(ThreadingHTTPServer):
@@ -153,6 +157,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.server.standin._handle(self, "GET", b"")
 
     def do_POST(self) -> None:
+        _REQUEST.started = time.time()
         length = int(self.headers.get("Content-Length") or 0)
         body = self.rfile.read(length) if length else b""
         self.server.standin._handle(self, "POST", body)
@@ -373,6 +378,8 @@ class OdooStandin:
             return behaviour
 
     def _handle(self, h: _Handler, verb: str, body: bytes) -> None:
+        if verb == "GET":
+            _REQUEST.started = time.time()
         with self.lock:
             self.in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self.in_flight)
