@@ -107,34 +107,14 @@ def _known_message(instance: str, row: Mapping[str, Any]) -> Any:
                         message_id=str(row.get("message_id") or ""), id=int(row.get("id") or 0))
 
 
-def routing_policy(config: Config) -> Any:
-    """The routing/ policy from gateway config (plain data: routing/ must not import gateway/)."""
-    from routing.policy import FallbackPolicy, InstancePolicy, ReferencePattern, RoutingPolicy
-
-    instances = []
-    for inst in config.odoo:
-        fb = inst.fallback
-        instances.append(InstancePolicy(
-            name=inst.name, domains=tuple(inst.domains),
-            fallback=FallbackPolicy(action=fb.action, model=fb.model, thread_id=fb.thread_id,
-                                    domains=frozenset(d.lower() for d in fb.domains)),
-            reference_patterns=tuple(ReferencePattern.compile(p.regex, p.model, p.field, p.group)
-                                     for p in inst.reference_patterns),
-            loop_minutes=inst.loop_minutes, loop_threshold=inst.loop_threshold,
-        ))
-    policy = RoutingPolicy.build(instances, auto_submitted=config.routing.auto_submitted,
-                                 loop_guard=config.routing.loop_guard)
-    return dataclasses.replace(policy, reply_cache_size=config.routing.reply_cache_size,
-                               reply_cache_ttl=config.routing.reply_cache_ttl)
-
-
 def default_router_factory(config: Config) -> Callable[[Directory], RouterLike]:
     """routing.router.Router when present, else DomainRouter. The returned factory rebuilds on each snapshot."""
     try:
+        from gateway.routing_policy import policy_from_config
         from routing.router import Router
     except ImportError:
         return DomainRouter
-    policy = routing_policy(config)
+    policy = policy_from_config(config)
     previous: list[Any] = []
 
     def factory(directory: Directory) -> RouterLike:
@@ -189,6 +169,11 @@ class InboundWorker:
         """A new snapshot (DirectorySync subscriber): route with it from the next message on."""
         self._directory = directory
         self._router = self._router_factory(directory)
+
+    @property
+    def router(self) -> RouterLike:
+        """The router over the current snapshot (the daemon's RCPT precheck asks the same one)."""
+        return self._router
 
     def kick(self) -> None:
         """Look for due mail now instead of at the next poll."""
@@ -660,14 +645,3 @@ class InboundService:
     async def reload(self, config: Config) -> None:
         """SIGHUP: refresh the directory now (instance changes need a restart)."""
         await self.directory.refresh()
-
-
-async def inbound_services(daemon: Any) -> list[Any]:
-    """A `gateway.daemon.SERVICE_FACTORIES` entry: `SERVICE_FACTORIES.append(inbound_services)`."""
-    if not daemon.config.odoo:
-        return []
-    service = InboundService(daemon.config, daemon.spool, hostname=getattr(daemon, "hostname", None),
-                             bounce_handler=getattr(daemon, "bounce_handler", None))
-    daemon.reload_hooks.append(service.reload)
-    daemon.inbound = service
-    return [service]

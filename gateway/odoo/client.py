@@ -179,6 +179,7 @@ class OdooClient:
         self.transport: RpcTransport = transport
         self.breaker = CircuitBreaker(config.name, threshold=breaker_threshold, cooldown=breaker_cooldown)
         self.breaker.subscribe(self._on_breaker)
+        self._breaker_state = "closed"
         self.server_version: dict[str, Any] = {}
         self._messages = _TtlCache(cache_size, cache_ttl)
         self._outage: str | None = None
@@ -375,13 +376,14 @@ class OdooClient:
         return self._outage
 
     def _on_breaker(self, state: str) -> None:
+        previous, self._breaker_state = self._breaker_state, state
         if state == "closed":
             log.info("odoo.breaker", instance=self.name, state=state)
-        elif state == "half_open":
-            log.debug("odoo.breaker", instance=self.name, state=state)
-        else:
+        elif state == "open" and previous == "closed":
             log.warning("odoo.breaker", instance=self.name, state=state, failures=self.breaker.failures,
                         cooldown=self.breaker.cooldown)
+        else:  # probing and re-opening every cooldown: not worth a line each time
+            log.debug("odoo.breaker", instance=self.name, state=state)
         if state == "open" and not self._closed and (self._probe_task is None or self._probe_task.done()):
             try:
                 self._probe_task = asyncio.get_running_loop().create_task(self._probe_loop())
