@@ -29,8 +29,6 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses, parseaddr
 from typing import Any
 
@@ -88,39 +86,56 @@ def _address_domain(addr: str) -> str | None:
     return domain.strip().lower().rstrip(".") if at and local and domain else None
 
 
+# The header fields the envelope is built from, found without a full RFC 5322 parse (that costs more than
+# everything else per message): name, then the value with its continuation lines.
+_WANTED_FIELDS = re.compile(
+    rb"^(Message-ID|Return-Path|Delivered-To|X-Original-To|To|Cc|Resent-To|Resent-Cc)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+    re.IGNORECASE | re.MULTILINE)
+_FOLD = re.compile(rb"\r?\n(?=[ \t])")
+# One plain address, "addr" or "Name <addr>" (no quotes, comments or groups): the common case, parsed directly.
+_SIMPLE_ADDRESS = re.compile(r"\s*(?:[^<>\"(),;:]*<([^<>\s\"(),;:]+)>|([^<>\s\"(),;:]+))\s*")
+
+
+def header_fields(head: bytes) -> dict[str, list[str]]:
+    """Lower-cased name -> values (unfolded, in order) of the fields in RCPT_HEADERS, Message-ID, Return-Path."""
+    out: dict[str, list[str]] = {}
+    for m in _WANTED_FIELDS.finditer(head):
+        value = _FOLD.sub(b"", m.group(2)).strip().decode("utf-8", errors="replace")
+        out.setdefault(m.group(1).decode().lower(), []).append(value)
+    return out
+
+
+def addresses(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        m = _SIMPLE_ADDRESS.fullmatch(value)
+        if m:
+            out.append(m.group(1) or m.group(2))
+        else:
+            out.extend(addr for _name, addr in getaddresses([value]) if addr)
+    return out
+
+
 def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: str,
                    source: dict[str, Any], received_at: float | None = None) -> MailboxEnvelope:
     """Envelope, Message-Id and initial state for one fetched message (pure: no I/O)."""
     reason = broken_reason(raw)
-    head = header_section(raw)
-    try:
-        msg = BytesHeaderParser(policy=compat32).parsebytes(head)
-        headers_ok = True
-    except Exception as exc:  # the stdlib parser is lenient; anything it still cannot take is "broken"
-        reason = reason or f"unparsable header section: {exc}"
-        headers_ok = False
-
-    message_id = ""
-    rcpts: list[str] = []
+    fields = header_fields(header_section(raw))
+    message_id = " ".join(fields.get("message-id", [""])[0].split())
     mail_from = ""
-    if headers_ok:
-        message_id = " ".join(str(msg.get("Message-ID", "") or "").split())
-        rp = msg.get("Return-Path")
-        if rp is not None:
-            mail_from = parseaddr(str(rp))[1]
-        seen: set[str] = set()
-        for name in RCPT_HEADERS:
-            values = [str(v) for v in msg.get_all(name, [])]
-            for _display, addr in getaddresses(values):
-                addr = addr.strip()
-                domain = _address_domain(addr)
-                if domain is None or config.instance_for_domain(domain) is None:
-                    continue
-                local = addr.rpartition("@")[0]
-                norm = f"{local}@{domain}"
-                if norm.lower() not in seen:
-                    seen.add(norm.lower())
-                    rcpts.append(norm)
+    if "return-path" in fields:
+        mail_from = parseaddr(fields["return-path"][0])[1]
+    rcpts: list[str] = []
+    seen: set[str] = set()
+    for name in RCPT_HEADERS:
+        for addr in addresses(fields.get(name.lower(), [])):
+            domain = _address_domain(addr.strip())
+            if domain is None or config.instance_for_domain(domain) is None:
+                continue
+            norm = f"{addr.strip().rpartition('@')[0]}@{domain}"
+            if norm.lower() not in seen:
+                seen.add(norm.lower())
+                rcpts.append(norm)
     generated = not message_id
     if generated:
         # Stable across re-fetches (content hash), so the duplicate check works for these too.
@@ -174,11 +189,15 @@ class SpoolOutcome:
 class MailboxLedger:
     """The (mailbox, key) -> queue_id ledger kept in the spool, and the one place mailbox mail is spooled."""
 
-    def __init__(self, spool: Spool, mailbox: MailboxBase, config: Config, *, intake: str):
+    def __init__(self, spool: Spool, mailbox: MailboxBase, config: Config, *, intake: str,
+                 identity: tuple[str, ...]):
         self.spool = spool
         self.mailbox = mailbox
         self.config = config
         self.intake = intake
+        # The source fields that name one message in the mailbox (IMAP: uidvalidity+uid, POP3: uidl): an entry
+        # with the same Message-Id *and* identity is this very message again (a re-fetch), not a duplicate.
+        self.identity = identity
         self.log = get_logger(f"mailgw.intake.{intake}").bind(mailbox=mailbox.name)
 
     async def lookup(self, keys: Sequence[str]) -> dict[str, str]:
@@ -191,19 +210,23 @@ class MailboxLedger:
         entry = await self.spool.get(queue_id)
         return bool(entry and entry.envelope.source and entry.envelope.source.get("left_in_mailbox"))
 
-    async def _already_spooled(self, message_id: str) -> str | None:
+    async def _already_spooled(self, message_id: str, source: dict[str, Any]) -> str | None:
+        """Queue id of another message of this mailbox with this Message-Id, if any."""
         for entry in await self.spool.find_message_id(message_id):
             src = entry.envelope.source or {}
-            if entry.envelope.intake == self.intake and src.get("mailbox") == self.mailbox.name \
-                    and not src.get("left_in_mailbox"):
-                return entry.queue_id
+            if entry.envelope.intake != self.intake or src.get("mailbox") != self.mailbox.name \
+                    or src.get("left_in_mailbox"):
+                continue
+            if all(src.get(f) == source.get(f) for f in self.identity):
+                continue  # the same mailbox message: the ledger key decides (a re-fetch)
+            return entry.queue_id
         return None
 
     async def store(self, messages: Sequence[FetchedMessage]) -> list[SpoolOutcome]:
         """Spool a batch (concurrently, so the spool groups the commits). Never raises for one bad message."""
         prepared = [(m, build_envelope(m.raw, self.mailbox, self.config, intake=self.intake, source=m.source))
                     for m in messages]
-        earlier = await asyncio.gather(*(self._already_spooled(p.message_id) for _m, p in prepared))
+        earlier = await asyncio.gather(*(self._already_spooled(p.message_id, m.source) for m, p in prepared))
         first_in_batch: dict[str, int] = {}  # Message-Id -> index of its first copy in this batch
         to_put = [i for i, (_m, p) in enumerate(prepared)
                   if not earlier[i] and first_in_batch.setdefault(p.message_id, i) == i]

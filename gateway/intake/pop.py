@@ -233,7 +233,7 @@ class Pop3Poller:
         self.cfg = cfg
         self.config = config
         self.spool = spool
-        self.ledger = MailboxLedger(spool, cfg, config, intake="pop3")
+        self.ledger = MailboxLedger(spool, cfg, config, intake="pop3", identity=("uidl",))
         self.log = log.bind(mailbox=cfg.name)
         self.stats: dict[str, int] = dict.fromkeys(
             ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "deleted"), 0)
