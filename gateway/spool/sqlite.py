@@ -530,14 +530,22 @@ class SqliteSpool:
 
         return await self._read(fn)
 
-    async def find_message_id(self, message_id: str, *, limit: int = 20) -> tuple[SpoolEntry, ...]:
-        """Entries carrying this Message-Id (mailbox intakes use it to spot a message they already spooled)."""
-        def fn(conn: sqlite3.Connection) -> tuple[SpoolEntry, ...]:
-            rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id=? ORDER BY received_at LIMIT ?",
-                                (message_id, limit)).fetchall()
-            return tuple(_row_to_entry(r) for r in rows)
+    async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]:
+        """Message-Id -> the entries carrying it, for a batch (mailbox intakes spot what they already spooled)."""
+        wanted = sorted(set(message_ids))
 
-        return await self._read(fn)
+        def fn(conn: sqlite3.Connection) -> dict[str, tuple[SpoolEntry, ...]]:
+            found: dict[str, list[SpoolEntry]] = {}
+            for i in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
+                part = wanted[i : i + 500]
+                rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id IN "
+                                    f"({','.join('?' * len(part))}) ORDER BY received_at", part).fetchall()
+                for row in rows:
+                    entry = _row_to_entry(row)
+                    found.setdefault(entry.message_id or "", []).append(entry)
+            return {k: tuple(v) for k, v in found.items()}
+
+        return await self._read(fn) if wanted else {}
 
     async def close(self) -> None:
         if self._closed:
