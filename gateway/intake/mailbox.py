@@ -34,7 +34,7 @@ from typing import Any
 
 from gateway.config import Config, MailboxBase
 from gateway.logs import get_logger
-from gateway.spool.base import Envelope, Spool, State
+from gateway.spool.base import Envelope, Spool, SpoolEntry, State
 
 log = get_logger("mailgw.intake.mailbox")
 
@@ -124,7 +124,9 @@ def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: 
     message_id = " ".join(fields.get("message-id", [""])[0].split())
     mail_from = ""
     if "return-path" in fields:
-        mail_from = parseaddr(fields["return-path"][0])[1]
+        rp = fields["return-path"][0]
+        m = _SIMPLE_ADDRESS.fullmatch(rp)
+        mail_from = (m.group(1) or m.group(2)) if m else parseaddr(rp)[1]  # "<>" -> ""
     rcpts: list[str] = []
     seen: set[str] = set()
     for name in RCPT_HEADERS:
@@ -210,9 +212,9 @@ class MailboxLedger:
         entry = await self.spool.get(queue_id)
         return bool(entry and entry.envelope.source and entry.envelope.source.get("left_in_mailbox"))
 
-    async def _already_spooled(self, message_id: str, source: dict[str, Any]) -> str | None:
-        """Queue id of another message of this mailbox with this Message-Id, if any."""
-        for entry in await self.spool.find_message_id(message_id):
+    def _already_spooled(self, entries: Sequence[SpoolEntry], source: dict[str, Any]) -> str | None:
+        """Queue id of another message of this mailbox among these entries (all with one Message-Id), if any."""
+        for entry in entries:
             src = entry.envelope.source or {}
             if entry.envelope.intake != self.intake or src.get("mailbox") != self.mailbox.name \
                     or src.get("left_in_mailbox"):
@@ -226,7 +228,8 @@ class MailboxLedger:
         """Spool a batch (concurrently, so the spool groups the commits). Never raises for one bad message."""
         prepared = [(m, build_envelope(m.raw, self.mailbox, self.config, intake=self.intake, source=m.source))
                     for m in messages]
-        earlier = await asyncio.gather(*(self._already_spooled(p.message_id, m.source) for m, p in prepared))
+        by_mid = await self.spool.find_message_ids([p.message_id for _m, p in prepared])
+        earlier = [self._already_spooled(by_mid.get(p.message_id, ()), m.source) for m, p in prepared]
         first_in_batch: dict[str, int] = {}  # Message-Id -> index of its first copy in this batch
         to_put = [i for i, (_m, p) in enumerate(prepared)
                   if not earlier[i] and first_in_batch.setdefault(p.message_id, i) == i]
