@@ -10,21 +10,24 @@ from collections.abc import Sequence
 from gateway import __version__
 from gateway.logs import setup_logging
 
-# Order here is the order in --help.
-COMMAND_MODULES = (
-    "serve",
-    "check_config",
-    "pipe",
-    "queue",
-    "directory",
-    "route",
-    "bounce",
-    "dns",
-    "imap",
-)
+# Command name -> module in gateway/commands. Order here is the order in --help.
+COMMANDS = {
+    "serve": "serve",
+    "check-config": "check_config",
+    "pipe": "pipe",
+    "queue": "queue",
+    "directory": "directory",
+    "route": "route",
+    "bounce": "bounce",
+    "dns-check": "dns",
+    "imap": "imap",
+}
+COMMAND_MODULES = tuple(COMMANDS.values())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: str | None = None) -> argparse.ArgumentParser:
+    """All commands, or with `only` just that one: `mailgw pipe` runs once per message under an MTA, so it
+    must not pay for importing what the other commands need (DNS, bounce parsing …)."""
     parser = argparse.ArgumentParser(
         prog="mailgw",
         description="Mail gateway beside Odoo: receives mail (SMTP, LMTP, pipe, IMAP, POP3), spools it "
@@ -32,16 +35,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"mailgw {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
+    modules = [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES
+    for name in modules:
         importlib.import_module(f"gateway.commands.{name}").register(sub)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    first = next((a for a in argv if not a.startswith("-")), None)
+    parser = build_parser(first)
     args = parser.parse_args(argv)
     # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config).
-    setup_logging("warning", "auto", sys.stderr)
+    setup_logging("warning", "auto")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

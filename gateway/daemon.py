@@ -22,7 +22,8 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.intake.smtp import SmtpListener, default_hostname
 from gateway.logs import get_logger, setup_logging
 from gateway.sdnotify import notify, watchdog_interval
-from gateway.spool import SqliteSpool, open_spool
+from gateway.spool import Direction, SqliteSpool, open_spool
+from routing.directory import Directory
 
 log = get_logger("mailgw.daemon")
 
@@ -54,6 +55,10 @@ class Daemon:
         self._reload = asyncio.Event()
         self.reload_hooks: list[Callable[[Config], Awaitable[None]]] = []
         self.started_at = time.time()
+        self.inbound: Any = None  # gateway.inbound.InboundService when Odoo instances are configured
+        self.outbound: Any = None  # gateway.outbound.worker.OutboundWorker
+        self.bounces: Any = None  # gateway.bounces.BounceForwarder
+        self.dns_status: dict[str, int] = {}
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -64,6 +69,7 @@ class Daemon:
         report = await self.spool.recover(crash_limit=cfg.delivery.crash_limit)
         log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=str(cfg.spool_path),
                  recovered=len(report.released), parked=len(report.parked))
+        self.services.extend(self._build_services())
         for factory in SERVICE_FACTORIES:
             self.services.extend(await factory(self))
         for svc in self.services:
@@ -73,11 +79,84 @@ class Daemon:
                 check = AdmissionPolicy.submission_check(lcfg.auth is not None)
             else:
                 check = self.admission.check_rcpt
-            listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname)
+            listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname,
+                                    on_stored=self._kick)
             await listener.start()
             self.listeners.append(listener)
         notify(f"READY=1\nSTATUS=accepting mail on {', '.join(x.address for x in self.listeners) or 'no listener'}")
         log.info("daemon.ready", listeners=[x.address for x in self.listeners])
+
+    def _build_services(self) -> list[Service]:
+        """Every component the config asks for, in dependency order (the Odoo side first: the others read its
+        directory)."""
+        from gateway.bounces import BounceForwarder
+        from gateway.inbound import InboundService
+        from gateway.intake.imap import ImapPoller
+        from gateway.intake.pop import Pop3Poller
+        from gateway.metrics import MetricsServer, daemon_families, daemon_health
+        from gateway.outbound.worker import OutboundWorker
+
+        cfg = self.config
+        assert self.spool is not None
+        services: list[Service] = []
+        verp_secret = cfg.bounce.verp_secret()
+        if cfg.odoo:
+            self.inbound = InboundService(cfg, self.spool, hostname=self.hostname)
+            directory = self.inbound.directory
+            self.bounces = BounceForwarder(spool=self.spool, clients=self.inbound.clients,
+                                           directory=lambda: directory.current, hostname=self.hostname,
+                                           verp_secret=verp_secret, forward_soft=cfg.bounce.forward_soft)
+            self.inbound.worker.bounce_handler = self.bounces
+            self._use_router(directory.current)
+            directory.subscribe(self._use_router)
+            self.reload_hooks.append(self.inbound.reload)
+            services.append(self.inbound)
+        self.outbound = OutboundWorker(cfg, self.spool, hostname=self.hostname, verp_secret=verp_secret,
+                                       bounce_addresses=self._bounce_addresses)
+        services.append(self.outbound)
+        services += [ImapPoller(m, cfg, self.spool) for m in cfg.imap]
+        services += [Pop3Poller(m, cfg, self.spool) for m in cfg.pop3]
+        if cfg.metrics.bind:
+            services.append(MetricsServer(cfg.metrics.bind, lambda: daemon_families(self), lambda: daemon_health(self)))
+        if cfg.dns_check.interval:
+            from gateway.dnswatch import DnsWatch
+
+            services.append(DnsWatch(self))
+        return services
+
+    def _use_router(self, directory: Directory) -> None:
+        """Each directory swap: RCPT prechecks use the inbound worker's router (it shares the loop guard)."""
+        router = getattr(self.inbound.worker, "router", None) if self.inbound else None
+        if router is None and self.inbound is not None:
+            router = self.inbound.worker._router
+        precheck = getattr(router, "precheck", None)
+        if precheck is None:
+            self.admission.precheck = None
+            return
+
+        def check(rcpt: str, sender: str) -> str | None:
+            result = precheck(rcpt, sender=sender)
+            return None if result.accepted else f"{result.code} {result.status} {result.text}"
+
+        self.admission.precheck = check
+
+    def _bounce_addresses(self) -> dict[str, tuple[str, str]]:
+        """Envelope senders that get a VERP return path: every alias domain's bounce address."""
+        out = {f"bounce@{d}": ("bounce", d) for inst in self.config.odoo for d in inst.domains}
+        if self.inbound is not None:
+            for inst in self.inbound.directory.current.instances.values():
+                for dom in inst.domains:
+                    if dom.bounce_email:
+                        out[dom.bounce_email] = (dom.bounce_alias, dom.name.lower())
+        return out
+
+    def _kick(self, direction: Direction) -> None:
+        """A listener stored mail: let the worker look now rather than at its next poll."""
+        if direction == Direction.OUTBOUND:
+            if self.outbound is not None:
+                self.outbound.kick()
+        elif self.inbound is not None:
+            self.inbound.worker.kick()
 
     async def _run_service(self, svc: Service) -> None:
         try:

@@ -11,8 +11,21 @@ import structlog
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+class _CurrentStderr:
+    """sys.stderr as it is at each write (tests and daemons may swap it after logging was set up)."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+    def isatty(self) -> bool:
+        return sys.stderr.isatty()
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
-    stream = stream or sys.stderr
+    stream = stream or _CurrentStderr()
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (
         structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
@@ -30,7 +43,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         cache_logger_on_first_use=False,
     )
     # Libraries log through stdlib logging; keep them quiet unless debugging.
-    logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG, stream=stream)
+    logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG, stream=sys.stderr)
     for noisy in ("mail.log", "aiosmtpd", "aioimaplib", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
 

@@ -288,8 +288,9 @@ class IntakeHandler:
         return _hook_dir(self, ("handle_", "auth_"))
 
     def __init__(self, *, spool: Spool, listener: ListenerConfig, hostname: str, rcpt_check: RcptCheck,
-                 direction: Direction = Direction.INBOUND):
+                 direction: Direction = Direction.INBOUND, on_stored: Callable[[Direction], None] | None = None):
         self.spool = spool
+        self.on_stored = on_stored
         self.listener = listener
         self.hostname = hostname
         self.rcpt_check = rcpt_check
@@ -344,6 +345,8 @@ class IntakeHandler:
             log.error("intake.spool_failed", error=str(exc), peer=env.peer)
             return self._per_rcpt(rcpts, "451 4.3.0 Temporary failure, message not stored; try again later")
         self.accepted += 1
+        if self.on_stored is not None:
+            self.on_stored(self.direction)
         if self.lmtp:
             return "\r\n".join(f"250 2.0.0 <{r}> Ok: queued as {queue_id}" for r in rcpts)
         return f"250 2.0.0 Ok: queued as {queue_id}"
@@ -418,12 +421,13 @@ def _prepare_socket_path(p: Path) -> None:
 class SmtpListener:
     """One bound listener (SMTP, LMTP or submission) and its live sessions."""
 
-    def __init__(self, listener: ListenerConfig, *, spool: Spool, rcpt_check: RcptCheck, hostname: str | None = None):
+    def __init__(self, listener: ListenerConfig, *, spool: Spool, rcpt_check: RcptCheck, hostname: str | None = None,
+                 on_stored: Callable[[Direction], None] | None = None):
         self.cfg = listener
         self.hostname = listener.hostname or hostname or default_hostname()
         direction = Direction.OUTBOUND if listener.kind == "submission" else Direction.INBOUND
         self.handler = IntakeHandler(spool=spool, listener=listener, hostname=self.hostname, rcpt_check=rcpt_check,
-                                     direction=direction)
+                                     direction=direction, on_stored=on_stored)
         self.tls_context = build_tls_context(listener)
         self.sessions: set[GatewaySMTP] = set()
         self.server: asyncio.Server | None = None

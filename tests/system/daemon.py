@@ -24,6 +24,22 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+TEST_ALIASES = ("inbox", "help", "sales", "a", "b")
+
+
+def seed_directory(state_dir: Path, aliases: tuple[str, ...] = TEST_ALIASES, domain: str = "example.com") -> None:
+    """Write the alias directory cache the daemon loads at start, as if Odoo had been reached before."""
+    from gateway.odoo.directory import write_cache
+    from routing.directory import Alias, AliasDomain, Directory, InstanceDirectory
+
+    inst = InstanceDirectory(
+        instance="main", domains=(AliasDomain(id=1, name=domain),),
+        aliases=tuple(Alias(id=i + 1, name=a, domain=domain, model="mail.test") for i, a in enumerate(aliases)),
+        server_version="19.0", fetched_at=time.time())
+    state_dir.mkdir(parents=True, exist_ok=True)
+    write_cache(Directory.build([inst], {domain: "main"}), state_dir / "directory.json")
+
+
 def base_config(tmp: Path, **extra: Any) -> dict[str, Any]:
     port = free_port()
     cfg: dict[str, Any] = {
@@ -38,6 +54,7 @@ def base_config(tmp: Path, **extra: Any) -> dict[str, Any]:
         "drain_timeout": "5s",
     }
     cfg.update(extra)
+    seed_directory(Path(cfg["state_dir"]))
     return cfg
 
 
