@@ -131,7 +131,7 @@ class GatewaySMTP(SMTP):
         m = _PLAIN_ANGLE_ADDR.fullmatch(arg) if arg else None
         if m is None:
             return super()._getaddr(arg)
-        addr = m.group(1)
+        addr = m.group(1) or "<>"  # aiosmtpd's parser also gives the null path as "<>" ("" is a syntax error)
         if self.local_part_limit and len(addr.rpartition("@")[0]) > self.local_part_limit:
             return None, None
         return addr, m.group(2)
@@ -308,7 +308,8 @@ class IntakeHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
                           mail_options: list[str]) -> str:
-        envelope.mail_from = "" if address in ("<>", "") else address  # the null sender is stored as ""
+        # The null sender stays "<>" in the session (aiosmtpd reads "" as "no MAIL yet"); the spool gets "".
+        envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 Ok"
 
@@ -317,7 +318,7 @@ class IntakeHandler:
         if len(envelope.rcpt_tos) >= self.listener.max_recipients:
             return f"452 4.5.3 Too many recipients (limit {self.listener.max_recipients})"
         peer = _peer_str(session.peer)
-        refusal = self.rcpt_check(address, envelope.mail_from or "", peer)
+        refusal = self.rcpt_check(address, _sender(envelope.mail_from), peer)
         if refusal is not None:
             log.info("intake.rcpt_refused", rcpt=address, sender=envelope.mail_from, peer=peer, reply=refusal)
             return refusal
@@ -330,7 +331,7 @@ class IntakeHandler:
         assert isinstance(raw, bytes)
         rcpts = tuple(envelope.rcpt_tos)
         env = Envelope(
-            mail_from=envelope.mail_from or "",
+            mail_from=_sender(envelope.mail_from),
             rcpt_tos=rcpts,
             intake=self.listener.kind,
             peer=_peer_str(session.peer),
@@ -357,6 +358,10 @@ class IntakeHandler:
     async def handle_exception(self, error: Exception) -> str:
         log.error("intake.exception", error=repr(error))
         return "451 4.3.0 Internal error, try again later"
+
+
+def _sender(mail_from: str | None) -> str:
+    return "" if mail_from in (None, "", "<>") else str(mail_from)
 
 
 def _peer_str(peer: Any) -> str:

@@ -111,6 +111,32 @@ async def test_lmtp_on_unix_socket(tmp_path: Path) -> None:
         assert len(await spool.list()) == 1
 
 
+async def test_null_sender_and_unusual_addresses(tmp_path: Path) -> None:
+    async with listening(tmp_path) as (listener, spool):
+        def session() -> list[int]:
+            with wire(("127.0.0.1", listener.port)) as w:
+                w.reply()
+                w.cmd("EHLO c")
+                codes = [w.cmd("MAIL FROM:<> SIZE=100")[0], w.cmd(f"RCPT TO:<a@{OURS}>")[0], w.cmd("RSET")[0]]
+                # Quoted local part and a source route go through aiosmtpd's full parser.
+                codes += [w.cmd('MAIL FROM:<"john doe"@example.org>')[0], w.cmd(f"RCPT TO:<@relay.test:b@{OURS}>")[0]]
+                codes += [w.cmd("DATA")[0]]
+                w.send(b"Subject: n\r\n\r\nx\r\n.\r\n")
+                codes.append(w.reply()[0])
+                return codes
+
+        assert await asyncio.to_thread(session) == [250, 250, 250, 250, 250, 354, 250]
+        [entry] = await spool.list()
+        assert entry.envelope.mail_from == '"john doe"@example.org' and entry.envelope.rcpt_tos == (f"b@{OURS}",)
+
+        def null_sender() -> dict[str, tuple[int, bytes]]:
+            with smtplib.SMTP("127.0.0.1", listener.port) as client:
+                return client.sendmail("", [f"c@{OURS}"], b"Subject: dsn\r\n\r\nx\r\n")
+
+        assert await asyncio.to_thread(null_sender) == {}
+        assert (await spool.list())[-1].envelope.mail_from == ""
+
+
 async def test_foreign_recipient_refused_no_relay(tmp_path: Path) -> None:
     needs("swaks")
     async with listening(tmp_path) as (listener, spool):
