@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from gateway.admission import AdmissionPolicy
 from gateway.config import ListenerConfig, TlsConfig
 from gateway.intake.smtp import SmtpListener
 from gateway.spool import SqliteSpool, State
@@ -32,7 +33,8 @@ def rcpt_check(rcpt: str, sender: str, peer: str) -> str | None:
 async def listening(tmp_path: Path, **overrides: Any) -> AsyncIterator[tuple[SmtpListener, SqliteSpool]]:
     spool = await SqliteSpool.open(tmp_path / "spool.db")
     cfg = ListenerConfig.model_validate({"kind": "smtp", "bind": "127.0.0.1:0", **overrides})
-    listener = SmtpListener(cfg, spool=spool, rcpt_check=rcpt_check, hostname="mx.test")
+    check = AdmissionPolicy.submission_check(cfg.auth is not None) if cfg.kind == "submission" else rcpt_check
+    listener = SmtpListener(cfg, spool=spool, rcpt_check=check, hostname="mx.test")
     await listener.start()
     try:
         yield listener, spool
@@ -344,3 +346,38 @@ async def test_spool_failure_answers_451_never_250(tmp_path: Path) -> None:
         await spool.close()  # the spool is gone: nothing can be made durable
         code, text = await asyncio.to_thread(send_data, listener.port, b"Subject: x\r\n\r\ny\r\n.\r\n")
         assert code == 451 and text[0].startswith("4.3.0")
+
+
+async def test_submission_requires_auth_over_tls_and_spools_outbound(tmp_path: Path) -> None:
+    trustme = pytest.importorskip("trustme")
+    ca = trustme.CA()
+    ca.issue_cert("mx.test").private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "server.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    (tmp_path / "users").write_text("# user:password\nodoo:s3cret\n")
+    from gateway.spool import Direction
+
+    async with listening(tmp_path, kind="submission", auth={"users_file": str(tmp_path / "users")},
+                         tls={"cert_file": str(tmp_path / "server.pem"), "key_file": str(tmp_path / "server.pem")}
+                         ) as (listener, spool):
+        def submit(password: str) -> dict[str, tuple[int, bytes]]:
+            ctx = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+            with smtplib.SMTP("127.0.0.1", listener.port) as client:
+                client.ehlo("odoo.test")
+                client._host = "mx.test"  # certificate name (smtplib takes it from the connect host)
+                client.starttls(context=ctx)
+                client.login("odoo", password)
+                return client.sendmail("bounce@example.com", ["anyone@anywhere.test"], b"Subject: out\r\n\r\nx\r\n")
+
+        def unauthenticated() -> int:
+            with wire(("127.0.0.1", listener.port)) as w:
+                w.reply()
+                w.cmd("EHLO c")
+                return w.cmd("MAIL FROM:<a@example.com>")[0]
+
+        assert await asyncio.to_thread(unauthenticated) == 530
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            await asyncio.to_thread(submit, "wrong")
+        assert await asyncio.to_thread(submit, "s3cret") == {}
+        [entry] = await spool.list()
+        assert entry.direction == Direction.OUTBOUND and entry.state == State.OUTGOING
+        assert entry.envelope.rcpt_tos == ("anyone@anywhere.test",)
