@@ -553,7 +553,7 @@ _PROVIDER_RULES = tuple((re.compile(h) if h else None, _anchor(p) or "", re.comp
 # Commands sent before DATA: a content filter cannot have refused the message there.
 _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT"})
 # Addresses and links say nothing about the failure ("blocked@example.net", ".../reason/#spam").
-_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]+@[\w-]+(?:\.[\w-]+)+")
+_EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})+")
 _URL = re.compile(r"(?:https?://|\b(?=www\.))([^/\s?#]+)\S*")
 
 

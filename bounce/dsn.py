@@ -32,7 +32,7 @@ from bounce.formats import (
     read_generic,
     unique,
 )
-from bounce.message import Part, decode_words, parse_headers, parse_message
+from bounce.message import Part, decode_words, parse_headers, parse_message, to_bytes
 
 MAX_RECIPIENTS = 1000  # a report naming more is not a real bounce; do not spend time on it
 ORIGINAL_HEADERS = ("message-id", "x-odoo-message-id", "x-microsoft-original-message-id", "from", "to",
@@ -128,7 +128,7 @@ def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0) -> BounceRepo
     if not findings and _depth < 2:
         forwarded = _forwarded_report(mail)
         if forwarded is not None:
-            return _parse(forwarded.encode("latin-1"), verp_secret, _depth + 1)
+            return _parse(to_bytes(forwarded), verp_secret, _depth + 1)
     if not findings:
         if _is_auto_reply(mail):
             addr = mail.from_addr if "@" in mail.from_addr else ""
@@ -254,7 +254,7 @@ def _read_delivery_status(mail: Mail) -> tuple[list[Finding], str | None]:
     return unique(findings), reporting_mta
 
 
-_SMTP_ERROR_LINE = re.compile(r"^\s*(?:<<< )?[45]\d\d[ -]", re.M)
+_SMTP_ERROR_LINE = re.compile(r"^[ \t]*(?:<<< )?[45]\d\d[ -]", re.M)
 
 
 def _original_recipient(mail: Mail) -> list[Finding]:
@@ -310,20 +310,16 @@ def _read_feedback(mail: Mail) -> tuple[str, list[Finding]] | None:
         if mail.header("x-apple-unsubscribe").lower() == "true" and "@" in mail.from_addr:
             return "opt-out", [Finding(mail.from_addr, reason="feedback", feedback_type="opt-out")]
         return None
-    fields = dict(parse_headers(report.text().strip("\n")))
+    fields = parse_headers(report.text().strip("\n"))
+    first = dict(reversed(fields))
     # Several Original-Rcpt-To fields: one per complaining recipient.
-    rcpts = [a.lower() for k, v in parse_headers(report.text().strip("\n")) if k == "original-rcpt-to"
-             for a in ADDR_RE.findall(v)]
+    rcpts = [a.lower() for k, v in fields if k == "original-rcpt-to" for a in ADDR_RE.findall(v)]
     if not rcpts:
-        rcpts = [a.lower() for a in ADDR_RE.findall(fields.get("removal-recipient", ""))]
+        rcpts = [a.lower() for a in ADDR_RE.findall(first.get("removal-recipient", ""))]
     if not rcpts and mail.original is not None:
         rcpts = [a.lower() for a in ADDR_RE.findall(mail.original.get("to"))][:1]
-    ftype = fields.get("feedback-type", "abuse").strip().lower() or "abuse"
-    seen: list[str] = []
-    for a in rcpts:
-        if a not in seen:
-            seen.append(a)
-    return ftype, [Finding(a, reason="feedback", feedback_type=ftype) for a in seen]
+    ftype = first.get("feedback-type", "").strip().lower() or "abuse"
+    return ftype, [Finding(a, reason="feedback", feedback_type=ftype) for a in dict.fromkeys(rcpts)]
 
 
 _AUTO_SUBJECT = re.compile(

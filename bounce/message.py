@@ -164,19 +164,28 @@ class Part:
         return out
 
 
+def to_bytes(text: str) -> bytes:
+    """Back to bytes: latin-1 for text read from the wire; UTF-8 for text that was already decoded
+    (an original quoted inside a decoded notification)."""
+    try:
+        return text.encode("latin-1")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
 def decode_body(body: str, cte: str, charset: str) -> str:
     cte = cte.strip().lower()
     if cte == "base64":
         raw = _b64(body)
     elif cte == "quoted-printable":
         try:
-            raw = binascii.a2b_qp(body.encode("latin-1"))
+            raw = binascii.a2b_qp(to_bytes(body))
         except (binascii.Error, ValueError):
-            raw = body.encode("latin-1")
+            raw = to_bytes(body)
     else:
         if not charset and body.isascii():
             return body
-        raw = body.encode("latin-1")
+        raw = to_bytes(body)
     if not charset:
         try:
             return raw.decode("utf-8")
@@ -227,13 +236,23 @@ def parse(text: str, depth: int = 0, budget: list[int] | None = None, *, shallow
     return part
 
 
-_DELIMITER_LINE = re.compile(r"^--([^\s]*[^\s-][^\s]*?)(?:--)?[ \t]*$", re.M)
-
-
 def _guess_boundary(body: str) -> str:
-    """The boundary actually used, when the declared one is missing or wrong (it happens)."""
-    m = _DELIMITER_LINE.search(body)
-    return m.group(1) if m else ""
+    """The boundary actually used, when the declared one is missing or wrong (it happens): the first
+    `--token` line whose token is not only dashes."""
+    pos = 0 if body.startswith("--") else body.find("\n--") + 1
+    while pos > 0 or body.startswith("--"):
+        end = body.find("\n", pos)
+        line = body[pos + 2 : end if end >= 0 else len(body)].rstrip(" \t")
+        if line.endswith("--"):
+            line = line[:-2]
+        if line and not line.isspace() and line.strip("-") and not any(c.isspace() for c in line):
+            return line
+        if end < 0:
+            return ""
+        pos = body.find("\n--", end) + 1
+        if pos <= 0:
+            return ""
+    return ""
 
 
 def _split_multipart(body: str, boundary: str) -> list[str]:

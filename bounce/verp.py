@@ -108,7 +108,7 @@ def decode(address: str, secret: bytes | None) -> VerpToken | None:
 def decode_legacy(address: str) -> LegacyVerp | None:
     """Odoo ≤ 14: `bounce+<mail_id>-<model>-<res_id>@domain` (model and res_id optional)."""
     ext = _local_extension(address)
-    if ext is None:
+    if ext is None or len(ext) > 200:
         return None
     m = _LEGACY.fullmatch(ext)
     if not m:

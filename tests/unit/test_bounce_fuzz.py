@@ -100,6 +100,14 @@ def test_shuffled_report_pieces(pieces: list[str]) -> None:
     b"Subject: " + b"=?utf-8?q?" * 20_000 + b"\n\nx",
     b"From: MAILER-DAEMON@x\nSubject: Undelivered\n\n" + b"Final-Recipient: rfc822; a@b.c\nStatus: 5.1.1\n" * 20_000,
     b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + b"domain of sender address " * 20_000,
+    b"From: MAILER-DAEMON@x\nTo: " + b"a" * 100_000 + b"@" + b"b" * 100_000 + b"\nSubject: failure notice\n\n"
+    b"<x@y.example>: 550 no such user\n",
+    b"From: MAILER-DAEMON@x\nSubject: failure\nContent-Type: text/html\n\n" + b"<br<script" * 30_000,
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + b"\n" * 200_000 + b"550 x\n",
+    b"Content-Type: multipart/mixed\n\n--" + b"a" * 200_000 + b" x\n" + b"-- a\n" * 20_000,
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n" + b"a" * 200_000 + b"@b.c\n",
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n"
+    + b"".join(b"<a%d@b.example>: 550 unknown\n" % i for i in range(5000)),
 ])
 def test_hostile_shapes_stay_cheap(raw: bytes) -> None:
     start = time.perf_counter()
