@@ -23,11 +23,21 @@ import contextlib
 import re
 import socket
 import ssl
+from collections import deque
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
 
 import aioimaplib
-from aioimaplib.aioimaplib import STOP_WAIT_SERVER_PUSH, Command, FetchCommand, IMAP4ClientProtocol, quoted
+from aioimaplib.aioimaplib import (
+    CRLF,
+    STOP_WAIT_SERVER_PUSH,
+    Command,
+    FetchCommand,
+    IMAP4ClientProtocol,
+    IncompleteRead,
+    literal_data_re,
+    quoted,
+)
 
 from gateway.config import Config, ImapConfig
 from gateway.errors import GatewayError
@@ -48,8 +58,7 @@ from gateway.spool.base import Spool, State
 T = TypeVar("T")
 log = get_logger("mailgw.intake.imap")
 
-# aioimaplib parses a read buffer recursively, one stack frame per response line: a FETCH of many small
-# messages arriving in one read would hit the recursion limit. 200 UIDs per command keeps it far below.
+# UIDs per FETCH/STORE command, and per "chunk" flagged at once (what a crash may make us fetch again).
 MAX_UIDS_PER_COMMAND = 200
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # bodies held in memory at once (one message may exceed it alone)
 IDLE_RENEW_MAX = 28 * 60.0  # RFC 2177: servers may log an idle client out after 30 minutes
@@ -177,8 +186,45 @@ class _LinearFetchCommand(FetchCommand):
 
 
 class _WatchfulProtocol(IMAP4ClientProtocol):
-    """Notices EXISTS and BYE lines, which aioimaplib drops when no command is waiting for them; fetches with
-    `_LinearFetchCommand`."""
+    """aioimaplib's protocol with three changes: it notices EXISTS and BYE lines (aioimaplib drops them when no
+    command waits for them), fetches with `_LinearFetchCommand`, and parses a read buffer in a loop.
+
+    aioimaplib 2.0's `_handle_responses` recurses once per response line and re-partitions the rest of the buffer
+    each time: quadratic copying in the read size, and a RecursionError for a read holding ~1000 lines. The loop
+    below keeps its exact semantics (same calls on the commands, same IncompleteRead hand-over) with an index.
+    """
+
+    def _handle_responses(self, data: bytes, line_handler: Any, current_cmd: Any = None) -> None:
+        pos, end = 0, len(data)
+        while True:
+            if pos >= end:
+                if self.pending_sync_command is not None:
+                    self.pending_sync_command.flush()
+                if current_cmd is not None and current_cmd.wait_data():
+                    raise IncompleteRead(current_cmd)
+                return
+            if current_cmd is not None and current_cmd.wait_literal_data():
+                need = current_cmd._expected_size - len(current_cmd._resp_literal_data)
+                current_cmd.append_literal_data(data[pos : pos + need])
+                pos = min(pos + need, end)
+                if current_cmd.wait_literal_data():
+                    raise IncompleteRead(current_cmd)
+            nl = data.find(CRLF, pos)
+            if nl < 0:
+                raise IncompleteRead(current_cmd, data[pos:])
+            line = data[pos:nl]
+            pos = nl + 2
+            cmd = line_handler(line, current_cmd)
+            begin_literal = literal_data_re.match(line)
+            if begin_literal:
+                if cmd is None:
+                    cmd = Command("NIL", "unused")
+                cmd.begin_literal_data(int(begin_literal.group("size")))
+                current_cmd = cmd
+            elif cmd is not None and cmd.wait_data():
+                current_cmd = cmd
+            else:
+                current_cmd = None
 
     def __init__(self, loop: asyncio.AbstractEventLoop, conn_lost_cb: Any) -> None:
         super().__init__(loop, conn_lost_cb)
@@ -468,7 +514,7 @@ class ImapPoller:
 
     async def _process(self, client: ImapClient, uids: list[int]) -> None:
         """Spool and flag these UIDs: batches bounded in count and bytes, pipelined so that the fetch of batch k+1
-        overlaps the spool commit (fsync) of batch k; batch k is flagged only once its commit returned.
+        overlaps the spool commit (fsync) of batch k; the chunk is flagged once every commit in it returned.
 
         No ledger look-up before fetching: the spool's put() checks the ledger key in the same transaction, so a
         message spooled before (crash before the flag, a human marked it unread) costs one re-download and is
@@ -490,24 +536,30 @@ class ImapPoller:
                 batch_bytes = 0
             batches[-1].append(u)
             batch_bytes += size
-        pending: asyncio.Future[list[SpoolOutcome]] | None = None
+        committed: list[tuple[int, str]] = []
+        failed: list[SpoolOutcome] = []
+        in_flight: deque[asyncio.Future[list[SpoolOutcome]]] = deque()
         try:
             for batch in batches:
                 if self._stopping:
                     break
                 messages = await self._fetch(client, batch)
-                if pending is not None:
-                    done, pending = pending, None
-                    await self._finish(client, await done)
-                pending = asyncio.ensure_future(self.ledger.store(messages))
-            if pending is not None:
-                done, pending = pending, None
-                await self._finish(client, await done)
+                in_flight.append(asyncio.ensure_future(self.ledger.store(messages)))
+                # Two commits in flight at most: the spool groups what queues up behind a commit in progress.
+                while len(in_flight) > 1 or (in_flight and in_flight[0].done()):
+                    self._settle(await in_flight.popleft(), committed, failed)
+            while in_flight:
+                self._settle(await in_flight.popleft(), committed, failed)
         finally:
-            if pending is not None:
-                # Failed mid-way: the commit in flight completes on its own (and is harmless); its messages are
-                # flagged on the next pass. Only make sure its outcome is collected.
-                pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+            for fut in in_flight:
+                # Failed mid-way: a commit in flight completes on its own (harmless); its messages are flagged on
+                # the next pass. Only make sure its outcome is collected.
+                fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        # One flag command for the whole chunk (<= MAX_UIDS_PER_COMMAND), after every commit in it returned.
+        await self._after(client, [u for u, _ in committed], [q for _, q in committed])
+        if failed:
+            # The spool refused a write (disk full, …): those stay unflagged; retry after a backoff.
+            raise ImapError(f"{len(failed)} message(s) could not be spooled: {failed[0].error}")
 
     async def _fetch(self, client: ImapClient, uids: list[int]) -> list[FetchedMessage]:
         assert self.uidvalidity is not None
@@ -518,16 +570,16 @@ class ImapPoller:
                                                                       "folder": self.cfg.folder})
                 for u in uids if (body := fetched.get(u, (None, None))[1]) is not None]
 
-    async def _finish(self, client: ImapClient, outcomes: list[SpoolOutcome]) -> None:
-        """After a batch's commit: count, then take the committed ones out of the "new" view."""
+    def _settle(self, outcomes: list[SpoolOutcome], committed: list[tuple[int, str]],
+                failed: list[SpoolOutcome]) -> None:
+        """A batch's commit returned: count it, note what may now leave the "new" view."""
         self._count(outcomes)
         crash_point()
-        ok = [(int(o.key.rsplit(":", 1)[1]), o.queue_id or "") for o in outcomes if o.committed]
-        await self._after(client, [u for u, _ in ok], [q for _, q in ok])
-        failed = [o for o in outcomes if not o.committed]
-        if failed:
-            # The spool refused a write (disk full, …): leave those unflagged and retry after a backoff.
-            raise ImapError(f"{len(failed)} message(s) could not be spooled: {failed[0].error}")
+        for o in outcomes:
+            if o.committed:
+                committed.append((int(o.key.rsplit(":", 1)[1]), o.queue_id or ""))
+            else:
+                failed.append(o)
 
     def _count(self, outcomes: Sequence[SpoolOutcome]) -> None:
         for o in outcomes:
