@@ -39,7 +39,7 @@ from aioimaplib.aioimaplib import (
     quoted,
 )
 
-from gateway.config import Config, ImapConfig
+from gateway.config import Config, ConfigError, ImapConfig
 from gateway.errors import GatewayError
 from gateway.intake.mailbox import (
     BackoffPolicy,
@@ -61,7 +61,10 @@ log = get_logger("mailgw.intake.imap")
 # UIDs per FETCH/STORE command, and per "chunk" flagged at once (what a crash may make us fetch again).
 MAX_UIDS_PER_COMMAND = 200
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # bodies held in memory at once (one message may exceed it alone)
-IDLE_RENEW_MAX = 28 * 60.0  # RFC 2177: servers may log an idle client out after 30 minutes
+IDLE_RENEW_MAX = 28 * 60.0
+# A message whose FETCH failed this often (the server said NO or dropped the connection; the last times fetched
+# alone) is recorded as unreadable and left in the mailbox, so that it cannot block the rest forever.
+UNREADABLE_AFTER = 4  # RFC 2177: servers may log an idle client out after 30 minutes
 
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _FETCH_START = re.compile(rb"^(\d+) FETCH \(")
@@ -271,13 +274,17 @@ class ImapClient(aioimaplib.IMAP4):
         return set(self.protocol.capabilities)
 
     async def call(self, aw: Awaitable[T], what: str, timeout: float | None = None) -> T:
-        """Await `aw` unless the connection drops or `timeout` (default: the client's) passes first."""
+        """Await `aw` unless the connection drops or `timeout` (default: the client's) passes first.
+
+        timeout=0: no overall bound — for a FETCH of many megabytes on a slow link, which aioimaplib bounds by
+        inactivity instead (its command timer restarts with every piece of data).
+        """
         if self.lost.is_set():
             raise ImapConnectionLost(f"connection lost before {what}: {self.lost_reason}")
         task = asyncio.ensure_future(aw)
         lost = asyncio.ensure_future(self.lost.wait())
         try:
-            done, _ = await asyncio.wait({task, lost}, timeout=timeout or self.timeout,
+            done, _ = await asyncio.wait({task, lost}, timeout=None if timeout == 0 else (timeout or self.timeout),
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
@@ -386,10 +393,13 @@ class ImapPoller:
         self.ledger = MailboxLedger(spool, cfg, config, intake="imap", identity=("uidvalidity", "uid"))
         self.log = log.bind(mailbox=cfg.name)
         self.stats: dict[str, int] = dict.fromkeys(
-            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "flagged"), 0)
+            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "unreadable",
+             "flagged"), 0)
         self.uidvalidity: int | None = None
         self.idle_active = False  # True while an IDLE is acknowledged by the server (tests and metrics read it)
         self._left: set[int] = set()  # UIDs (of the current UIDVALIDITY) deliberately left in the mailbox
+        self._suspects: dict[int, int] = {}  # UID -> failed FETCHes it was part of (reset by a good FETCH)
+        self._inflight: list[int] | None = None  # UIDs of the FETCH in progress, to blame if the session dies
         self._stopping = False
         self._stop_event = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -414,13 +424,15 @@ class ImapPoller:
                     self._note_error(exc)
                     # Hammering a wrong password gets accounts locked: wait at least a minute.
                     self._backoff.current = max(self._backoff.current, 60.0)
-                except (OSError, TimeoutError, ssl.SSLError, GatewayError, aioimaplib.AioImapException) as exc:
+                except (OSError, TimeoutError, ssl.SSLError, GatewayError, ConfigError,
+                        aioimaplib.AioImapException) as exc:
                     self._note_error(exc)
                 except Exception as exc:  # a bug must not kill the intake; say so loudly and carry on
                     self.stats["errors"] += 1
                     self.log.exception("imap.poller_error", error=repr(exc))
                 finally:
                     self.idle_active = False
+                    self._blame_inflight()
                     if client is not None:
                         await client.close_gracefully()
                 if not self._stopping:
@@ -443,6 +455,13 @@ class ImapPoller:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
 
+    def _blame_inflight(self) -> None:
+        """The session ended during a FETCH: suspect its UIDs (they are fetched alone from now on)."""
+        if self._inflight:
+            for u in self._inflight:
+                self._suspects[u] = self._suspects.get(u, 0) + 1
+        self._inflight = None
+
     def _note_error(self, exc: BaseException) -> None:
         self.stats["errors"] += 1
         text = f"{type(exc).__name__}: {exc}"
@@ -463,6 +482,8 @@ class ImapPoller:
         cfg = self.cfg
         if cfg.tls == "none" and not is_loopback(cfg.host):
             self.log.warning("imap.plaintext", note="tls: none sends the password in clear text")
+        if cfg.after == f"move:{cfg.folder}":
+            raise ImapError(f"after: move:{cfg.folder} moves messages into the folder they are read from")
         await client.open(cfg.user, cfg.password(), starttls=starttls)
         resp = await client.ok(client.select(quoted(cfg.folder)), f"SELECT {cfg.folder}")
         uidvalidity, exists = select_info(resp.lines)
@@ -473,6 +494,7 @@ class ImapPoller:
             # old one; the Message-Id check keeps messages spooled under the old UIDVALIDITY from coming twice.
             self.log.warning("imap.uidvalidity_changed", old=self.uidvalidity, new=uidvalidity)
             self._left.clear()
+            self._suspects.clear()
         self.uidvalidity = uidvalidity
         if cfg.after.startswith("move:"):
             target = cfg.after[5:]
@@ -520,8 +542,16 @@ class ImapPoller:
         message spooled before (crash before the flag, a human marked it unread) costs one re-download and is
         then only flagged. That keeps the common case at zero extra round trips to the spool.
         """
-        sizes = {u: s for u, (s, _) in parse_fetch((await client.ok(
-            client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE)"), "UID FETCH RFC822.SIZE")).lines).items()}
+        # A UID that was in a failed FETCH is fetched alone; after UNREADABLE_AFTER failures it is given up on.
+        for u in [u for u in uids if self._suspects.get(u, 0) >= UNREADABLE_AFTER]:
+            await self._unreadable(u)
+        uids = [u for u in uids if u not in self._left]
+        suspects = [u for u in uids if u in self._suspects]
+        sizes: dict[int, int | None] = {}
+        for group in ([u for u in uids if u not in self._suspects], *([u] for u in suspects)):
+            if group:
+                sizes.update({u: s for u, (s, _) in parse_fetch((await self._fetch_items(
+                    client, group, "(UID RFC822.SIZE)", "UID FETCH RFC822.SIZE")).lines).items()})
         batches: list[list[int]] = []
         batch_bytes = 0
         for u in uids:
@@ -531,7 +561,8 @@ class ImapPoller:
             if size > self.cfg.max_message_size:
                 await self._oversized(client, u, size)
                 continue
-            if not batches or len(batches[-1]) >= self.cfg.batch_size or batch_bytes + size > MAX_BATCH_BYTES:
+            if not batches or len(batches[-1]) >= self.cfg.batch_size or batch_bytes + size > MAX_BATCH_BYTES \
+                    or u in self._suspects or batches[-1][0] in self._suspects:
                 batches.append([])
                 batch_bytes = 0
             batches[-1].append(u)
@@ -561,11 +592,21 @@ class ImapPoller:
             # The spool refused a write (disk full, …): those stay unflagged; retry after a backoff.
             raise ImapError(f"{len(failed)} message(s) could not be spooled: {failed[0].error}")
 
+    async def _fetch_items(self, client: ImapClient, uids: list[int], items: str, what: str) -> Any:
+        """UID FETCH, remembering which UIDs to blame if it kills the session (see `_blame_inflight`)."""
+        self._inflight = uids
+        # No overall timeout: bodies may be large; aioimaplib's inactivity timer bounds it.
+        resp = await client.ok(client.uid("fetch", uid_set(uids), items), what, timeout=0)
+        self._inflight = None
+        return resp
+
     async def _fetch(self, client: ImapClient, uids: list[int]) -> list[FetchedMessage]:
         assert self.uidvalidity is not None
         uv = self.uidvalidity
-        resp = await client.ok(client.uid("fetch", uid_set(uids), "(UID RFC822.SIZE BODY.PEEK[])"), "UID FETCH")
+        resp = await self._fetch_items(client, uids, "(UID RFC822.SIZE BODY.PEEK[])", "UID FETCH")
         fetched = parse_fetch(resp.lines)
+        for u in uids:
+            self._suspects.pop(u, None)
         return [FetchedMessage(imap_key(self.cfg.name, uv, u), body, {"uidvalidity": uv, "uid": u,
                                                                       "folder": self.cfg.folder})
                 for u in uids if (body := fetched.get(u, (None, None))[1]) is not None]
@@ -594,14 +635,27 @@ class ImapPoller:
 
     async def _oversized(self, client: ImapClient, uid: int, size: int) -> None:
         assert self.uidvalidity is not None
-        resp = await client.ok(client.uid("fetch", str(uid), "(UID RFC822.SIZE BODY.PEEK[HEADER])"),
-                               "UID FETCH HEADER")
+        resp = await self._fetch_items(client, [uid], "(UID RFC822.SIZE BODY.PEEK[HEADER])", "UID FETCH HEADER")
         head = parse_fetch(resp.lines).get(uid, (None, None))[1] or b""
         outcome = await self.ledger.store_oversized(
             imap_key(self.cfg.name, self.uidvalidity, uid), head, size,
             {"uidvalidity": self.uidvalidity, "uid": uid, "folder": self.cfg.folder})
         if outcome.committed:
             self.stats["oversized"] += int(outcome.created)  # reported once, however often it is seen
+            self._left.add(uid)
+
+    async def _unreadable(self, uid: int) -> None:
+        """Give up on a UID the server keeps failing to deliver: record it (parked `failed`), leave it in place."""
+        assert self.uidvalidity is not None
+        failures = self._suspects.pop(uid, 0)
+        reason = (f"the server failed {failures} times to return this message (NO or connection dropped during "
+                  f"FETCH); it was left in the mailbox")
+        outcome = await self.ledger.store_left(
+            imap_key(self.cfg.name, self.uidvalidity, uid), b"",
+            {"uidvalidity": self.uidvalidity, "uid": uid, "folder": self.cfg.folder}, event="unreadable",
+            reason=reason)
+        if outcome.committed:
+            self.stats["unreadable"] += int(outcome.created)
             self._left.add(uid)
 
     async def _after(self, client: ImapClient, uids: list[int], queue_ids: list[str]) -> None:

@@ -276,25 +276,35 @@ class MailboxLedger:
                                   size=len(m.raw), rcpts=len(p.envelope.rcpt_tos))
         return outcomes
 
-    async def store_oversized(self, key: str, head: bytes, size: int, source: dict[str, Any]) -> SpoolOutcome:
-        """Record a message over max_message_size: its header section, parked `failed`; the message stays put."""
-        src = dict(source, left_in_mailbox=True, size=size)
+    async def store_left(self, key: str, head: bytes, source: dict[str, Any], *, event: str, reason: str,
+                         **log_fields: Any) -> SpoolOutcome:
+        """Record a message the gateway leaves in the mailbox (oversized, unreadable): its header section (or
+        nothing), parked `failed` with the reason, so an operator sees it and the next pass skips it."""
+        src = dict(source, left_in_mailbox=True)
         p = build_envelope(head, self.mailbox, self.config, intake=self.intake, source=src)
-        reason = (f"message of {size} bytes is over max_message_size ({self.mailbox.max_message_size}); only its "
-                  f"header is spooled and the message was left in the mailbox")
+        message_id = p.message_id
+        if not head:  # nothing to hash: name it after its ledger key instead
+            message_id = f"<mailgw.left.{hashlib.sha256(key.encode()).hexdigest()[:32]}@{self.mailbox.host}>"
         try:
-            queue_id, created = await self.spool.put(p.envelope, head, message_id=p.message_id,
-                                                     message_id_generated=p.message_id_generated, dedup_key=key,
-                                                     state=State.FAILED, last_error=reason)
+            queue_id, created = await self.spool.put(p.envelope, head, message_id=message_id,
+                                                     message_id_generated=p.message_id_generated or not head,
+                                                     dedup_key=key, state=State.FAILED, last_error=reason)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            self.log.error(f"{self.intake}.spool_failed", key=key, message_id=p.message_id, error=str(exc))
-            return SpoolOutcome(key, None, p.message_id, created=False, error=exc)
+            self.log.error(f"{self.intake}.spool_failed", key=key, message_id=message_id, error=str(exc))
+            return SpoolOutcome(key, None, message_id, created=False, error=exc)
         if created:
-            self.log.warning(f"{self.intake}.oversized", queue_id=queue_id, message_id=p.message_id, key=key,
-                             size=size, limit=self.mailbox.max_message_size)
-        return SpoolOutcome(key, queue_id, p.message_id, created=created, state=State.FAILED)
+            self.log.warning(f"{self.intake}.{event}", queue_id=queue_id, message_id=message_id, key=key,
+                             reason=reason, **log_fields)
+        return SpoolOutcome(key, queue_id, message_id, created=created, state=State.FAILED)
+
+    async def store_oversized(self, key: str, head: bytes, size: int, source: dict[str, Any]) -> SpoolOutcome:
+        """A message over max_message_size: its header section is spooled `failed`; the message stays put."""
+        reason = (f"message of {size} bytes is over max_message_size ({self.mailbox.max_message_size}); only its "
+                  f"header is spooled and the message was left in the mailbox")
+        return await self.store_left(key, head, dict(source, size=size), event="oversized", reason=reason,
+                                     size=size, limit=self.mailbox.max_message_size)
 
 
 def ssl_context_for(mailbox: MailboxBase) -> ssl.SSLContext:

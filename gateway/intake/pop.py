@@ -21,7 +21,7 @@ import hashlib
 import ssl
 from typing import Any
 
-from gateway.config import Config, Pop3Config
+from gateway.config import Config, ConfigError, Pop3Config
 from gateway.errors import GatewayError
 from gateway.intake.mailbox import (
     BackoffPolicy,
@@ -236,7 +236,8 @@ class Pop3Poller:
         self.ledger = MailboxLedger(spool, cfg, config, intake="pop3", identity=("uidl",))
         self.log = log.bind(mailbox=cfg.name)
         self.stats: dict[str, int] = dict.fromkeys(
-            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "deleted"), 0)
+            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "unreadable",
+             "deleted"), 0)
         self._left: set[str] = set()  # ledger keys of messages deliberately left on the server
         self._stopping = False
         self._stop_event = asyncio.Event()
@@ -264,7 +265,7 @@ class Pop3Poller:
                     self._note_error(exc)
                     self._backoff.current = max(self._backoff.current, 60.0)
                     delay = self._backoff.next_delay()
-                except (OSError, TimeoutError, ssl.SSLError, GatewayError) as exc:
+                except (OSError, TimeoutError, ssl.SSLError, GatewayError, ConfigError) as exc:
                     self._note_error(exc)
                     delay = self._backoff.next_delay()
                 except Exception as exc:  # a bug must not kill the intake
@@ -350,7 +351,22 @@ class Pop3Poller:
                     self.stats["oversized"] += int(outcome.created)
                     self._left.add(okey)
                 continue
-            raw = await client.retr(n)
+            try:
+                raw = await client.retr(n)
+            except Pop3ConnectionLost:
+                raise
+            except Pop3Error as exc:
+                # The server cannot deliver this one (-ERR): record it and go on with the others.
+                if key is not None:
+                    outcome = await self.ledger.store_left(
+                        key, b"", source, event="unreadable",
+                        reason=f"the server refused RETR ({exc}); the message was left in the mailbox")
+                    if outcome.committed:
+                        self.stats["unreadable"] += int(outcome.created)
+                        self._left.add(key)
+                else:
+                    self.log.warning("pop3.unreadable", msgno=n, error=str(exc))
+                continue
             retrieved += 1
             if key is None:
                 # No UIDL: the content is the identity.

@@ -33,12 +33,12 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str =
 
 
 @asynccontextmanager
-async def polling(dovecot: DovecotServer, user: MailUser, tmp_path: Path, **overrides: Any
+async def polling(dovecot: DovecotServer, user: MailUser, tmp_path: Path, backoff: float = 0.2, **overrides: Any
                   ) -> AsyncIterator[tuple[ImapPoller, SqliteSpool, Config]]:
     config = parse_config(mailbox_config_dict(dovecot, user, tmp_path / "state", **overrides))
     spool = await SqliteSpool.open(config.spool_path)
     poller = ImapPoller(config.imap[0], config, spool)
-    poller.backoff_initial = 0.2  # tests restart Dovecot: reconnect quickly
+    poller.backoff_initial = backoff  # tests restart Dovecot: reconnect quickly
     task = asyncio.create_task(poller.run())
     try:
         yield poller, spool, config
@@ -242,3 +242,24 @@ async def test_unknown_ca_is_refused_and_nothing_is_read(dovecot: DovecotServer,
         await wait_until(lambda: poller.stats["errors"] >= 1, what="TLS verification failure")
         assert poller.stats["sessions"] == 0 and await count(spool) == 0
     assert "\\Seen" not in dovecot.flags(user)[1]
+
+
+async def test_a_message_the_server_cannot_deliver_does_not_block_the_rest(dovecot: DovecotServer,
+                                                                           tmp_path: Path) -> None:
+    """Dovecot answers a FETCH touching an unreadable message file with BYE: the poller isolates the UID
+    (fetches alone), gives up on it after UNREADABLE_AFTER failures, records it and serves the others."""
+    from tests.integration.dovecot import preload_maildir
+
+    user = dovecot.add_user()
+    preload_maildir(dovecot, user, [message(1), message(2), message(3)])
+    bad = sorted((dovecot.base / "mail" / user.address / "Maildir" / "new").iterdir())[1]
+    bad.chmod(0)
+    async with polling(dovecot, user, tmp_path, backoff=0.05) as (poller, spool, _):  # four reconnects in a row
+        await wait_until(lambda: poller.stats["flagged"] == 2 and poller.stats["unreadable"] == 1, timeout=30,
+                         what="two good messages spooled, the bad one given up")
+        await wait_until(lambda: poller.idle_active, what="IDLE")
+        entries = {e.envelope.source["uid"]: e for e in await spool.list() if e.envelope.source}
+        assert entries[2].state == State.FAILED and "failed 4 times" in (entries[2].last_error or "")
+        assert entries[1].state == entries[3].state == State.RECEIVED
+    flags = dovecot.flags(user)
+    assert "\\Seen" not in flags[2] and "\\Seen" in flags[1] and "\\Seen" in flags[3]
