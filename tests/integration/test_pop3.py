@@ -41,7 +41,8 @@ async def server_count(dovecot: DovecotServer, user: MailUser) -> int:
 
 async def test_drain_over_implicit_tls_deletes_after_commit(dovecot: DovecotServer, tmp_path: Path) -> None:
     user = dovecot.add_user()
-    raws = [message(i) for i in range(7)]
+    raws = [message(i) for i in range(6)]
+    raws.append(message(6) + b".leading dot\r\n.\r\n..\r\nlast line\r\n")  # dot-stuffing round trip
     for raw in raws:
         await append(dovecot, user, raw)
     async with polling(dovecot, user, tmp_path) as (poller, spool, _):
