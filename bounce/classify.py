@@ -118,12 +118,12 @@ def find_status(text: str, klass: str = "") -> str:
 
 
 def find_reply_code(text: str, klass: str = "") -> str:
-    """The first SMTP reply code in `text` (of the class of the status code when one is known)."""
+    """The first SMTP reply code in `text`: of the class given (2, 4 or 5), else a failure (4xx, 5xx)."""
     if not text:
         return ""
     for m in _REPLY_RE.finditer(text):
         code = m.group(1)
-        if code in _VALID_REPLY and (not klass or code[0] == klass) and code[0] != "2":
+        if code in _VALID_REPLY and (code[0] == klass if klass else code[0] != "2"):
             return code
     return ""
 

@@ -425,16 +425,16 @@ def _finish(f: Finding) -> BouncedRecipient:
     diag = " ".join(f.diagnostic[: 4 * cls.MAX_TEXT].split())[: cls.MAX_TEXT]
     klass = f.status[:1] if f.status else ""
     in_text = cls.find_status(diag)
-    reply = f.reply_code or cls.find_reply_code(diag, klass if klass in ("4", "5") else "")
+    reply = f.reply_code or cls.find_reply_code(diag, klass)
     status = cls.prefer_status(f.status, in_text, reply)
-    if reply and status and reply[0] != status[0]:
-        again = cls.find_reply_code(diag, status[0])
-        reply = again or ("" if status[0] == "2" else reply)
+    if status and (not reply or reply[0] != status[0]):
+        # The reply code of the status's class (a 250 for a 2.x.x, not the 550 quoted after it).
+        reply = cls.find_reply_code(diag, status[0]) or ("" if status[0] == "2" else reply)
     diag = _unfold_reply(diag, reply, status)
     command = f.command or find_command(diag)
     host = f"{f.remote_mta} {f.address.rpartition('@')[2]}"
-    reason, kind = cls.classify(status, reply, diag, command=command, action=f.action, preset=f.reason,
-                                host=host)
+    reason, _ = cls.classify(status, reply, diag, command=command, action=f.action, preset=f.reason,
+                             host=host)
     if reason in ("onhold", "undefined") and f.diagnostic_type.startswith("x-unix"):
         reason = "mailererror"
     if not status:

@@ -470,6 +470,7 @@ def read_google_groups(mail: Mail) -> list[Finding] | None:
 
 _TRANSCRIPT_RCPT = re.compile(r"^[ \t]*(?:In:|>>>)[ \t]*RCPT TO:\s*<?(" + ADDR + r")>?", re.I | re.M)
 _TRANSCRIPT_LINE = re.compile(r"^\s*(In|Out):\s*(.*)$")
+_FAILURE_REPLY = re.compile(r"[45]\d\d[ -]")
 
 
 def read_smtp_transcript(mail: Mail) -> list[Finding] | None:
@@ -487,14 +488,13 @@ def read_smtp_transcript(mail: Mail) -> list[Finding] | None:
         if not m:
             continue
         if m.group(1) == "In":
-            command = m.group(2).split(":", 1)[0].split()[0].upper() if m.group(2).split() else ""
-        elif re.match(r"[45]\d\d[ -]", m.group(2)):
-            error, error_command = m.group(2), command
+            words = m.group(2).replace(":", " ").split()
+            command = words[0].upper() if words else ""
+        elif _FAILURE_REPLY.match(m.group(2)):
+            error, error_command = m.group(2), command or "DATA"
     if not error:
         return None
-    cmd = {"MAIL": "MAIL", "RCPT": "RCPT", "DATA": "DATA", "EHLO": "EHLO", "HELO": "HELO"}.get(
-        error_command, "DATA" if error_command in (".", "") else error_command)
-    return [Finding(a, diagnostic=error, command=cmd) for a in dict.fromkeys(rcpts)]
+    return [Finding(a, diagnostic=error, command=error_command) for a in dict.fromkeys(rcpts)]
 
 
 def read_list_refusal(mail: Mail) -> list[Finding] | None:
