@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import os
 import random
 import socket
@@ -42,6 +43,7 @@ from routing.directory import Directory
 
 log = get_logger("mailgw.inbound")
 
+_PREFETCH_BYTES = 256 * 1024
 # Recipient states kept in rcpt_status. Final ones are never delivered again on a retry.
 FINAL = frozenset({"delivered", "discarded", "bounce_handled"})
 BounceHandler = Callable[[SpoolEntry, bytes, Sequence[RouteDecision]], Awaitable[None]]
@@ -156,6 +158,8 @@ class InboundWorker:
         self._queues: dict[str, deque[SpoolEntry]] = {}
         self._sender_tasks: dict[str, asyncio.Task[None]] = {}
         self._claimed: dict[str, SpoolEntry] = {}
+        self._writes: dict[str, asyncio.Future[Any]] = {}
+        self._raws: dict[str, asyncio.Future[bytes]] = {}
         self._waiting: dict[str, set[str]] = {name: set() for name in self.clients}
         self._holds: dict[str, _Hold] = {}
         self._bg: set[asyncio.Task[Any]] = set()
@@ -204,7 +208,8 @@ class InboundWorker:
 
     @property
     def max_claimed(self) -> int:
-        return self.delivery.concurrency * 4
+        # Claims are fsync'd commits: take enough at once that they cost little per message.
+        return max(64, self.delivery.concurrency * 4)
 
     async def run(self) -> None:
         self._running = asyncio.current_task()
@@ -214,7 +219,8 @@ class InboundWorker:
             self._kick.clear()
             capacity = self.max_claimed - len(self._claimed)
             got: list[SpoolEntry] = []
-            if capacity > 0:
+            # Claim when the backlog runs low, not after every delivery: each claim is a commit (fsync).
+            if len(self._claimed) <= self.max_claimed // 2:
                 try:
                     got = await self.spool.claim(Direction.INBOUND, self.worker_id, limit=capacity)
                 except Exception as exc:  # a spool hiccup must not kill the worker
@@ -245,8 +251,11 @@ class InboundWorker:
             for task in still:
                 with contextlib.suppress(asyncio.CancelledError, Exception):
                     await task
-        for task in list(self._bg):
-            task.cancel()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.flush(), max(1.0, timeout))
+        for side in [*self._bg, *self._raws.values()]:
+            side.cancel()
+        self._raws.clear()
         leftovers = {e.queue_id for e in pending} | set(self._claimed)
         for queue_id in leftovers:
             with contextlib.suppress(Exception):
@@ -265,6 +274,9 @@ class InboundWorker:
 
     def _enqueue(self, entry: SpoolEntry) -> None:
         self._claimed[entry.queue_id] = entry
+        if entry.size <= _PREFETCH_BYTES:
+            # Read small messages ahead: the read's thread hop overlaps the delivery before it.
+            self._raws[entry.queue_id] = asyncio.ensure_future(self.spool.raw(entry.queue_id))
         key = self._sender_key(entry)
         self._queues.setdefault(key, deque()).append(entry)
         if key not in self._sender_tasks:
@@ -288,8 +300,9 @@ class InboundWorker:
                     except Exception as exc:  # a bug must not wedge the lane; the entry is retried later
                         log.exception("delivery.crashed", queue_id=entry.queue_id, message_id=entry.message_id)
                         await self._safe_defer(entry, f"internal error: {exc!r}")
-                    self._claimed.pop(entry.queue_id, None)
-                self._kick.set()
+                    if entry.queue_id not in self._writes:
+                        self._claimed.pop(entry.queue_id, None)
+                self._backlog_changed()
         finally:
             self._sender_tasks.pop(key, None)
             if not self._queues.get(key):
@@ -304,6 +317,27 @@ class InboundWorker:
             self._waiting.setdefault(hold.instance, set()).add(entry.queue_id)
         finally:
             self._claimed.pop(entry.queue_id, None)
+            ahead = self._raws.pop(entry.queue_id, None)
+            if ahead is not None:
+                ahead.cancel()
+
+    def _written(self, queue_id: str, task: asyncio.Future[Any]) -> None:
+        self._writes.pop(queue_id, None)
+        self._claimed.pop(queue_id, None)
+        if not task.cancelled() and task.exception() is not None:
+            # Still claimed in the spool: released at stop, recovered at the next start, redelivered (dedup).
+            log.error("delivery.transition_failed", queue_id=queue_id, error=str(task.exception()))
+        self._backlog_changed()
+
+    def _backlog_changed(self) -> None:
+        # Wake the claim loop only when it would claim (it also polls): not once per delivery.
+        if len(self._claimed) <= self.max_claimed // 2:
+            self._kick.set()
+
+    async def flush(self) -> None:
+        """Wait until every write-behind transition is committed."""
+        while self._writes:
+            await asyncio.wait(list(self._writes.values()))
 
     async def _safe_defer(self, entry: SpoolEntry, error: str) -> None:
         try:
@@ -315,28 +349,32 @@ class InboundWorker:
 
     # -- one message ------------------------------------------------------------------------------------
 
-    async def process(self, entry: SpoolEntry) -> SpoolEntry:
-        """Route and deliver one claimed entry; returns the entry after its transition."""
-        raw = await self.spool.raw(entry.queue_id)
+    async def process(self, entry: SpoolEntry) -> SpoolEntry | None:
+        """Route and deliver one claimed entry; returns it after its transition (None: being written)."""
+        ahead = self._raws.pop(entry.queue_id, None)
+        raw = await ahead if ahead is not None else await self.spool.raw(entry.queue_id)
         status: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (entry.rcpt_status or {}).items()}
         pending = [r for r in dict.fromkeys(entry.envelope.rcpt_tos)
                    if status.get(r, {}).get("state") not in FINAL]
-        mid = self._message_id(entry, raw)
+        own_mid = get_header(raw, "Message-Id")
+        mid = own_mid or self._stable_id(entry)
+        add_mid = None if own_mid else mid  # prepended only when the message has none
         log_id = entry.message_id or mid
+        view = _message_view(raw)
         temp: list[tuple[str, TempFailure]] = []  # (instance, error) of transient failures
         failed: list[FailedRecipient] = []
         route: list[dict[str, Any]] = []
         now = time.time()
 
         try:
-            decisions = await self._route(raw, pending)
+            decisions = await self._route(view, pending)
         except TempFailure as exc:
             instance = getattr(exc, "instance", "")
             for rcpt in pending:
                 status[rcpt] = {"state": "deferred", "detail": str(exc), "at": now}
             temp.append((instance, exc))
             decisions = []
-        route = [d.to_dict() for d in decisions]
+        route = [_decision_dict(d) for d in decisions]
 
         deliver: list[RouteDecision] = []
         bounces: list[RouteDecision] = []
@@ -362,8 +400,15 @@ class InboundWorker:
 
         deliver = await self._resolve_lookups(deliver, status, failed, temp, now)
         plans = self._plans(deliver, bounces)
-        results = await asyncio.gather(*(self._deliver(entry, raw, plan, mid) for plan in plans),
-                                       return_exceptions=True)
+        results: list[Any]
+        if len(plans) == 1:  # the common case, without gather's tasks
+            try:
+                results = [await self._deliver(entry, raw, plans[0], add_mid)]
+            except (TempFailure, PermFailure) as exc:
+                results = [exc]
+        else:
+            results = await asyncio.gather(*(self._deliver(entry, raw, plan, add_mid) for plan in plans),
+                                           return_exceptions=True)
         delivered_any = False
         for plan, res in zip(plans, results, strict=True):
             if isinstance(res, asyncio.CancelledError):
@@ -371,24 +416,22 @@ class InboundWorker:
             self._apply(entry, plan, res, status, failed, temp, now, log_id)
             delivered_any = delivered_any or isinstance(res, ProcessResult)
         if delivered_any:
-            self._record_loop(entry, raw, [d for p, r in zip(plans, results, strict=True)
-                                           if isinstance(r, ProcessResult) for d in p.decisions])
+            self._record_loop(entry, view, [d for p, r in zip(plans, results, strict=True)
+                                            if isinstance(r, ProcessResult) for d in p.decisions])
         return await self._finish(entry, raw, status, failed, temp, route, log_id)
 
-    def _message_id(self, entry: SpoolEntry, raw: bytes) -> str:
-        existing = get_header(raw, "Message-Id")
-        if existing:
-            return existing
+    @staticmethod
+    def _stable_id(entry: SpoolEntry) -> str:
+        """For a message without Message-Id: the intake's generated one, else one derived from the queue id."""
         if entry.message_id and entry.message_id_generated:
             return entry.message_id
         rcpt = entry.envelope.rcpt_tos[0] if entry.envelope.rcpt_tos else ""
         return stable_message_id(entry.queue_id, rcpt.rpartition("@")[2])
 
-    async def _route(self, raw: bytes, recipients: list[str]) -> list[RouteDecision]:
+    async def _route(self, view: Any, recipients: list[str]) -> list[RouteDecision]:
         if not recipients:
             return []
         router = self._router
-        view = _message_view(raw)
         known: dict[str, Any] = {}
         refs = router.reference_ids(view) if view is not None else []
         if refs:
@@ -462,7 +505,8 @@ class InboundWorker:
                                                         decisions=(*p.decisions, d))
         return list(plans.values())
 
-    async def _deliver(self, entry: SpoolEntry, raw: bytes, plan: DeliveryPlan, mid: str) -> ProcessResult:
+    async def _deliver(self, entry: SpoolEntry, raw: bytes, plan: DeliveryPlan, add_mid: str | None
+                       ) -> ProcessResult:
         client = self.clients.get(plan.instance)
         if client is None:
             raise ConfigProblem(f"odoo instance {plan.instance!r} is not configured")
@@ -470,7 +514,7 @@ class InboundWorker:
         block = delivery_headers(
             mail_from=env.mail_from, recipients=plan.recipients, queue_id=entry.queue_id,
             received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,
-            message_id=None if get_header(raw, "Message-Id") else mid, eol=line_ending(raw))
+            message_id=add_mid, eol=line_ending(raw))
         return await client.message_process(block + raw, model=plan.model, thread_id=plan.thread_id)
 
     def _apply(self, entry: SpoolEntry, plan: DeliveryPlan, res: Any, status: dict[str, dict[str, Any]],
@@ -510,16 +554,16 @@ class InboundWorker:
         else:
             raise res
 
-    def _record_loop(self, entry: SpoolEntry, raw: bytes, decisions: list[RouteDecision]) -> None:
+    def _record_loop(self, entry: SpoolEntry, view: Any, decisions: list[RouteDecision]) -> None:
         record = getattr(self._router, "record", None)
         if record is None or not decisions:
             return
         with contextlib.suppress(Exception):
-            record(entry.envelope.mail_from, decisions, msg=_message_view(raw))
+            record(entry.envelope.mail_from, decisions, msg=view)
 
     async def _finish(self, entry: SpoolEntry, raw: bytes, status: dict[str, dict[str, Any]],
                       failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]],
-                      route: list[dict[str, Any]], log_id: str) -> SpoolEntry:
+                      route: list[dict[str, Any]], log_id: str) -> SpoolEntry | None:
         now = time.time()
         ctx = {"queue_id": entry.queue_id, "message_id": log_id}
         deferred = [r for r, s in status.items() if s.get("state") == "deferred"]
@@ -545,10 +589,14 @@ class InboundWorker:
             self.stats["failed"] += 1
             log.warning("delivery.failed", error=error, **ctx)
             return new
-        new = await self.spool.transition(entry.queue_id, State.DELIVERED, route=route, rcpt_status=status,
-                                          count_attempt=True)
+        # Write-behind: the next delivery does not wait for this commit's fsync. Losing it in a crash only
+        # means one redelivery, which Odoo drops by Message-Id (every message has one by now).
+        write = asyncio.ensure_future(self.spool.transition(entry.queue_id, State.DELIVERED, route=route,
+                                                            rcpt_status=status, count_attempt=True))
+        self._writes[entry.queue_id] = write
+        write.add_done_callback(functools.partial(self._written, entry.queue_id))
         self.stats["delivered"] += 1
-        return new
+        return None
 
     async def _defer(self, entry: SpoolEntry, status: dict[str, dict[str, Any]],
                      temp: list[tuple[str, TempFailure]], route: list[dict[str, Any]],
@@ -593,6 +641,12 @@ class InboundWorker:
         """Exponential from retry_initial to retry_max, with "equal jitter" (half fixed, half random)."""
         base = min(self.delivery.retry_max, self.delivery.retry_initial * (2 ** min(attempts - 1, 30)))
         return base / 2 + self._rng.uniform(0, base / 2)
+
+
+def _decision_dict(d: RouteDecision) -> dict[str, Any]:
+    """RouteDecision.to_dict without asdict's deep copies (this runs once per message)."""
+    return {"recipient": d.recipient, "route": d.route, "instance": d.instance, "model": d.model,
+            "thread_id": d.thread_id, "alias": d.alias, "rule": d.rule, "reason": d.reason}
 
 
 def _diagnostic(exc: BaseException) -> str:

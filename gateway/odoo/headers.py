@@ -64,12 +64,23 @@ def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
 def get_header(raw: bytes, name: str) -> str | None:
     """First value of header `name` (unfolded, stripped, decoded leniently), or None."""
     head = split_message(raw)[0]
-    want = name.lower().encode("ascii")
-    for fname, data in header_fields(head):
-        if fname.lower() == want:
-            value = _UNFOLD.sub(b"", data.split(b":", 1)[1] if b":" in data else b"")
-            return value.strip().decode("utf-8", "replace")
-    return None
+    m = _field_pattern(name).search(head)
+    if m is None:
+        return None
+    value = _UNFOLD.sub(b"", m.group(1))
+    return value.strip().decode("utf-8", "replace")
+
+
+_FIELD_PATTERNS: dict[str, re.Pattern[bytes]] = {}
+
+
+def _field_pattern(name: str) -> re.Pattern[bytes]:
+    pat = _FIELD_PATTERNS.get(name)
+    if pat is None:
+        # The field at a line start, its value with any continuation lines.
+        pat = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+        _FIELD_PATTERNS[name] = pat
+    return pat
 
 
 def stable_message_id(queue_id: str, domain: str) -> str:

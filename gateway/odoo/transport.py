@@ -23,6 +23,7 @@ from gateway.errors import TempFailure
 # Above this size XML-RPC (de)serialisation runs in a thread so a 20 MB attachment does not stall the loop.
 _OFFLOAD_BYTES = 256 * 1024
 _MAX_HEADER_BYTES = 64 * 1024
+_COALESCE_BYTES = 256 * 1024
 _USER_AGENT = "mailgw"
 
 
@@ -130,8 +131,10 @@ class HttpConnectionPool:
             reused = conn.used
             got_bytes = [False]
             try:
-                conn.writer.write(head)
-                if body:
+                if len(body) <= _COALESCE_BYTES:
+                    conn.writer.write(head + body)  # one segment: no Nagle/delayed-ACK stall, one syscall
+                else:
+                    conn.writer.write(head)
                     conn.writer.write(body)
                 await conn.writer.drain()
                 response, keep = await self._read(conn, method, got_bytes)
@@ -175,22 +178,25 @@ class HttpConnectionPool:
 
     async def _read(self, conn: _Connection, method: str, got_bytes: list[bool]) -> tuple[HttpResponse, bool]:
         reader = conn.reader
-        status_line = await reader.readline()
-        if not status_line:
-            raise ConnectionResetError("connection closed before the answer")
+        try:
+            block = await reader.readuntil(b"\r\n\r\n")  # status line and headers in one read
+        except asyncio.IncompleteReadError as exc:
+            if exc.partial:
+                got_bytes[0] = True
+            raise ConnectionResetError("connection closed before the answer headers ended") from None
+        except asyncio.LimitOverrunError:
+            raise TransportError("answer headers too large", kind="protocol") from None
         got_bytes[0] = True
-        parts = status_line.decode("latin-1").split(None, 2)
+        lines = block.decode("latin-1").split("\r\n")
+        parts = lines[0].split(None, 2)
         if len(parts) < 2 or not parts[0].startswith("HTTP/") or not parts[1].isdigit():
-            raise TransportError(f"not an HTTP answer: {status_line[:80]!r}", kind="protocol")
+            raise TransportError(f"not an HTTP answer: {lines[0][:80]!r}", kind="protocol")
         version, status = parts[0], int(parts[1])
         headers: dict[str, str] = {}
-        while True:
-            line = await reader.readline()
-            if line in (b"\r\n", b"\n"):
-                break
+        for line in lines[1:]:
             if not line:
-                raise ConnectionResetError("connection closed inside the answer headers")
-            name, _, value = line.decode("latin-1").partition(":")
+                continue
+            name, _, value = line.partition(":")
             key = name.strip().lower()
             headers[key] = f"{headers[key]}, {value.strip()}" if key in headers else value.strip()
         connection = headers.get("connection", "").lower()
