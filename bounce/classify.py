@@ -223,6 +223,7 @@ _PHRASES: dict[str, tuple[str, ...]] = {
         r"does not designate .{0,80} as permitted sender", r"unauthenticated (?:e-?mail|message)",
         r"authentication (?:check|checks|results?) (?:failed|fail)", r"sender (?:is )?not authenticated",
         r"\bbatv\b", r"fails? to pass authentication", r"does not have authentication information",
+        r"required authentication level",
     ),
     "userunknown": (
         r"(?:user|recipient|mailbox|account|addressee|local part)s? (?:is )?"
@@ -248,6 +249,8 @@ _PHRASES: dict[str, tuple[str, ...]] = {
         r"destinataire inconnu", r"no existe", r"unbekannte?r? (?:empf|benutzer)", r"nessun utente",
         r"adresse (?:d au moins un destinataire )?invalide", r"mailbox (?:name )?(?:not allowed|invalid)",
         r"address (?:could ?n[o']t|cannot) be found", r"not (?:a )?(?:known|valid) (?:e-?mail )?address",
+        r"recipient address rejected: access denied", r"resolver\.adr\.recipient ?not ?found",
+        r"recipient not found by smtp address lookup",
     ),
     "filtered": (
         r"message filtered", r"rejected due to user rules", r"user refuses to receive",
@@ -529,7 +532,8 @@ for _phrases in _TEXT.values():
 del _phrases, _anchor_text, _pattern
 
 # Replies only ever given to RCPT TO.
-_AT_RCPT = re.compile(r"recipient address rejected|address (?:could ?n[o']t|cannot) be found")
+_AT_RCPT = re.compile(r"recipient address rejected|address (?:could ?n[o']t|cannot) be found|resolver\.adr\.|"
+                      r"recipient not found by smtp address lookup")
 # Codes and phrasings some providers use, and what they mean (from the providers' own documentation
 # pages: Orange/Wanadoo, GoDaddy, Cox/Charter, Facebook, Mimecast, Tencent, Yahoo, KDDI, NTT docomo,
 # Microsoft). A rule with a host pattern applies only when the remote MTA or the recipient's domain

@@ -30,6 +30,19 @@ from bounce import classify as cls
     ("", "", "", "", "undefined", "soft"),
     ("5.0.0", "", "", "", "onhold", "soft"),
     ("2.0.0", "250", "250 2.0.0 OK", "", "delivered", "none"),
+    # Replies of the big providers, as they write them.
+    ("5.1.10", "550", "550 5.1.10 RESOLVER.ADR.RecipientNotFound; Recipient not found by SMTP address lookup",
+     "", "userunknown", "hard"),
+    ("5.4.1", "550", "550 5.4.1 Recipient address rejected: Access denied. AS(201806281)", "", "userunknown",
+     "hard"),
+    ("5.7.515", "550", "550 5.7.515 Access denied, sending domain example.com doesn't meet the required "
+     "authentication level.", "", "authfailure", "policy"),
+    ("5.7.606", "550", "550 5.7.606 Access denied, banned sending IP [192.0.2.1]", "", "blocked", "policy"),
+    ("5.7.1", "550", "550-5.7.1 [192.0.2.1] Our system has detected that this message is likely unsolicited "
+     "mail.", "", "spamdetected", "policy"),
+    ("4.2.2", "452", "452-4.2.2 The email account that you tried to reach is over quota.", "", "mailboxfull",
+     "soft"),
+    ("5.7.9", "554", "554 5.7.9 Message not accepted for policy reasons.", "", "policyviolation", "policy"),
 ])
 def test_reasons(status: str, reply: str, text: str, command: str, reason: str, kind: str) -> None:
     assert cls.classify(status, reply, text, command=command) == (reason, kind)
