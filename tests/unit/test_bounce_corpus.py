@@ -8,13 +8,24 @@ every file. The table is printed in every run.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bounce.scorecard import FLOORS, Scorecard, score
-from tests.conftest import shared_path
+from tests.conftest import SHARED
+
+
+def corpus_dir() -> Path | None:
+    """$MAILGW_BOUNCE_CORPUS, else ../shared next to the repository, else the workspace's /work/shared
+    (a CI clone elsewhere still scores the parser)."""
+    for candidate in (os.environ.get("MAILGW_BOUNCE_CORPUS"), SHARED / "corpus" / "bounces",
+                      "/work/shared/corpus/bounces"):
+        if candidate and Path(candidate, "answers.json").is_file():
+            return Path(candidate)
+    return None
 
 
 def _crlf(raw: bytes) -> bytes:
@@ -30,7 +41,9 @@ ENDINGS: dict[str, Callable[[bytes], bytes]] = {"LF": lambda raw: raw, "CRLF": _
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[dict[str, bytes], list[dict[str, object]]]:
-    root = shared_path("corpus", "bounces")
+    root = corpus_dir()
+    if root is None:
+        pytest.skip("no bounce corpus (set MAILGW_BOUNCE_CORPUS to a directory with eml/ and answers.json)")
     answers = json.loads((root / "answers.json").read_text())
     files = {p.name: p.read_bytes() for p in sorted(Path(root, "eml").glob("*.eml"))}
     assert len(files) >= 300 and answers

@@ -15,9 +15,10 @@ from hypothesis import strategies as st
 
 from bounce import dsn
 from bounce.dsn import BounceReport
-from tests.conftest import SHARED
+from tests.unit.test_bounce_corpus import corpus_dir
 
-CORPUS = SHARED / "corpus" / "bounces" / "eml"
+_ROOT = corpus_dir()
+CORPUS = _ROOT / "eml" if _ROOT is not None else Path("/nonexistent")
 SAMPLES = sorted(CORPUS.glob("*.eml"))[::7] if CORPUS.is_dir() else []
 # Without the corpus (a user's fresh clone) the mutations start from small built-in messages.
 SEEDS = [p.read_bytes() for p in SAMPLES] or [
