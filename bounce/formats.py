@@ -401,33 +401,35 @@ def read_ses_json(mail: Mail) -> list[Finding] | None:
     """Amazon SES notifications delivered through SNS (JSON in the body)."""
     if "notificationType" not in mail.full_text and "notificationType" not in mail.root.body:
         return None
-    data = _ses_document(mail.full_text or mail.root.body)
-    if not isinstance(data, dict):
-        return None
-    kind = str(data.get("notificationType", ""))
+    data = _dict(_ses_document(mail.full_text or mail.root.body))
+    kind = data.get("notificationType")
     out: list[Finding] = []
     if kind == "Bounce":
-        bounce = data.get("bounce") or {}
-        for r in bounce.get("bouncedRecipients") or []:
-            if not isinstance(r, dict):
-                continue
-            diag = str(r.get("diagnosticCode", ""))
+        bounce = _dict(data.get("bounce"))
+        for r in map(_dict, _list(bounce.get("bouncedRecipients"))):
             out.append(Finding(str(r.get("emailAddress", "")).lower(), action=str(r.get("action", "failed")),
-                               status=str(r.get("status", "")), diagnostic=diag,
+                               status=str(r.get("status", "")), diagnostic=str(r.get("diagnosticCode", "")),
                                remote_mta=str(bounce.get("remoteMtaIp", ""))))
     elif kind == "Complaint":
-        complaint = data.get("complaint") or {}
-        for r in complaint.get("complainedRecipients") or []:
-            if isinstance(r, dict):
-                out.append(Finding(str(r.get("emailAddress", "")).lower(), reason="feedback",
-                                   feedback_type=str(complaint.get("complaintFeedbackType") or "abuse")))
+        complaint = _dict(data.get("complaint"))
+        ftype = str(complaint.get("complaintFeedbackType") or "abuse")
+        for r in map(_dict, _list(complaint.get("complainedRecipients"))):
+            out.append(Finding(str(r.get("emailAddress", "")).lower(), reason="feedback", feedback_type=ftype))
     elif kind == "Delivery":
-        delivery = data.get("delivery") or {}
-        smtp = str(delivery.get("smtpResponse", ""))
-        for r in delivery.get("recipients") or []:
-            out.append(Finding(str(r).lower(), action="delivered", diagnostic=smtp,
+        delivery = _dict(data.get("delivery"))
+        for addr in _list(delivery.get("recipients")):
+            out.append(Finding(str(addr).lower(), action="delivered",
+                               diagnostic=str(delivery.get("smtpResponse", "")),
                                remote_mta=str(delivery.get("reportingMTA", ""))))
     return [f for f in out if "@" in f.address] or None
+
+
+def _dict(value: object) -> dict[str, object]:
+    return value if isinstance(value, dict) else {}
+
+
+def _list(value: object) -> list[object]:
+    return value if isinstance(value, list) else []
 
 
 def _ses_document(text: str) -> object:
@@ -455,11 +457,8 @@ def read_google_groups(mail: Mail) -> list[Finding] | None:
     """Google Groups refusals: the group address is the recipient; the reason is always 'rejected'."""
     if "groups.google.com" not in mail.full_text:
         return None
-    group = ""
-    for name in ("x-failed-recipients",):
-        m = ADDR_RE.search(mail.header(name))
-        if m:
-            group = m.group(0).lower()
+    m = ADDR_RE.search(mail.header("x-failed-recipients"))
+    group = m.group(0).lower() if m else ""
     if not group and mail.original is not None:
         m = ADDR_RE.search(mail.original.get("to"))
         group = m.group(0).lower() if m else ""
