@@ -684,13 +684,18 @@ class InboundService:
         self.directory = DirectorySync(config, self.clients)
         self.worker = InboundWorker(config, spool, self.clients, self.directory, hostname=hostname,
                                     bounce_handler=bounce_handler)
+        self._starts: list[asyncio.Task[bool]] = []
 
     async def run(self) -> None:
-        await asyncio.gather(*(c.start() for c in self.clients.values()))
+        # Version and login in the background: an Odoo that hangs at start must not delay the worker (it
+        # authenticates lazily) nor the cached directory.
+        self._starts = [asyncio.create_task(c.start(), name=f"odoo-start-{n}") for n, c in self.clients.items()]
         await self.directory.start()
         await self.worker.run()
 
     async def stop(self) -> None:
+        for task in self._starts:
+            task.cancel()
         await self.worker.stop()
         await self.directory.stop()
         for client in self.clients.values():

@@ -90,9 +90,11 @@ async def gw(odoo_standin: OdooStandin, tmp_path: Path, request: pytest.FixtureR
     await h.close()
 
 
-@pytest.mark.parametrize("gw", ["xmlrpc", "json2"], indirect=True)
-async def test_delivers_raw_plus_documented_headers(gw: Harness, odoo_standin: OdooStandin) -> None:
-    raw = message(body=b"caf\xc3\xa9\r\n")
+@pytest.mark.parametrize(("gw", "body"), [("xmlrpc", b"caf\xc3\xa9\r\n"), ("json2", b"caf\xc3\xa9\r\n"),
+                                         ("xmlrpc", b"8-bit Latin-1: K\xf6ln \xe9t\xe9 \x80\xff\r\n")],
+                         indirect=["gw"])
+async def test_delivers_raw_plus_documented_headers(gw: Harness, odoo_standin: OdooStandin, body: bytes) -> None:
+    raw = message(body=body)
     qid = await gw.put(raw)
     entry = await gw.wait(qid, State.DELIVERED)
     call = odoo_standin.posted()[-1]
