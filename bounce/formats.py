@@ -120,9 +120,9 @@ def _find_original(parts: list[Part]) -> Part | None:
             return part.parts[0]
         if part.ctype in ("text/rfc822-headers", "text/rfc822-header", "message/rfc822-headers",
                           "message/global-headers", "message/partial"):
-            return parse(part.text().lstrip("\n") + "\n\n")
+            return parse(part.text().lstrip("\n") + "\n\n", shallow=True)
         if part.ctype in ("message/rfc822", "message/global"):
-            return parse(part.text().lstrip("\n"))
+            return parse(part.text().lstrip("\n"), shallow=True)
     return None
 
 
@@ -135,8 +135,7 @@ def _inline_original(chunk: str) -> Part | None:
         start += 1
     if start >= len(lines):
         return None
-    block = "\n".join(lines[start:])
-    part = parse(block)
+    part = parse("\n".join(lines[start:]), shallow=True)
     return part if part.headers else None
 
 

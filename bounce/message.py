@@ -96,9 +96,9 @@ def content_type(value: str) -> tuple[str, dict[str, str]]:
     """`type/subtype` lower-cased and its parameters (names lower-cased, quotes removed)."""
     if not value:
         return "text/plain", {}
-    main = value.split(";", 1)[0].strip().lower()
-    # A malformed "multipart/report:" or a missing subtype still says what it is.
-    main = main.rstrip(":").split()[0] if main.split() else "text/plain"
+    # A malformed "multipart/report:" or trailing junk still says what it is.
+    words = value.split(";", 1)[0].lower().replace(":", " ").split()
+    main = words[0] if words else "text/plain"
     params: dict[str, str] = {}
     for m in _PARAM.finditer(value):
         name = m.group(1).lower()

@@ -91,6 +91,12 @@ def test_shuffled_report_pieces(pieces: list[str]) -> None:
 
 
 @pytest.mark.parametrize("raw", [
+    # Found by longer fuzzing runs.
+    b"From: MAILER-DAEMON@x\nSubject: failure notice\n\n------ Original message\nContent-Type: multipart/mixed; "
+    b"boundary=b\n\n--b\nContent-Type: :\n\nx\n--b--\n",
+    b"From: MAILER-DAEMON@x\nSubject: errors\n\nTranscript of session follows\n Out: 220 hi\n In: :\n"
+    b" In:  RCPT TO:<a@b.example>\n Out: 550 5.1.1 no\n",
+    b"From: no-reply@sns.amazonaws.com\n\n{\"notificationType\":\"Bounce\",\"bounce\":[1]}",
     b"",
     b"\n\n\n",
     b"From: a@b\n\n" + b"a" * 200_000 + b"@" + b"b" * 200_000,
