@@ -195,20 +195,17 @@ def decode_body(body: str, cte: str, charset: str) -> str:
 
 
 def _b64(body: str) -> bytes:
-    data = "".join(body.split())
-    data = "".join(ch for ch in data if ch.isalnum() or ch in "+/=") if not _B64_CLEAN.fullmatch(data) else data
-    data = data.rstrip("=")
-    data += "=" * (-len(data) % 4)
+    """Forgiving base64: junk characters and bad padding are ignored, a dangling character dropped."""
+    data = _NOT_B64.sub("", body)
+    if len(data) % 4 == 1:
+        data = data[:-1]
     try:
-        return binascii.a2b_base64(data.encode("ascii"))
+        return binascii.a2b_base64((data + "=" * (-len(data) % 4)).encode("ascii"))
     except (binascii.Error, ValueError):
-        try:
-            return binascii.a2b_base64(data[: len(data) - len(data) % 4].encode("ascii"))
-        except (binascii.Error, ValueError):
-            return b""
+        return b""
 
 
-_B64_CLEAN = re.compile(r"[A-Za-z0-9+/=]*")
+_NOT_B64 = re.compile(r"[^A-Za-z0-9+/]+")
 
 
 def parse(text: str, depth: int = 0, budget: list[int] | None = None, *, shallow: bool = False) -> Part:
