@@ -1,10 +1,11 @@
 """kill -9 of the gateway between spool commit and the mailbox action (\\Seen / DELE), then a restart:
 every message ends up in the spool exactly once and marked as configured. IMAP and POP3, real Dovecot.
 
-The daemon process is `python -m gateway.intake.mailbox_runner` (the pollers exactly as `mailgw serve` builds
-them). MAILGW_TEST_KILL_AFTER_COMMIT=N makes it SIGKILL itself right after its Nth spool commit, before it
-touches the mailbox: the exact window the ledger has to cover. A second test kills it from outside at an
-arbitrary moment.
+The daemon is `mailgw serve` (its inbound worker finds no Odoo here: entries go `deferred`, which changes
+nothing for the intake). MAILGW_TEST_KILL_AFTER_COMMIT=N makes it SIGKILL itself right after its Nth spool
+commit of a mailbox batch, before it touches the mailbox: the exact window the ledger has to cover. A second
+test kills it from outside at an arbitrary moment. (`python -m gateway.intake.mailbox_runner -c CONFIG` runs the
+pollers alone, if the daemon is ever in the way.)
 """
 
 from __future__ import annotations
@@ -32,6 +33,8 @@ from tests.integration.dovecot import (
     preload_maildir,
 )
 
+MAILGW = str(Path(sys.executable).parent / "mailgw")
+
 
 @pytest.fixture(scope="module")
 def dovecot() -> Iterator[DovecotServer]:
@@ -41,7 +44,7 @@ def dovecot() -> Iterator[DovecotServer]:
 class RunnerProcess:
     def __init__(self, tmp: Path, cfg: dict[str, Any]):
         self.tmp = tmp
-        cfg = {**cfg, "logging": {"format": "json", "level": "info"}}
+        cfg = {**cfg, "logging": {"format": "json", "level": "info"}, "drain_timeout": "5s"}
         self.config = tmp / "config.yaml"
         self.config.write_text(yaml.safe_dump(cfg))
         self.spool = Path(cfg["state_dir"]) / "spool.sqlite3"
@@ -51,8 +54,8 @@ class RunnerProcess:
     def start(self, **env: str) -> None:
         self.runs += 1
         log = open(self.tmp / f"runner{self.runs}.log", "wb")  # noqa: SIM115 - the child owns it
-        self.proc = subprocess.Popen([sys.executable, "-m", "gateway.intake.mailbox_runner", "-c", str(self.config)],
-                                     stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env})
+        self.proc = subprocess.Popen([MAILGW, "serve", "-c", str(self.config)], stdout=log, stderr=subprocess.STDOUT,
+                                     env={**os.environ, "MAILGW_TEST_PW": "unused", **env})
         log.close()
 
     def wait(self, timeout: float = 30) -> int:
