@@ -107,7 +107,8 @@ async def world(tmp_path: Path, **outbound: Any) -> AsyncIterator[tuple[Outbound
                 "odoo": [{"name": "main", "url": "http://127.0.0.1:9", "database": "d", "password_env": "X",
                           "domains": ["example.com"]}],
                 "outbound": {"smtp_port": port, "nameservers": [dns_server.nameserver],
-                             "dkim": [{"domain": "example.com", "selector": "s1", "key_file": str(tmp_path / "dkim.key")}],
+                             "dkim": [{"domain": "example.com", "selector": "s1",
+                                       "key_file": str(tmp_path / "dkim.key")}],
                              "retry_initial": "1s", **outbound},
                 "bounce": {"verp": True},
             })
@@ -163,7 +164,8 @@ async def test_per_recipient_results_dsn_and_retry(tmp_path: Path) -> None:
         assert entry.next_attempt_at > time.time()
         # bad@ produced a DSN to the envelope sender (our bounce address).
         dsns = [e for e in await spool.list(direction=Direction.OUTBOUND) if e.queue_id != qid]
-        assert len(dsns) == 1 and dsns[0].envelope.mail_from == "" and dsns[0].envelope.rcpt_tos == ("bounce@example.com",)
+        assert len(dsns) == 1 and dsns[0].envelope.mail_from == ""
+        assert dsns[0].envelope.rcpt_tos == ("bounce@example.com",)
         # Second attempt: only busy@ is tried again; after the lifetime it fails (DSN) and the entry is done.
         capture.transactions.clear()
         await spool.wake([qid])
@@ -216,15 +218,14 @@ async def test_dns_timeout_defers(tmp_path: Path) -> None:
 
 
 async def test_relay_mode_sends_everything_to_the_relay(tmp_path: Path) -> None:
-    async with mx_server("127.0.0.1") as (relay_capture, relay_port):
-        async with world(tmp_path, relay={"host": "127.0.0.1", "port": relay_port, "tls": "none"}) as (
-                worker, spool, mx_capture, _dns):
-            await put_outbound(spool, ("a@remote.test", "z@other.test"), sender="someone@example.org")
-            entry = await worker.process(await claim(spool))
-            assert entry.state == State.SENT
-            assert mx_capture.transactions == []
-            assert sorted(r for t in relay_capture.transactions for r in t[1]) == ["a@remote.test", "z@other.test"]
-            assert all(t[0] == "someone@example.org" for t in relay_capture.transactions)  # not a bounce address
+    async with mx_server("127.0.0.1") as (relay_capture, relay_port), world(
+            tmp_path, relay={"host": "127.0.0.1", "port": relay_port, "tls": "none"}) as (worker, spool, mx_capture, _):
+        await put_outbound(spool, ("a@remote.test", "z@other.test"), sender="someone@example.org")
+        entry = await worker.process(await claim(spool))
+        assert entry.state == State.SENT
+        assert mx_capture.transactions == []
+        assert sorted(r for t in relay_capture.transactions for r in t[1]) == ["a@remote.test", "z@other.test"]
+        assert all(t[0] == "someone@example.org" for t in relay_capture.transactions)  # not a bounce address
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])
