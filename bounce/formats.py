@@ -304,11 +304,15 @@ def read_generic(mail: Mail, text: str | None = None) -> list[Finding]:
     if not text:
         return []
     lines = text.split("\n")
-    marks: list[tuple[int, str, str]] = []  # line index, address, rest of line
+    marks: list[tuple[int, str, str, str]] = []  # line index, address, rest of line, style
     for i, line in enumerate(lines):
         if "@" not in line or _NOT_RCPT_PREFIX.match(line):
             continue
-        m = _RCPT_LINE.match(line) or _SENDMAIL_LINE.match(line)
+        m = _RCPT_LINE.match(line)
+        style = "line"
+        if not m:
+            m = _SENDMAIL_LINE.match(line)
+            style = "sendmail"
         if m:
             addr, colon, rest = m.group(1), m.group(2), (m.group(3) or "").strip()
             if rest and not colon and not _TRAILING_OK.match(rest) and not _lead_in_used(line):
@@ -317,24 +321,28 @@ def read_generic(mail: Mail, text: str | None = None) -> list[Finding]:
             m = _RCPT_SENTENCE.search(line)
             if not m:
                 continue
-            addr, rest = m.group(1), m.group(2).strip()
+            addr, rest, style = m.group(1), m.group(2).strip(), "line"
         addr = addr.strip(".").lower()
         if marks and marks[-1][1] == addr:
             continue  # the same recipient again ("550 5.1.1 <a@b>... User unknown"): same block
         lead = line[: line.lower().find(addr)].strip(" \t<\"([:-*#>")
         if lead and not _PLAIN_LEAD.fullmatch(lead):
             rest = (lead + ": " + rest).strip()
-        marks.append((i, addr, rest))
+        marks.append((i, addr, rest, style))
     skip = _skip_addresses(mail) if marks else set()
-    if any(a not in skip for _, a, _ in marks):
+    if any(mark[1] not in skip for mark in marks):
         marks = [mark for mark in marks if mark[1] not in skip]
     findings: list[Finding] = []
-    for n, (i, addr, rest) in enumerate(marks):
-        end = marks[n + 1][0] if n + 1 < len(marks) else len(lines)
-        body = lines[i + 1 : end]
-        diag_lines = [rest] if rest else []
-        diag_lines.extend(body)
-        diag = clean_lines(diag_lines)
+    for n, (i, addr, rest, style) in enumerate(marks):
+        # Most formats explain a failure under the recipient line; a sendmail transcript explains it
+        # above ("While talking to …", ">>> MAIL", "<<< 501 …", then "554 <a@b>... error").
+        before: list[str] = []
+        if style == "sendmail":
+            start = marks[n - 1][0] + 1 if n else _paragraph_start(lines, i)
+            before = lines[start:i]
+        following = n + 1 < len(marks) and marks[n + 1][3] == "sendmail"
+        end = i + 1 if following else marks[n + 1][0] if n + 1 < len(marks) else len(lines)
+        diag = clean_lines([*before, rest, *lines[i + 1 : end]])
         findings.append(Finding(addr, diagnostic=diag, command=find_command(lines[i] + "\n" + diag),
                                 reason=_lead_reason(lines[i] + "\n" + diag)))
     if findings and marks:
@@ -376,6 +384,12 @@ _PREAMBLE_ERROR = re.compile(r"^\s*(?:[45]\d\d[ -]|[45]\.\d{1,3}\.\d{1,3}\b|erro
 _HAS_CODE = re.compile(r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b")
 _CONTINUATION = re.compile(r"^(?:\d{3}[ -]|remote host said|host |smtp error|<<<|>>>|\(|\[|"
                            r"[a-z0-9._-]+@|the error that|technical details|reason|diagnostic)", re.I)
+
+
+def _paragraph_start(lines: list[str], i: int) -> int:
+    while i > 0 and lines[i - 1].strip():
+        i -= 1
+    return i
 
 
 def _lead_in_used(line: str) -> bool:
