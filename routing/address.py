@@ -46,8 +46,42 @@ def _parse_based_on_spaces(name: str, email: str) -> tuple[str, str]:
     return name, email
 
 
+_ADDR = r'[^<>\s@",;:()\\\[\]]+@[^<>\s@",;:()\\\[\]]+'
+_BARE_ADDR = re.compile(_ADDR)
+# One list item: ``"quoted name" <addr>``, ``plain name <addr>``, ``<addr>``, ``addr`` or nothing, then , or end.
+_ITEM = re.compile(
+    r'[ \t]*(?:"(?P<q>[^"\\\r\n]*)"[ \t]*<(?P<qa>' + _ADDR + r')>'
+    r'|(?P<n>[^<>@",;:()\\\[\]\r\n]*?)[ \t]*<(?P<na>' + _ADDR + r')>'
+    r'|(?P<b>' + _ADDR + r'))?[ \t]*(?:,|\Z)')
+
+
+def _split_fast(text: str) -> tuple[tuple[str, str], ...] | None:
+    """The common header shapes (``a@b``, ``Name <a@b>``, ``"Name" <a@b>``, lists) without getaddresses.
+
+    None when the value has anything that needs the full parser (comments, groups, routes, literals,
+    escapes, odd spacing): the result must be exactly what getaddresses gives; a property test checks it.
+    """
+    out: list[tuple[str, str]] = []
+    pos, end = 0, len(text)
+    while pos < end:
+        m = _ITEM.match(text, pos)
+        if m is None or m.end() == pos:
+            return None
+        if m.group("qa"):
+            out.append((m.group("q"), m.group("qa")))
+        elif m.group("na"):
+            out.append((" ".join(m.group("n").split()), m.group("na")))
+        elif m.group("b"):
+            out.append(("", m.group("b")))
+        pos = m.end()
+    return tuple(out)
+
+
 @lru_cache(maxsize=8192)
 def _split_cached(text: str) -> tuple[tuple[str, str], ...]:
+    fast = _split_fast(text)
+    if fast is not None:
+        return fast
     try:
         pairs = [(n, a) for n, a in getaddresses([text]) if a and "@" in a]
     except Exception:  # getaddresses is not documented to raise, but this runs on hostile input
@@ -90,6 +124,14 @@ def email_normalize(text: str | None, *, strict: bool = True) -> str | None:
     return local + at + domain.lower()
 
 
+def normalize_address(address: str) -> str:
+    """``email_normalize(address) or address`` for one address email_split already produced (cheap path)."""
+    if _BARE_ADDR.fullmatch(address):
+        local, _at, domain = address.rpartition("@")
+        return (local.lower() if local.isascii() else local) + "@" + domain.lower()
+    return email_normalize(address) or address
+
+
 def normalize_domain(domain: str) -> str:
     """Canonical form of a mail domain for the gateway's own lookups: lower case, no trailing dot, A-labels."""
     domain = domain.strip().rstrip(".").lower()
@@ -115,6 +157,11 @@ def parse_recipient(rcpt: str) -> Recipient | None:
     """Parse an envelope address (``<a@b>``, ``a@b``, source routes); None when it is not ``local@domain``."""
     if not isinstance(rcpt, str):
         return None
+    return _parse_recipient(rcpt)
+
+
+@lru_cache(maxsize=16384)
+def _parse_recipient(rcpt: str) -> Recipient | None:
     text = rcpt.strip()
     if text.startswith("<") and text.endswith(">"):
         text = text[1:-1].strip()

@@ -16,16 +16,14 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from routing.message import MessageView, unfold_references
+from routing.message import MAX_REFERENCES, MessageView
 
-MAX_REFERENCES = 32
+__all__ = ["MAX_REFERENCES", "KnownCache", "KnownMessage", "pick_reply", "reference_ids"]
 
 
 def reference_ids(msg: MessageView) -> list[str]:
-    """The Message-Ids Odoo looks up for a reply, in header order (newest last)."""
-    thread_references = msg.references or msg.in_reply_to
-    refs = [r.strip() for r in unfold_references(thread_references) if "reply_to" not in r]
-    return refs[-MAX_REFERENCES:]
+    """The Message-Ids Odoo looks up for a reply, in header order (newest last). Computed once per view."""
+    return list(msg.reference_ids)
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,13 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from functools import cached_property
 
-from routing.address import Recipient, canonical_recipient, email_normalize
+from routing.address import Recipient, canonical_recipient, normalize_address
 from routing.decision import RouteDecision, RouteKind
 from routing.directory import Alias
 from routing.index import InstanceIndex, odoo_full_name
-from routing.message import MessageView, parse_model_id
+from routing.message import MessageView, lazy, parse_model_id
 from routing.policy import InstancePolicy
 from routing.replies import KnownMessage, pick_reply
 
@@ -125,7 +124,7 @@ class RouteContext:
             return "bounce.verp", f"{rcpt.address} is a VERP bounce address of {vdom.name} (the gateway decodes it)"
         return None
 
-    @cached_property
+    @lazy
     def added(self) -> list[str]:
         """Envelope recipients the gateway adds as Delivered-To: those Odoo cannot see in the headers.
 
@@ -135,17 +134,17 @@ class RouteContext:
         """
         return added_delivered_to(self.msg, [r for r in self.envelope if self.is_bounce_recipient(r) is None])
 
-    @cached_property
+    @lazy
     def to_list(self) -> list[str]:
         """Odoo's ``email_to_list``: lower-cased Delivered-To (added + the message's) and To."""
         return list(dict.fromkeys(self.added + [a.lower() for a in self.msg.odoo_to]))
 
-    @cached_property
+    @lazy
     def to_normalized(self) -> list[str]:
         """``email_normalize(e) or e`` over ``to``: what the bounce and catchall tests compare."""
-        return list(dict.fromkeys(self.added + [email_normalize(a) or a for a in self.msg.odoo_to]))
+        return list(dict.fromkeys(self.added + [normalize_address(a) for a in self.msg.odoo_to]))
 
-    @cached_property
+    @lazy
     def rcpt_list(self) -> list[str]:
         extra = self.msg.cc + self.msg.resent_to + self.msg.resent_cc
         return list(dict.fromkeys(self.to_list + [a.lower() for a in extra]))
@@ -155,7 +154,7 @@ class RouteContext:
 
     # -- message-level facts ----------------------------------------------------------------------------
 
-    @cached_property
+    @lazy
     def bounce(self) -> tuple[str, str] | None:
         """(rule, reason) when Odoo takes this message as a bounce (its ``_detect_is_bounce``)."""
         for addr in self.to_normalized:
@@ -167,11 +166,11 @@ class RouteContext:
             return "bounce.dsn", "Content-Type multipart/report (a delivery report): Odoo treats it as a bounce"
         return None
 
-    @cached_property
+    @lazy
     def replied(self) -> KnownMessage | None:
         return pick_reply(self.refs, self.known, self.instance)
 
-    @cached_property
+    @lazy
     def forward_aliases(self) -> list[Alias]:
         """Odoo's forward rule: aliases of another model than the replied record's, addressed in To."""
         hit = self.replied
@@ -180,7 +179,7 @@ class RouteContext:
         candidates = self.index.aliases_for(self.to_list, self._localparts(self.to_list))
         return [a for a in candidates if a.model != hit.model]
 
-    @cached_property
+    @lazy
     def reply_alias(self) -> Alias | None:
         """The same-model alias among the recipients (its contact policy applies to the reply)."""
         hit = self.replied
@@ -189,12 +188,12 @@ class RouteContext:
         found = self.index.aliases_for(self.rcpt_list, self._localparts(self.rcpt_list))
         return next((a for a in found if a.model == hit.model), None)
 
-    @cached_property
+    @lazy
     def is_reply(self) -> bool:
         hit = self.replied
         return hit is not None and bool(hit.model) and not self.forward_aliases
 
-    @cached_property
+    @lazy
     def rcpt_valid_list(self) -> list[str]:
         fwd = self.forward_aliases
         if not fwd:
@@ -203,23 +202,23 @@ class RouteContext:
         local_names = {a.name for a in fwd if a.incoming_local}
         return [to for to in self.rcpt_list if to in names or to.split("@", 1)[0] in local_names]
 
-    @cached_property
+    @lazy
     def direct_catchall(self) -> bool:
         """Odoo's strict ``_detect_write_to_catchall``: every ``to`` address is some domain's catchall."""
         to = self.to_normalized
         return bool(to) and bool(self.index.catchall_emails) and all(self.index.is_catchall_email(a) for a in to)
 
-    @cached_property
+    @lazy
     def any_catchall_in_to(self) -> bool:
         return any(self.index.is_catchall_email(a) for a in self.to_normalized)
 
-    @cached_property
+    @lazy
     def alias_routes(self) -> list[Alias]:
         if not self.rcpt_list:
             return []
         return self.index.aliases_for(self.rcpt_valid_list, self._localparts(self.rcpt_valid_list))
 
-    @cached_property
+    @lazy
     def target(self) -> _Target | None:
         """The model/thread the gateway passes to message_process: first catchall+sub, else the fallback."""
         candidates = [r for r in self.envelope if self.is_bounce_recipient(r) is None]

@@ -88,7 +88,8 @@ class Router:
     # -- lookups ----------------------------------------------------------------------------------------
 
     def owner_of(self, domain: str) -> str | None:
-        return self._owner.get(normalize_domain(domain))
+        owner = self._owner.get(domain)  # canonical already, most of the time
+        return owner if owner is not None else self._owner.get(normalize_domain(domain))
 
     def index(self, instance: str) -> InstanceIndex | None:
         return self._indexes.get(instance)

@@ -80,3 +80,19 @@ def test_address_helpers_never_raise(value: str) -> None:
     email_normalize(value)
     parse_recipient(value)
     sanitize_alias_name(value)
+
+
+ADDRESS_BITS = st.sampled_from([*'ab.@<> ,\t-_+éZ!#=?\'"\\();:[]', "\r\n ", "x@y", "<a@b>", "N <c@d>", '"Q" <e@f>'])
+
+
+@settings(max_examples=1500, deadline=None)
+@given(st.lists(ADDRESS_BITS, max_size=16).map("".join))
+def test_fast_address_split_agrees_with_getaddresses(value: str) -> None:
+    """The fast path for common header shapes must give exactly what Odoo's getaddresses-based split gives."""
+    from email.utils import getaddresses
+
+    from routing.address import _split_fast
+
+    fast = _split_fast(value)
+    if fast is not None:
+        assert list(fast) == [(n, a) for n, a in getaddresses([value]) if a and "@" in a]
