@@ -34,7 +34,7 @@ from typing import Any
 
 from gateway.config import Config, MailboxBase
 from gateway.logs import get_logger
-from gateway.spool.base import Envelope, Spool, SpoolEntry, State
+from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State
 
 log = get_logger("mailgw.intake.mailbox")
 
@@ -204,8 +204,7 @@ class MailboxLedger:
 
     async def lookup(self, keys: Sequence[str]) -> dict[str, str]:
         """Keys already in the spool -> their queue_id."""
-        found = await asyncio.gather(*(self.spool.has_dedup_key(k) for k in keys))
-        return {k: q for k, q in zip(keys, found, strict=True) if q}
+        return await self.spool.has_dedup_keys(keys)
 
     async def left_in_mailbox(self, queue_id: str) -> bool:
         """Was this entry recorded as "left in the mailbox" (oversized)? Then the mailbox action must not run."""
@@ -233,11 +232,16 @@ class MailboxLedger:
         first_in_batch: dict[str, int] = {}  # Message-Id -> index of its first copy in this batch
         to_put = [i for i, (_m, p) in enumerate(prepared)
                   if not earlier[i] and first_in_batch.setdefault(p.message_id, i) == i]
-        results = await asyncio.gather(
-            *(self.spool.put(p.envelope, m.raw, message_id=p.message_id, message_id_generated=p.message_id_generated,
-                             dedup_key=m.key, state=p.state, last_error=p.reason)
-              for m, p in (prepared[i] for i in to_put)),
-            return_exceptions=True)
+        # One writer operation for the whole chunk: one commit, no per-message round trip to the writer thread.
+        try:
+            results: list[Any] = await self.spool.put_many([
+                PutItem(p.envelope, m.raw, message_id=p.message_id, message_id_generated=p.message_id_generated,
+                        dedup_key=m.key, state=p.state, last_error=p.reason)
+                for m, p in (prepared[i] for i in to_put)])
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the commit itself failed: every message of the chunk is unstored
+            results = [exc] * len(to_put)
         put_result = dict(zip(to_put, results, strict=True))
 
         outcomes: list[SpoolOutcome] = []

@@ -7,6 +7,7 @@ from gateway.spool.base import (
     Direction,
     Envelope,
     InvalidTransition,
+    PutItem,
     RecoveryReport,
     Spool,
     SpoolEntry,
@@ -18,7 +19,7 @@ from gateway.spool.base import (
 from gateway.spool.sqlite import SqliteSpool
 
 __all__ = [
-    "Direction", "Envelope", "InvalidTransition", "RecoveryReport", "Spool", "SpoolEntry", "SpoolError",
+    "Direction", "Envelope", "InvalidTransition", "PutItem", "RecoveryReport", "Spool", "SpoolEntry", "SpoolError",
     "SqliteSpool", "State", "UnknownEntry", "new_queue_id", "open_spool",
 ]
 

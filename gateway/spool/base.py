@@ -147,6 +147,21 @@ def dumps(value: Any) -> str | None:
 
 
 @dataclass(frozen=True, slots=True)
+class PutItem:
+    """One message for `Spool.put_many` (the same fields as `put`)."""
+
+    envelope: Envelope
+    raw: bytes
+    direction: Direction = Direction.INBOUND
+    message_id: str | None = None
+    message_id_generated: bool = False
+    dedup_key: str | None = None
+    state: State | None = None
+    last_error: str | None = None
+    message_id_domain: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class RecoveryReport:
     released: tuple[str, ...]
     parked: tuple[str, ...]
@@ -169,6 +184,10 @@ class Spool(Protocol):
         message_id_domain: str | None = None,
     ) -> tuple[str, bool]:
         """Store durably; returns (queue_id, created). With a dedup_key already stored: (its id, False)."""
+        ...
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[tuple[str, bool] | BaseException]:
+        """Several messages in one commit; each stored or failed on its own, results in order."""
         ...
 
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
@@ -207,6 +226,8 @@ class Spool(Protocol):
     async def counts(self) -> dict[tuple[str, str], int]: ...
 
     async def has_dedup_key(self, key: str) -> str | None: ...
+
+    async def has_dedup_keys(self, keys: Sequence[str]) -> dict[str, str]: ...
 
     async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]: ...
 

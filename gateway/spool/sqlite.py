@@ -32,6 +32,7 @@ from gateway.spool.base import (
     Direction,
     Envelope,
     InvalidTransition,
+    PutItem,
     RecoveryReport,
     SpoolEntry,
     SpoolError,
@@ -81,6 +82,12 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 SCHEMA_VERSION = "1"
 
+_INSERT_ENTRY = (
+    "INSERT INTO entries (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
+    "message_id_generated, size, received_at, updated_at, next_attempt_at, last_error, dedup_key) "
+    "VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+
 _COLUMNS = (
     "queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
     "message_id_generated, size, received_at, updated_at, attempts, next_attempt_at, last_error, route, "
@@ -127,6 +134,61 @@ def connect(path: Path | str, *, busy_timeout_ms: int = 30000) -> sqlite3.Connec
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
     return conn
+
+
+_Row = tuple[tuple[Any, ...] | BaseException, bytes, str | None]
+
+
+def _insert_batch(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[tuple[str, bool] | BaseException]:
+    """Insert every row with executemany; a ledger key already stored (or repeated in the batch) yields
+    (existing queue_id, False). Raises sqlite3.Error for the caller to fall back to `_insert_each`."""
+    keys = [key for row, _raw, key in rows if key is not None and not isinstance(row, BaseException)]
+    known: dict[str, str] = {}
+    for i in range(0, len(keys), 500):
+        chunk = keys[i:i + 500]
+        known.update(conn.execute(f"SELECT dedup_key, queue_id FROM entries WHERE dedup_key IN "
+                                  f"({','.join('?' * len(chunk))})", chunk).fetchall())
+    out: list[tuple[str, bool] | BaseException] = []
+    entries, messages = [], []
+    for row, raw, key in rows:
+        if isinstance(row, BaseException):
+            out.append(row)
+        elif key is not None and key in known:
+            out.append((known[key], False))
+        else:
+            if key is not None:
+                known[key] = row[0]
+            entries.append(row)
+            messages.append((row[0], raw))
+            out.append((row[0], True))
+    conn.executemany(_INSERT_ENTRY, entries)
+    conn.executemany("INSERT INTO messages (queue_id, raw) VALUES (?, ?)", messages)
+    return out
+
+
+def _insert_each(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[tuple[str, bool] | BaseException]:
+    """One SAVEPOINT per row: a row that fails is reported and the others are stored."""
+    out: list[tuple[str, bool] | BaseException] = []
+    for row, raw, key in rows:
+        conn.execute("SAVEPOINT item")
+        try:
+            if isinstance(row, BaseException):
+                raise row
+            if key is not None:
+                found = conn.execute("SELECT queue_id FROM entries WHERE dedup_key=?", (key,)).fetchone()
+                if found:
+                    conn.execute("RELEASE item")
+                    out.append((found[0], False))
+                    continue
+            conn.execute(_INSERT_ENTRY, row)
+            conn.execute("INSERT INTO messages (queue_id, raw) VALUES (?, ?)", (row[0], raw))
+        except Exception as exc:
+            conn.execute("ROLLBACK TO item")
+            out.append(exc)
+        else:
+            out.append((row[0], True))
+        conn.execute("RELEASE item")
+    return out
 
 
 class _Op:
@@ -312,36 +374,56 @@ class SqliteSpool:
         last_error: str | None = None,
         message_id_domain: str | None = None,
     ) -> tuple[str, bool]:
-        queue_id = new_queue_id(envelope.received_at)
-        if message_id is None and message_id_domain:
-            # Stable from the first attempt on, so Odoo deduplicates a redelivery (it would invent a new one).
-            message_id, message_id_generated = f"<{queue_id}@{message_id_domain}>", True
-        state = state or INITIAL[direction]
-        if state not in TRANSITIONS[direction]:
-            raise InvalidTransition(f"{state} is not a {direction} state")
-        now = time.time()
-
-        def op(conn: sqlite3.Connection) -> tuple[str, bool]:
-            if dedup_key is not None:
-                row = conn.execute("SELECT queue_id FROM entries WHERE dedup_key=?", (dedup_key,)).fetchone()
-                if row:
-                    return row[0], False
-            conn.execute(
-                "INSERT INTO entries (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, "
-                "source, message_id, message_id_generated, size, received_at, updated_at, next_attempt_at, "
-                "last_error, dedup_key) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (queue_id, str(direction), str(state), envelope.mail_from, json.dumps(list(envelope.rcpt_tos)),
-                 envelope.intake, envelope.peer, envelope.helo, dumps(envelope.source), message_id,
-                 int(message_id_generated), len(raw), envelope.received_at, now, now, last_error, dedup_key),
-            )
-            conn.execute("INSERT INTO messages (queue_id, raw) VALUES (?, ?)", (queue_id, raw))
-            return queue_id, True
-
-        result = await self._write(op)
-        if result[1]:
-            log.info("spool.put", queue_id=result[0], message_id=message_id, state=str(state),
-                     intake=envelope.intake, size=len(raw), rcpts=len(envelope.rcpt_tos))
+        item = PutItem(envelope, raw, direction=direction, message_id=message_id,
+                       message_id_generated=message_id_generated, dedup_key=dedup_key, state=state,
+                       last_error=last_error, message_id_domain=message_id_domain)
+        [result] = await self.put_many([item])
+        if isinstance(result, BaseException):
+            raise result
         return result
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[tuple[str, bool] | BaseException]:
+        """Store several messages in one writer operation (one commit). Each item is stored or fails on its
+        own (a SAVEPOINT each); results come back in order: (queue_id, created) or the item's exception."""
+        rows = [self._row(item) for item in items]
+
+        def op(conn: sqlite3.Connection) -> list[tuple[str, bool] | BaseException]:
+            # Fast path: the whole batch in four statements. Each statement costs the writer thread a turn at
+            # the GIL, which the event loop holds while it parses mail: hundreds of small statements per batch
+            # made a 50-message commit take 15x longer than SQLite needs.
+            conn.execute("SAVEPOINT batch")
+            try:
+                out = _insert_batch(conn, rows)
+            except sqlite3.Error:
+                conn.execute("ROLLBACK TO batch")
+                conn.execute("RELEASE batch")
+                return _insert_each(conn, rows)  # find the bad item(s); store the others
+            conn.execute("RELEASE batch")
+            return out
+
+        results = await self._write(op)
+        for item, (row, _raw, _key), result in zip(items, rows, results, strict=True):
+            if isinstance(result, tuple) and result[1] and not isinstance(row, BaseException):
+                log.info("spool.put", queue_id=result[0], message_id=row[9], state=row[2], intake=item.envelope.intake,
+                         size=len(item.raw), rcpts=len(item.envelope.rcpt_tos))
+        return results
+
+    @staticmethod
+    def _row(item: PutItem) -> _Row:
+        env = item.envelope
+        queue_id = new_queue_id(env.received_at)
+        state = item.state or INITIAL[item.direction]
+        if state not in TRANSITIONS[item.direction]:
+            return InvalidTransition(f"{state} is not a {item.direction} state"), item.raw, item.dedup_key
+        message_id, generated = item.message_id, item.message_id_generated
+        if message_id is None and item.message_id_domain:
+            # Stable from the first attempt on, so Odoo deduplicates a redelivery (it would invent a new one).
+            message_id, generated = f"<{queue_id}@{item.message_id_domain}>", True
+        now = time.time()
+        row = (queue_id, str(item.direction), str(state), env.mail_from, json.dumps(list(env.rcpt_tos)), env.intake,
+               env.peer, env.helo, dumps(env.source), message_id, int(generated), len(item.raw), env.received_at,
+               now, now, item.last_error, item.dedup_key)
+        return row, item.raw, item.dedup_key
 
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
                     ) -> list[SpoolEntry]:
@@ -522,6 +604,21 @@ class SqliteSpool:
             return {(d, s): n for d, s, n in rows.fetchall()}
 
         return await self._read(fn)
+
+    async def has_dedup_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        """Which of these ledger keys are stored: key -> queue_id (one read for a whole batch)."""
+        wanted = list(dict.fromkeys(keys))
+
+        def fn(conn: sqlite3.Connection) -> dict[str, str]:
+            found: dict[str, str] = {}
+            for i in range(0, len(wanted), 500):
+                chunk = wanted[i:i + 500]
+                rows = conn.execute(f"SELECT dedup_key, queue_id FROM entries WHERE dedup_key IN "
+                                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
+                found.update({k: q for k, q in rows})
+            return found
+
+        return await self._read(fn) if wanted else {}
 
     async def has_dedup_key(self, key: str) -> str | None:
         def fn(conn: sqlite3.Connection) -> str | None:

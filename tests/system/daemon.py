@@ -67,6 +67,7 @@ class DaemonProcess:
         self.env = {**os.environ, "MAILGW_TEST_PW": "test-secret", **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.log_path = tmp / "daemon.log"
+        self._log_offset = 0
 
     def write_config(self, config: dict[str, Any]) -> None:
         self.config_path.write_text(yaml.safe_dump(config))
@@ -79,6 +80,8 @@ class DaemonProcess:
         raise KeyError("no smtp listener")
 
     def start(self, timeout: float = 20.0) -> None:
+        # Readiness is read from what this start writes, not from an earlier run's lines in the same log.
+        self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
         self.proc = subprocess.Popen([MAILGW, "serve", "-c", str(self.config_path)], stdout=log, stderr=log,
                                      env=self.env, cwd=self.tmp)
@@ -90,13 +93,13 @@ class DaemonProcess:
             assert self.proc is not None
             if self.proc.poll() is not None:
                 raise RuntimeError(f"daemon exited with {self.proc.returncode}:\n{self.log_text()[-3000:]}")
-            if "daemon.ready" in self.log_text():
+            if self.log_path.exists() and b"daemon.ready" in self.log_path.read_bytes()[self._log_offset:]:
                 return
             time.sleep(0.05)
         raise TimeoutError(f"daemon not ready:\n{self.log_text()[-3000:]}")
 
     def log_text(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+        return self.log_path.read_bytes().decode(errors="replace") if self.log_path.exists() else ""
 
     def events(self) -> list[dict[str, Any]]:
         out = []
