@@ -243,5 +243,7 @@ def sanitize_alias_name(name: str | None) -> str | None:
 
 def is_mailer_daemon(from_value: str | None) -> bool:
     """Odoo's From test for bounces: the local part of the first From address is ``mailer-daemon``."""
+    if not from_value or "mailer-daemon" not in from_value.lower():
+        return False  # the local part is a substring of the value: no need to parse it
     emails = email_split(from_value)
     return bool(emails) and emails[0].split("@", 1)[0].lower() == "mailer-daemon"

@@ -111,11 +111,18 @@ class RouteContext:
         self.known = known
         self.separator = separator
         self.instance = index.name
+        self._bounce_rcpt: dict[str, tuple[str, str] | None] = {}
 
     # -- Odoo's lists -----------------------------------------------------------------------------------
 
     def is_bounce_recipient(self, rcpt: Recipient) -> tuple[str, str] | None:
         """(rule, reason) when the envelope recipient itself is a bounce address (exact or VERP)."""
+        cache = self._bounce_rcpt
+        if rcpt.address not in cache:
+            cache[rcpt.address] = self._bounce_recipient(rcpt)
+        return cache[rcpt.address]
+
+    def _bounce_recipient(self, rcpt: Recipient) -> tuple[str, str] | None:
         dom = self.index.alias_domain_of(rcpt)
         if dom is not None and dom.bounce_alias and rcpt.local == dom.bounce_alias.lower():
             return "bounce.address", f"{rcpt.address} is the bounce address of {dom.name}"
