@@ -120,7 +120,7 @@ def render(decisions: Sequence[Any], msg: MessageView, refs: Sequence[str], know
     ]
     if refs:
         found = [f"{k} -> {v.instance}:{v.model or '-'}/{v.res_id or '-'}" for k, v in known.items() if k in refs]
-        head.append(f"References: {len(refs)} looked up, {len(found)} known" + (": " if found else ""))
+        head.append(f"References: {len(refs)} looked up, {len(found)} known" + (":" if found else ""))
         head += [f"  {line}" for line in found]
     head += [f"warning: {w}" for w in warnings]
     return "\n".join(head) + "\n\n" + explain(decisions)
