@@ -5,20 +5,20 @@ ids, drops those containing ``reply_to`` (posts made with ``reply_to_force_new``
 then the newest `mail.message` (highest id) among the matches gives the model and record. Odoo never
 parses model or record out of an ``…-openerp-<id>-<model>@host`` id, and neither does this module.
 
-The lookup itself is I/O and belongs to the inbound worker; it stores what it found in `KnownCache` (pure,
-clock injected) so that a thread's replies cost one Odoo call per TTL, not one per message.
+The lookup itself is I/O and belongs to the inbound worker (`OdooClient.find_message`, with its bounded TTL
+cache sized by `routing.reply_cache_size/ttl`); the worker may add Message-Ids the gateway relayed for Odoo
+(`source="relayed"`, model and record from the relayed mail's X-Odoo-Objects header).
 """
 
 from __future__ import annotations
 
-from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from routing.message import MAX_REFERENCES, MessageView
 
-__all__ = ["MAX_REFERENCES", "KnownCache", "KnownMessage", "pick_reply", "reference_ids"]
+__all__ = ["MAX_REFERENCES", "KnownMessage", "pick_reply", "reference_ids"]
 
 
 def reference_ids(msg: MessageView) -> list[str]:
@@ -51,53 +51,3 @@ def pick_reply(refs: Sequence[str], known: Mapping[str, KnownMessage], instance:
             best, best_key = hit, key
     return best
 
-
-class KnownCache:
-    """Bounded LRU of Message-Id lookups per instance, with a TTL; remembers misses too (as None).
-
-    Pure: the caller passes `now`. Misses are remembered for a shorter time, since a message Odoo sends
-    right now becomes known a moment later.
-    """
-
-    def __init__(self, size: int = 10000, ttl: float = 3600.0, miss_ttl: float = 60.0) -> None:
-        self.size = size
-        self.ttl = ttl
-        self.miss_ttl = min(miss_ttl, ttl)
-        self._data: OrderedDict[tuple[str, str], tuple[float, KnownMessage | None]] = OrderedDict()
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def get(self, instance: str, message_id: str, now: float) -> tuple[bool, KnownMessage | None]:
-        """(hit, value): hit is False when the id must be looked up on Odoo."""
-        key = (instance, message_id)
-        entry = self._data.get(key)
-        if entry is None:
-            return False, None
-        expires, value = entry
-        if now >= expires:
-            del self._data[key]
-            return False, None
-        self._data.move_to_end(key)
-        return True, value
-
-    def put(self, instance: str, message_id: str, value: KnownMessage | None, now: float) -> None:
-        if self.size <= 0:
-            return
-        key = (instance, message_id)
-        self._data[key] = (now + (self.ttl if value is not None else self.miss_ttl), value)
-        self._data.move_to_end(key)
-        while len(self._data) > self.size:
-            self._data.popitem(last=False)
-
-    def split(self, instance: str, ids: Iterable[str], now: float) -> tuple[dict[str, KnownMessage], list[str]]:
-        """Cached hits for `ids` and the ids still to look up on `instance`."""
-        found: dict[str, KnownMessage] = {}
-        missing: list[str] = []
-        for mid in ids:
-            hit, value = self.get(instance, mid, now)
-            if not hit:
-                missing.append(mid)
-            elif value is not None:
-                found[mid] = value
-        return found, missing

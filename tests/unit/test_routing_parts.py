@@ -23,7 +23,7 @@ from routing.directory import Alias, AliasDomain, Directory, InstanceDirectory
 from routing.loopguard import LoopGuard, target_key
 from routing.message import MessageView, header_block, parse_model_id, unfold_references
 from routing.policy import FallbackPolicy, InstancePolicy, ReferencePattern, RoutingPolicy
-from routing.replies import KnownCache, KnownMessage, pick_reply, reference_ids
+from routing.replies import KnownMessage, pick_reply, reference_ids
 from routing.resolvers import added_delivered_to
 from routing.router import Router, explain, header_recipients
 from tests.unit.routing_fixture import (
@@ -154,21 +154,6 @@ def test_reply_through_a_relayed_message_id() -> None:
     known = {mid: KnownMessage(INSTANCE, GATEWAY, R_ID, mid, source="relayed")}
     [d] = decide(make_router(), mail(to=f"unknown@{D}", extra=[("In-Reply-To", mid)]), known=known)
     assert (d.route, d.thread_id, d.rule) == ("reply", R_ID, "reply.relayed")
-
-
-def test_known_cache_bounds_and_expires() -> None:
-    cache = KnownCache(size=2, ttl=100, miss_ttl=10)
-    hit = KnownMessage("odoo", "m", 1, "<a>")
-    cache.put("odoo", "<a>", hit, now=0)
-    cache.put("odoo", "<b>", None, now=0)
-    assert cache.get("odoo", "<a>", 50) == (True, hit)
-    assert cache.get("odoo", "<b>", 5) == (True, None) and cache.get("odoo", "<b>", 11) == (False, None)
-    cache.put("odoo", "<c>", hit, now=60)
-    cache.put("odoo", "<d>", hit, now=60)
-    assert len(cache) == 2 and cache.get("odoo", "<a>", 61) == (False, None)
-    assert cache.split("odoo", ["<c>", "<x>"], 61) == ({"<c>": hit}, ["<x>"])
-    assert cache.get("other", "<c>", 61) == (False, None)
-    KnownCache(size=0).put("odoo", "<a>", hit, 0)
 
 
 # -- loop guard --------------------------------------------------------------------------------------------
