@@ -1,4 +1,4 @@
-"""Reply detection inputs: which Message-Ids to look up, what was found, and a bounded cache of findings.
+"""Reply detection inputs: which Message-Ids to look up, and which known message Odoo would reply to.
 
 Odoo (message_route step 3) takes References, or In-Reply-To only when References is empty, unfolds the
 ids, drops those containing ``reply_to`` (posts made with ``reply_to_force_new``) and keeps the last 32;
