@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from typing import Any
+
+from gateway.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = os.environ.get("MAILGW_CONFIG", "config.yaml")
 
@@ -14,3 +17,18 @@ SubParsers = Any  # argparse._SubParsersAction is private; keep the annotation h
 def add_config_arg(p: argparse.ArgumentParser) -> None:
     p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s, "
                    "or $MAILGW_CONFIG)")
+
+
+def load_config_or_report(path: str, *, prefix: str = "") -> Config | None:
+    """The config, or None after printing every error with its YAML path on stderr (the caller picks the exit
+    code: 78 for most commands, 75 for `pipe`, whose caller is an MTA that must retry)."""
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        report_config_error(path, exc, prefix=prefix)
+        return None
+
+
+def report_config_error(path: str, exc: ConfigError, *, prefix: str = "") -> None:
+    for line in exc.errors:
+        print(f"{prefix}{path}: {line}", file=sys.stderr)

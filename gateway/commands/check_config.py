@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
-from gateway.commands import SubParsers, add_config_arg
+from gateway.commands import SubParsers, add_config_arg, report_config_error
 from gateway.config import ConfigError, load_config
 from gateway.exitcodes import EX_CONFIG
 
@@ -25,8 +24,7 @@ def run(args: argparse.Namespace) -> int:
         for inst in cfg.odoo:
             inst.password()
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{args.config}: {line}", file=sys.stderr)
+        report_config_error(args.config, exc)
         return EX_CONFIG
     print("ok")
     return 0

@@ -9,8 +9,8 @@ import sys
 import time
 from typing import Any
 
-from gateway.commands import SubParsers, add_config_arg
-from gateway.config import Config, ConfigError, load_config
+from gateway.commands import SubParsers, add_config_arg, load_config_or_report
+from gateway.config import Config, ConfigError
 from gateway.exitcodes import EX_CONFIG, EX_TEMPFAIL, EX_USAGE
 from routing.directory import Directory
 
@@ -34,12 +34,7 @@ def register(sub: SubParsers) -> None:
 
 
 def _load(path: str) -> Config | None:
-    try:
-        return load_config(path)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{path}: {line}", file=sys.stderr)
-        return None
+    return load_config_or_report(path)
 
 
 def run_show(args: argparse.Namespace) -> int:

@@ -24,7 +24,7 @@ from dns_checks import (
     run_checks,
 )
 from dns_checks.resolver import DEFAULT_LIFETIME
-from gateway.commands import DEFAULT_CONFIG, SubParsers, add_config_arg
+from gateway.commands import DEFAULT_CONFIG, SubParsers, add_config_arg, report_config_error
 from gateway.config import Config, ConfigError, load_config
 from gateway.exitcodes import EX_CONFIG, EX_USAGE
 from routing.directory import Directory
@@ -87,8 +87,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         cfg = _load(args)
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{args.config}: {line}", file=sys.stderr)
+        report_config_error(args.config, exc)
         return EX_CONFIG
     try:
         if args.ip:

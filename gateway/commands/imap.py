@@ -13,7 +13,7 @@ import ssl
 import sys
 from collections.abc import Callable
 
-from gateway.commands import SubParsers, add_config_arg
+from gateway.commands import SubParsers, add_config_arg, report_config_error
 from gateway.config import Config, ConfigError, ImapConfig, Pop3Config, load_config
 from gateway.exitcodes import EX_CONFIG, EX_NOPERM, EX_TEMPFAIL, EX_USAGE
 from gateway.intake import imap as imap_intake
@@ -57,8 +57,7 @@ def run_test(args: argparse.Namespace) -> int:
         mailbox = find_mailbox(config, args.name, args.protocol)
         mailbox.password()  # presence only; never printed
     except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{args.config}: {line}", file=sys.stderr)
+        report_config_error(args.config, exc)
         return EX_CONFIG
     except LookupError as exc:
         print(f"mailgw imap test: {exc.args[0]}", file=sys.stderr)

@@ -17,8 +17,8 @@ from email.policy import compat32
 from email.utils import getaddresses
 
 from gateway.admission import domain_of
-from gateway.commands import SubParsers, add_config_arg
-from gateway.config import Config, ConfigError, load_config
+from gateway.commands import SubParsers, add_config_arg, load_config_or_report
+from gateway.config import Config
 from gateway.exitcodes import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from gateway.intake.smtp import default_hostname, extract_message_id
 from gateway.spool import Envelope, open_spool
@@ -72,13 +72,9 @@ def run(args: argparse.Namespace) -> int:
     if not raw.strip():
         print("mailgw pipe: empty message on stdin", file=sys.stderr)
         return EX_USAGE
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        # A broken config is an operator problem, not the sender's: keep the mail at the MTA.
-        for line in exc.errors:
-            print(f"mailgw pipe: {args.config}: {line}", file=sys.stderr)
-        return EX_TEMPFAIL
+    config = load_config_or_report(args.config, prefix="mailgw pipe: ")
+    if config is None:
+        return EX_TEMPFAIL  # a broken config is an operator problem, not the sender's: keep the mail at the MTA
     if args.sender is not None or args.rcpt:
         sender = "" if (args.sender or "").strip() in ("", "<>") else args.sender.strip().strip("<>")
         rcpts = [r.strip().strip("<>") for r in args.rcpt]

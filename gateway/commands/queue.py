@@ -11,8 +11,8 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.commands import SubParsers, add_config_arg
-from gateway.config import Config, ConfigError, load_config
+from gateway.commands import SubParsers, add_config_arg, load_config_or_report
+from gateway.config import Config
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
 from gateway.spool import SpoolEntry, SqliteSpool, State, UnknownEntry, open_spool
 from gateway.spool.base import InvalidTransition
@@ -46,11 +46,8 @@ def register(sub: SubParsers) -> None:
 
 
 def _with_spool(args: argparse.Namespace, fn: Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]) -> int:
-    try:
-        config = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{args.config}: {line}", file=sys.stderr)
+    config = load_config_or_report(args.config)
+    if config is None:
         return EX_CONFIG
 
     async def go(cfg: Config) -> int:

@@ -4,8 +4,7 @@ every message ends up in the spool exactly once and marked as configured. IMAP a
 The daemon is `mailgw serve` (its inbound worker finds no Odoo here: entries go `deferred`, which changes
 nothing for the intake). MAILGW_TEST_KILL_AFTER_COMMIT=N makes it SIGKILL itself right after its Nth spool
 commit of a mailbox batch, before it touches the mailbox: the exact window the ledger has to cover. A second
-test kills it from outside at an arbitrary moment. (`python -m gateway.intake.mailbox_runner -c CONFIG` runs the
-pollers alone, if the daemon is ever in the way.)
+test kills it from outside at an arbitrary moment.
 """
 
 from __future__ import annotations
