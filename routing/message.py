@@ -65,11 +65,16 @@ MAX_REFERENCES = 32
 
 def header_block(raw: bytes) -> bytes:
     """The bytes before the first empty line (all of `raw` when there is none), bounded."""
-    head = raw[:MAX_HEADER_BYTES]
-    if head.startswith((b"\r\n", b"\n")):
+    if raw.startswith((b"\r\n", b"\n")):
         return b""
-    ends = [i for i in (head.find(b"\r\n\r\n"), head.find(b"\n\n")) if i >= 0]
-    return head[: min(ends)] if ends else head
+    crlf = raw.find(b"\r\n\r\n", 0, MAX_HEADER_BYTES)
+    # Look for a bare-LF blank line only before the CRLF one: a CRLF message has none, and searching the
+    # whole body for it would cost more than the rest of the parse.
+    limit = crlf if crlf >= 0 else MAX_HEADER_BYTES
+    lf = raw.find(b"\n\n", 0, limit)
+    mixed = raw.find(b"\n\r\n", 0, limit)  # an LF line followed by a CRLF blank line
+    ends = [i for i in (crlf, lf, mixed) if i >= 0]
+    return raw[: min(ends)] if ends else raw[:MAX_HEADER_BYTES]
 
 
 def unfold_references(value: str | None) -> list[str]:
