@@ -16,8 +16,8 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.commands import SubParsers, add_config_arg
-from gateway.config import Config, ConfigError, load_config
+from gateway.commands import SubParsers, add_config_arg, load_config_or_report
+from gateway.config import Config, ConfigError
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
 from gateway.routing_policy import policy_from_config
 from routing.directory import Directory
@@ -127,11 +127,8 @@ def render(decisions: Sequence[Any], msg: MessageView, refs: Sequence[str], know
 
 
 def run(args: argparse.Namespace) -> int:
-    try:
-        cfg = load_config(args.config)
-    except ConfigError as exc:
-        for line in exc.errors:
-            print(f"{args.config}: {line}", file=sys.stderr)
+    cfg = load_config_or_report(args.config)
+    if cfg is None:
         return EX_CONFIG
     try:
         raw = _read_message(args.file)
