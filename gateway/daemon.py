@@ -166,11 +166,19 @@ class Daemon:
         except Exception as exc:  # a service dying must be loud, and must not take the listeners down
             log.error("daemon.service_crashed", service=type(svc).__name__, error=repr(exc))
 
-    async def run_until_stopped(self) -> None:
+    def install_signal_handlers(self) -> None:
+        """Before anything starts: a SIGTERM that arrives during start-up must drain, not kill the process."""
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._stop.set)
         loop.add_signal_handler(signal.SIGHUP, self._reload.set)
+
+    def remove_signal_handlers(self) -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            loop.remove_signal_handler(sig)
+
+    async def run_until_stopped(self) -> None:
         watchdog = asyncio.create_task(self._watchdog())
         try:
             while not self._stop.is_set():
@@ -184,8 +192,6 @@ class Daemon:
                     await self.reload()
         finally:
             watchdog.cancel()
-            for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-                loop.remove_signal_handler(sig)
 
     def request_stop(self) -> None:
         self._stop.set()
@@ -246,19 +252,23 @@ class Daemon:
 
 async def serve(config: Config, config_path: Path | None = None, ready: Callable[[Daemon], Any] | None = None) -> int:
     daemon = Daemon(config, config_path)
+    daemon.install_signal_handlers()
     try:
-        await daemon.start()
-    except OSError as exc:
-        log.error("daemon.start_failed", error=str(exc))
-        await daemon.drain()
-        return 71  # EX_OSERR: e.g. the port is taken
-    if ready is not None:
-        ready(daemon)
-    try:
-        await daemon.run_until_stopped()
+        try:
+            await daemon.start()
+        except OSError as exc:
+            log.error("daemon.start_failed", error=str(exc))
+            await daemon.drain()
+            return 71  # EX_OSERR: e.g. the port is taken
+        if ready is not None:
+            ready(daemon)
+        try:
+            await daemon.run_until_stopped()
+        finally:
+            await daemon.drain()
+        return 0
     finally:
-        await daemon.drain()
-    return 0
+        daemon.remove_signal_handlers()
 
 
 def run(config_path: Path) -> int:

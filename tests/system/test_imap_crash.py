@@ -62,7 +62,11 @@ class RunnerProcess:
         return self.proc.wait(timeout)
 
     def terminate(self) -> int:
+        """Graceful stop once the current run is ready (a SIGTERM before Python installed its handler — the
+        process still importing — would end it by the default action, which is not what is being tested)."""
         assert self.proc is not None
+        wait_until(lambda: any(e.get("event") == "daemon.ready" for e in self.log_events(self.runs))
+                   or self.proc is None or self.proc.poll() is not None, what="daemon ready")
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(20)
 
