@@ -511,10 +511,14 @@ class InboundWorker:
         if client is None:
             raise ConfigProblem(f"odoo instance {plan.instance!r} is not configured")
         env = entry.envelope
+        # Delivered-To only for recipients the headers do not already show: Odoo reads Delivered-To as To, so
+        # a Cc'd alias written there would turn Odoo's reply into a forward (routing-cases 50, 73b).
+        visible = getattr(_message_view(raw), "odoo_recipients", None)
         block = delivery_headers(
             mail_from=env.mail_from, recipients=plan.recipients, queue_id=entry.queue_id,
             received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,
-            message_id=add_mid, eol=line_ending(raw))
+            message_id=add_mid, eol=line_ending(raw),
+            delivered_to=plan.delivered_to(visible) if visible is not None else None)
         return await client.message_process(block + raw, model=plan.model, thread_id=plan.thread_id)
 
     def _apply(self, entry: SpoolEntry, plan: DeliveryPlan, res: Any, status: dict[str, dict[str, Any]],

@@ -2,8 +2,8 @@
 
 Prepended, never inserted or rewritten (the spooled bytes stay as received; design: Spool):
 - ``Return-Path: <envelope sender>`` — Odoo sends its refusals there, verbatim (gateway-spec §8);
-- ``Delivered-To: <rcpt>`` per envelope recipient of this delivery — Odoo reads it for routing and never
-  reads X-Original-To / Envelope-To (§2);
+- ``Delivered-To: <rcpt>`` per envelope recipient of this delivery that the headers do not already show —
+  Odoo reads it for routing (as To) and never reads X-Original-To / Envelope-To (§2);
 - ``Received:`` — the hop, for whoever reads the original later;
 - ``Message-Id:`` only when the message has none, derived from the queue id, so a retry carries the same id
   and Odoo's duplicate check (§1 step 4) drops it instead of posting twice.
@@ -96,10 +96,15 @@ def _clean(value: str) -> str:
 
 def delivery_headers(*, mail_from: str, recipients: Sequence[str], queue_id: str, received_at: float,
                      intake: str = "smtp", helo: str | None = None, peer: str | None = None,
-                     hostname: str = "localhost", message_id: str | None = None, eol: bytes = b"\r\n") -> bytes:
-    """The block prepended before delivery (see the module docstring), in the message's line ending."""
+                     hostname: str = "localhost", message_id: str | None = None, eol: bytes = b"\r\n",
+                     delivered_to: Sequence[str] | None = None) -> bytes:
+    """The block prepended before delivery (see the module docstring), in the message's line ending.
+
+    `delivered_to` (default: every recipient) are the recipients written as Delivered-To; see
+    `routing.decision.DeliveryPlan.delivered_to` for why recipients the headers already show are left out.
+    """
     lines = [f"Return-Path: <{_clean(mail_from)}>"]
-    lines += [f"Delivered-To: {_clean(r)}" for r in recipients]
+    lines += [f"Delivered-To: {_clean(r)}" for r in (recipients if delivered_to is None else delivered_to)]
     frm = ""
     if helo or peer:
         frm = "from " + (_clean(helo or "unknown") + (f" ({_clean(peer)})" if peer else "")) + "\r\n\t"

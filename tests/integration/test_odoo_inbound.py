@@ -98,15 +98,16 @@ async def test_delivers_raw_plus_documented_headers(gw: Harness, odoo_standin: O
     qid = await gw.put(raw)
     entry = await gw.wait(qid, State.DELIVERED)
     call = odoo_standin.posted()[-1]
+    # sales@ is in To already: no Delivered-To for it (Odoo would read it as To a second time).
     block = delivery_headers(mail_from="ann@example.org", recipients=["sales@example.com"], queue_id=qid,
                              received_at=entry.envelope.received_at, intake="smtp", helo="client.example.org",
-                             peer="192.0.2.7", hostname="gw.test")
+                             peer="192.0.2.7", hostname="gw.test", delivered_to=[])
     assert call.message == block + raw
     status = entry.rcpt_status["sales@example.com"]  # type: ignore[index]
     assert status["state"] == "delivered" and status["result"] == "posted" and status["record_id"]
     assert entry.route[0]["route"] == "alias" and entry.attempts == 1
     parsed = email.message_from_bytes(call.message, policy=email.policy.SMTP)
-    assert parsed["Return-Path"] == "<ann@example.org>" and parsed["Delivered-To"] == "sales@example.com"
+    assert parsed["Return-Path"] == "<ann@example.org>" and parsed["Delivered-To"] is None
 
 
 async def test_message_id_added_once_and_stable_across_retries(gw: Harness, odoo_standin: OdooStandin) -> None:
@@ -219,13 +220,16 @@ async def test_two_instances_each_get_their_recipients(tmp_path: Path) -> None:
                                      odoo_instance_config(b, tmp_path, name="b", api="json2",
                                                           domains=["example.net"])]).start()
         rcpts = ["sales@example.com", "sales@example.net", "support@example.net"]
-        raw = message("<two@x>", to=", ".join(rcpts))
+        # Only sales@example.com shows in To; the example.net recipients were Bcc'd.
+        raw = message("<two@x>", to="sales@example.com")
         qid = await h.put(raw, rcpts=rcpts)
         entry = await h.wait(qid, State.DELIVERED)
         [ca], [cb] = a.message_calls(), b.message_calls()
         pa = email.message_from_bytes(ca.message or b"", policy=email.policy.SMTP)
         pb = email.message_from_bytes(cb.message or b"", policy=email.policy.SMTP)
-        assert pa.get_all("Delivered-To") == ["sales@example.com"]
+        # Delivered-To is written for recipients the headers do not show, and only for them (Odoo reads it
+        # as To: a Cc'd alias written there would change its decision, routing-cases 50 and 73b).
+        assert pa.get_all("Delivered-To") is None
         assert pb.get_all("Delivered-To") == ["sales@example.net", "support@example.net"]
         assert {s["instance"] for s in entry.rcpt_status.values()} == {"a", "b"}  # type: ignore[union-attr]
         await h.close()
