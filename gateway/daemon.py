@@ -80,7 +80,8 @@ class Daemon:
             else:
                 check = self.admission.check_rcpt
             listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname,
-                                    on_stored=self._kick)
+                                    on_stored=self._kick,
+                                    message_check=self._check_message if lcfg.kind != "submission" else None)
             await listener.start()
             self.listeners.append(listener)
         notify(f"READY=1\nSTATUS=accepting mail on {', '.join(x.address for x in self.listeners) or 'no listener'}")
@@ -126,9 +127,7 @@ class Daemon:
 
     def _use_router(self, directory: Directory) -> None:
         """Each directory swap: RCPT prechecks use the inbound worker's router (it shares the loop guard)."""
-        router = getattr(self.inbound.worker, "router", None) if self.inbound else None
-        if router is None and self.inbound is not None:
-            router = self.inbound.worker._router
+        router = self.inbound.worker.router if self.inbound is not None else None
         precheck = getattr(router, "precheck", None)
         if precheck is None:
             self.admission.precheck = None
@@ -139,6 +138,16 @@ class Daemon:
             return None if result.accepted else f"{result.code} {result.status} {result.text}"
 
         self.admission.precheck = check
+
+    def _check_message(self, raw: bytes, rcpts: tuple[str, ...]) -> list[str | None]:
+        """End of DATA: the router's message rules (today only `routing.auto_submitted: refuse`)."""
+        if self.config.routing.auto_submitted != "refuse" or self.inbound is None:
+            return [None] * len(rcpts)
+        from routing.message import MessageView
+
+        router: Any = self.inbound.worker.router
+        answers = router.check_message(MessageView.from_bytes(raw), rcpts)
+        return [None if a.accepted else f"{a.code} {a.status} {a.text}" for a in answers]
 
     def _bounce_addresses(self) -> dict[str, tuple[str, str]]:
         """Envelope senders that get a VERP return path: every alias domain's bounce address."""

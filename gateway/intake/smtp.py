@@ -38,6 +38,8 @@ log = get_logger("mailgw.intake")
 
 # Answer for a recipient: None to accept, else the full reply line ("550 5.1.1 ...").
 RcptCheck = Callable[[str, str, str], str | None]
+# End of DATA, per recipient (same answers), for rules that need the message (routing.auto_submitted: refuse).
+MessageCheck = Callable[[bytes, tuple[str, ...]], list[str | None]]
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 256 * 1024
 _MSGID_RE = re.compile(rb"^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
@@ -288,9 +290,11 @@ class IntakeHandler:
         return _hook_dir(self, ("handle_", "auth_"))
 
     def __init__(self, *, spool: Spool, listener: ListenerConfig, hostname: str, rcpt_check: RcptCheck,
-                 direction: Direction = Direction.INBOUND, on_stored: Callable[[Direction], None] | None = None):
+                 direction: Direction = Direction.INBOUND, on_stored: Callable[[Direction], None] | None = None,
+                 message_check: MessageCheck | None = None):
         self.spool = spool
         self.on_stored = on_stored
+        self.message_check = message_check
         self.listener = listener
         self.hostname = hostname
         self.rcpt_check = rcpt_check
@@ -330,9 +334,17 @@ class IntakeHandler:
         raw = envelope.original_content
         assert isinstance(raw, bytes)
         rcpts = tuple(envelope.rcpt_tos)
+        refusals: dict[str, str] = {}
+        if self.message_check is not None:
+            answers = self.message_check(raw, rcpts)
+            refusals = {r: a for r, a in zip(rcpts, answers, strict=True) if a is not None}
+            if len(refusals) == len(rcpts):
+                log.info("intake.data_refused", peer=_peer_str(session.peer), reply=next(iter(refusals.values())))
+                return "\r\n".join(refusals[r] for r in rcpts) if self.lmtp else refusals[rcpts[0]]
+        accepted = tuple(r for r in rcpts if r not in refusals)
         env = Envelope(
             mail_from=_sender(envelope.mail_from),
-            rcpt_tos=rcpts,
+            rcpt_tos=accepted,
             intake=self.listener.kind,
             peer=_peer_str(session.peer),
             helo=session.host_name,
@@ -349,7 +361,9 @@ class IntakeHandler:
         if self.on_stored is not None:
             self.on_stored(self.direction)
         if self.lmtp:
-            return "\r\n".join(f"250 2.0.0 <{r}> Ok: queued as {queue_id}" for r in rcpts)
+            # RFC 2033: one reply per recipient accepted at RCPT, in order; a refusal at end of DATA is per
+            # recipient too. (SMTP has one reply: the refused recipients' mail is simply not stored for them.)
+            return "\r\n".join(refusals.get(r) or f"250 2.0.0 <{r}> Ok: queued as {queue_id}" for r in rcpts)
         return f"250 2.0.0 Ok: queued as {queue_id}"
 
     def _per_rcpt(self, rcpts: tuple[str, ...], line: str) -> str:
@@ -427,12 +441,12 @@ class SmtpListener:
     """One bound listener (SMTP, LMTP or submission) and its live sessions."""
 
     def __init__(self, listener: ListenerConfig, *, spool: Spool, rcpt_check: RcptCheck, hostname: str | None = None,
-                 on_stored: Callable[[Direction], None] | None = None):
+                 on_stored: Callable[[Direction], None] | None = None, message_check: MessageCheck | None = None):
         self.cfg = listener
         self.hostname = listener.hostname or hostname or default_hostname()
         direction = Direction.OUTBOUND if listener.kind == "submission" else Direction.INBOUND
         self.handler = IntakeHandler(spool=spool, listener=listener, hostname=self.hostname, rcpt_check=rcpt_check,
-                                     direction=direction, on_stored=on_stored)
+                                     direction=direction, on_stored=on_stored, message_check=message_check)
         self.tls_context = build_tls_context(listener)
         self.sessions: set[GatewaySMTP] = set()
         self.server: asyncio.Server | None = None

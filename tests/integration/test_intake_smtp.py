@@ -381,3 +381,36 @@ async def test_submission_requires_auth_over_tls_and_spools_outbound(tmp_path: P
         [entry] = await spool.list()
         assert entry.direction == Direction.OUTBOUND and entry.state == State.OUTGOING
         assert entry.envelope.rcpt_tos == ("anyone@anywhere.test",)
+
+
+async def test_end_of_data_refusal_is_per_recipient_in_lmtp(tmp_path: Path) -> None:
+    spool = await SqliteSpool.open(tmp_path / "spool.db")
+    cfg = ListenerConfig(kind="lmtp", bind="127.0.0.1:0")
+
+    def auto_to_alias(raw: bytes, rcpts: tuple[str, ...]) -> list[str | None]:
+        auto = b"Auto-Submitted: auto-replied" in raw
+        return ["550 5.7.1 auto-replies are not accepted here" if auto and r.startswith("alias") else None
+                for r in rcpts]
+
+    listener = SmtpListener(cfg, spool=spool, rcpt_check=rcpt_check, hostname="mx.test", message_check=auto_to_alias)
+    await listener.start()
+    try:
+        def session(body: bytes) -> list[int]:
+            with wire(("127.0.0.1", listener.port)) as w:
+                w.reply()
+                w.cmd("LHLO c")
+                w.cmd("MAIL FROM:<ooo@example.org>")
+                w.cmd(f"RCPT TO:<alias@{OURS}>")
+                w.cmd(f"RCPT TO:<person@{OURS}>")
+                w.cmd("DATA")
+                w.send(body + b".\r\n")
+                return [w.reply()[0], w.reply()[0]]
+
+        assert await asyncio.to_thread(session, b"Auto-Submitted: auto-replied\r\nSubject: OOO\r\n\r\naway\r\n") == [
+            550, 250]
+        [entry] = await spool.list()
+        assert entry.envelope.rcpt_tos == (f"person@{OURS}",)  # stored only for the recipient that took it
+        assert await asyncio.to_thread(session, b"Subject: normal\r\n\r\nhello\r\n") == [250, 250]
+    finally:
+        await listener.drain(1)
+        await spool.close()

@@ -202,3 +202,19 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
                          text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "mailgw.service" not in out.stderr  # no warning about our unit
+
+
+def test_auto_submitted_refused_at_end_of_data_when_configured(tmp_path: Path) -> None:
+    d = DaemonProcess(tmp_path, base_config(tmp_path, routing={"auto_submitted": "refuse"}))
+    try:
+        d.start()
+        auto = b"From: bot@example.org\r\nTo: inbox@example.com\r\nAuto-Submitted: auto-replied\r\n" \
+               b"Subject: Out of office\r\n\r\naway\r\n"
+        with pytest.raises(smtplib.SMTPDataError) as exc, smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=10) as c:
+            c.sendmail("bot@example.org", ["inbox@example.com"], auto)
+        assert exc.value.smtp_code == 550
+        with smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=10) as c:  # ordinary mail to the same alias passes
+            c.sendmail("human@example.org", ["inbox@example.com"], b"Subject: hi\r\n\r\nhello\r\n")
+        assert [e["mail_from"] for e in d.queue()] == ["human@example.org"]
+    finally:
+        d.stop()
