@@ -447,7 +447,26 @@ class InboundWorker:
                     row = None
                 if row and row.get("message_id") and row["message_id"] not in known:
                     known[row["message_id"]] = _known_message(instance, row)
+            for mid, relayed in (await self._relayed(refs)).items():
+                known.setdefault(mid, relayed)
         return list(router.route(view, recipients, known))
+
+    async def _relayed(self, refs: Sequence[str]) -> dict[str, Any]:
+        """Message-Ids of mail the gateway relayed for Odoo (outbound spool), with the record from its
+        X-Odoo-Objects header: a reply is recognised even when Odoo's own lookup found nothing."""
+        from routing.replies import KnownMessage
+
+        out: dict[str, Any] = {}
+        for mid, entries in (await self.spool.find_message_ids(list(refs))).items():
+            for e in entries:
+                if e.direction != Direction.OUTBOUND or mid in out:
+                    continue
+                instance = self._directory.owner_of(e.envelope.mail_from.rpartition("@")[2])
+                objects = getattr(_message_view(await self.spool.raw(e.queue_id)), "odoo_objects", None)
+                if instance and objects:
+                    out[mid] = KnownMessage(instance=instance, model=objects[0], res_id=objects[1], message_id=mid,
+                                            source="relayed")
+        return out
 
     def _refused(self, d: RouteDecision, status: dict[str, dict[str, Any]], failed: list[FailedRecipient],
                  temp: list[tuple[str, TempFailure]], now: float) -> None:

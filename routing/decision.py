@@ -70,8 +70,10 @@ class DeliveryPlan:
 def plan_deliveries(decisions: Sequence[RouteDecision]) -> list[DeliveryPlan]:
     """Group delivering decisions per instance (order of first appearance).
 
-    The model/thread passed to Odoo is the first subaddress or fallback decision of that instance: Odoo uses
-    it only when neither a reply reference nor an alias matched, which is exactly when the gateway needed it.
+    The model/thread passed to Odoo is the first subaddress, relayed-reply or fallback decision of that
+    instance: Odoo uses it only when neither a reply reference nor an alias matched, which is exactly when the
+    gateway needed it (a reply to mail the gateway relayed but whose Message-Id Odoo no longer knows still
+    lands on its record).
     """
     by_instance: dict[str, list[RouteDecision]] = {}
     for d in decisions:
@@ -79,7 +81,8 @@ def plan_deliveries(decisions: Sequence[RouteDecision]) -> list[DeliveryPlan]:
             by_instance.setdefault(d.instance, []).append(d)
     plans = []
     for instance, ds in by_instance.items():
-        target = next((d for d in ds if d.route in ("subaddress", "fallback") and d.model), None)
+        target = next((d for d in ds if d.model and (d.route in ("subaddress", "fallback")
+                                                     or d.rule == "reply.relayed")), None)
         plans.append(DeliveryPlan(
             instance=instance,
             model=target.model if target else None,

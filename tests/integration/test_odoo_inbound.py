@@ -312,3 +312,19 @@ async def test_stop_releases_what_is_unfinished(odoo_standin: OdooStandin, tmp_p
         assert entry is not None and entry.claimed_by is None and entry.state == State.RECEIVED
     odoo_standin.release_hangs()
     await h.close()
+
+
+async def test_reply_to_mail_the_gateway_relayed_lands_on_its_record(gw: Harness, odoo_standin: OdooStandin) -> None:
+    # Odoo sent this through the gateway (outbound spool); its mail.message is gone on the Odoo side.
+    sent = (b"From: notifications@example.com\r\nTo: ann@example.org\r\nSubject: Your order\r\n"
+            b"Message-Id: <relayed-1-openerp-42-crm.lead@odoo>\r\nX-Odoo-Objects: crm.lead-42\r\n\r\nhi\r\n")
+    await gw.spool.put(Envelope(mail_from="bounce@example.com", rcpt_tos=("ann@example.org",), intake="submission"),
+                       sent, direction=Direction.OUTBOUND, message_id="<relayed-1-openerp-42-crm.lead@odoo>")
+    reply = message("<reply-r1@example.org>", to="ann-replies@example.com",
+                    extra="In-Reply-To: <relayed-1-openerp-42-crm.lead@odoo>\r\n")
+    qid = await gw.put(reply, rcpts=["ann-replies@example.com"])
+    entry = await gw.wait(qid, State.DELIVERED)
+    assert entry.route[0]["route"] == "reply" and entry.route[0]["rule"] == "reply.relayed"
+    call = odoo_standin.posted()[-1]
+    # Odoo's own chain finds nothing (unknown id, no alias): the record the gateway knows is the fallback.
+    assert call.args[0] == "crm.lead" and call.kwargs == {"thread_id": 42}
