@@ -26,6 +26,8 @@ from pathlib import Path
 import yaml
 
 HERE = Path(__file__).resolve().parent
+# bench/ holds routing.py and bounce.py: the repository must come first, or they shadow the packages.
+sys.path.insert(0, str(HERE.parent))
 VENV_BIN = Path(sys.executable).parent
 
 BARE_SERVER = """
@@ -82,8 +84,20 @@ def start_bare(port: int) -> subprocess.Popen[bytes]:
                             stderr=subprocess.DEVNULL)
 
 
+def seed_directory(state: Path) -> None:
+    """The alias directory a gateway that has reached Odoo once keeps on disk (without it every RCPT is 451)."""
+    from gateway.odoo.directory import write_cache
+    from routing.directory import Alias, AliasDomain, Directory, InstanceDirectory
+
+    inst = InstanceDirectory("main", domains=(AliasDomain(1, "example.com"),),
+                             aliases=(Alias(1, "inbox", "example.com", "helpdesk.ticket"),), fetched_at=time.time())
+    state.mkdir(parents=True, exist_ok=True)
+    write_cache(Directory.build([inst], {"example.com": "main"}), state / "directory.json")
+
+
 def start_mailgw(port: int, workdir: Path) -> subprocess.Popen[bytes]:
     state = workdir / f"state-{port}"
+    seed_directory(state)
     cfg = {
         "state_dir": str(state),
         "listeners": [{"kind": "smtp", "bind": f"127.0.0.1:{port}", "hostname": "bench.test", "max_sessions": 2000}],

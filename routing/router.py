@@ -37,6 +37,8 @@ from routing.resolvers import (
     resolve,
 )
 
+_ADDRESS_MEMO_SIZE = 4096
+
 
 @dataclass(frozen=True, slots=True)
 class Precheck:
@@ -74,6 +76,9 @@ class Router:
         owner.update({normalize_domain(d): inst for d, inst in directory.domain_owner.items()})
         self._owner = owner
         self._indexes: dict[str, InstanceIndex] = {}
+        # RCPT answers from the address alone are a pure function of the recipient for this snapshot: remember
+        # them (the same few aliases get most mail). A new snapshot is a new Router, so nothing goes stale.
+        self._address_memo: dict[str, tuple[str | None, RouteDecision | None]] = {}
         for name, inst in directory.instances.items():
             old = (_indexes or {}).get(name)
             self._indexes[name] = old if old is not None and old.directory is inst else InstanceIndex.build(inst)
@@ -135,11 +140,19 @@ class Router:
         return r, instance, index
 
     def _by_address(self, rcpt: str) -> tuple[str | None, RouteDecision | None]:
+        memo = self._address_memo.get(rcpt)
+        if memo is not None:
+            return memo
         gate = self._gate(rcpt)
         if isinstance(gate, RouteDecision):
-            return gate.instance, gate
-        r, instance, index = gate
-        return instance, by_address(index, self._ipolicy(instance), r, self.policy.subaddress_separator)
+            result: tuple[str | None, RouteDecision | None] = (gate.instance, gate)
+        else:
+            r, instance, index = gate
+            result = instance, by_address(index, self._ipolicy(instance), r, self.policy.subaddress_separator)
+        if len(self._address_memo) >= _ADDRESS_MEMO_SIZE:
+            self._address_memo.clear()  # bounded: random recipients (a dictionary attack) cannot grow it
+        self._address_memo[rcpt] = result
+        return result
 
     def _precheck(self, rcpt: str, sender: str, now: float | None) -> Precheck:
         instance, decision = self._by_address(rcpt)
