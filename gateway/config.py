@@ -355,6 +355,7 @@ class MetricsConfig(_Model):
 
 class DnsCheckConfig(_Model):
     interval: Duration | None = None  # periodic dns-check inside the daemon (None: off)
+    nameservers: list[str] = []  # "host" or "host:port"; empty: the system's resolver
     selector: str | None = None
     ip: str | None = None
     expect_mx: list[str] = []

@@ -14,6 +14,14 @@ from gateway.logs import get_logger
 log = get_logger("mailgw.dnscheck")
 
 
+def _nameservers(specs: list[str]) -> list[tuple[str, int]]:
+    out = []
+    for spec in specs:
+        host, sep, port = spec.rpartition(":")
+        out.append((host.strip("[]"), int(port)) if sep and port.isdigit() and host else (spec, 53))
+    return out
+
+
 class DnsWatch:
     """Runs at start and every `dns_check.interval`; results go to `daemon.dns_status` (domain -> 0/1/2)."""
 
@@ -38,7 +46,8 @@ class DnsWatch:
             extra = [MailDomain(dom.name.lower()) for inst in inbound.directory.current.instances.values()
                      for dom in inst.domains]
         try:
-            reports = await run_checks(plan_checks(cfg, extra_domains=extra), DnsClient.create())
+            reports = await run_checks(plan_checks(cfg, extra_domains=extra),
+                                       DnsClient.create(_nameservers(cfg.dns_check.nameservers)))
         except Exception as exc:  # diagnostics must never disturb mail
             log.warning("dnscheck.failed", error=repr(exc))
             return

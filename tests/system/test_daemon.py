@@ -218,3 +218,34 @@ def test_auto_submitted_refused_at_end_of_data_when_configured(tmp_path: Path) -
         assert [e["mail_from"] for e in d.queue()] == ["human@example.org"]
     finally:
         d.stop()
+
+
+def test_metrics_healthz_and_periodic_dns_check(tmp_path: Path) -> None:
+    import json
+    import urllib.request
+
+    from tests.integration.dnsserver import DnsTestServer, mail_zone
+    from tests.system.daemon import free_port
+
+    zone = mail_zone("example.com", mx=["10 mx.example.com."], spf="v=spf1 +all", extra=["mx A 127.0.0.1"])
+    with DnsTestServer(zone) as dns:
+        port = free_port()
+        d = DaemonProcess(tmp_path, base_config(tmp_path, metrics={"bind": f"127.0.0.1:{port}"},
+                                                dns_check={"interval": "1h", "nameservers": [dns.nameserver]}))
+        try:
+            d.start()
+            with smtplib.SMTP("127.0.0.1", d.smtp_port, timeout=10) as c:
+                c.sendmail("a@example.org", ["inbox@example.com"], b"Subject: m\r\n\r\nx\r\n")
+            deadline = time.monotonic() + 20
+            text = ""
+            while time.monotonic() < deadline and 'mailgw_dns_check_status{domain="example.com"}' not in text:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+                time.sleep(0.1)
+            assert 'mailgw_dns_check_status{domain="example.com"} 2' in text  # +all is a failure
+            assert 'mailgw_intake_accepted_total{kind="smtp"' in text and "mailgw_spool_entries{" in text
+            assert 'mailgw_directory_aliases{instance="main"} 5' in text
+            health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
+            assert health["ok"] is True and health["odoo"]["main"] in ("closed", "open", "half_open")
+            assert "dnscheck.summary" in d.log_text()
+        finally:
+            d.stop()
