@@ -44,7 +44,7 @@ from gateway.errors import GatewayError
 from gateway.intake.mailbox import (
     BackoffPolicy,
     FetchedMessage,
-    MailboxLedger,
+    MailboxPoller,
     SpoolOutcome,
     crash_point,
     default_port,
@@ -380,32 +380,21 @@ def search_criteria(cfg: ImapConfig) -> str:
     return "UNSEEN" if cfg.after == "seen" else "ALL"
 
 
-class ImapPoller:
+class ImapPoller(MailboxPoller):
     """One mailbox folder -> the spool. `await run()` until `await stop()`; never raises for server trouble."""
 
-    backoff_initial = 1.0
-    backoff_max = 300.0
+    intake = "imap"
+    identity = ("uidvalidity", "uid")
+    extra_stats = ("flagged",)
+    cfg: ImapConfig
 
     def __init__(self, cfg: ImapConfig, config: Config, spool: Spool) -> None:
-        self.cfg = cfg
-        self.config = config
-        self.spool = spool
-        self.ledger = MailboxLedger(spool, cfg, config, intake="imap", identity=("uidvalidity", "uid"))
-        self.log = log.bind(mailbox=cfg.name)
-        self.stats: dict[str, int] = dict.fromkeys(
-            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "unreadable",
-             "flagged"), 0)
+        super().__init__(cfg, config, spool)
         self.uidvalidity: int | None = None
         self.idle_active = False  # True while an IDLE is acknowledged by the server (tests and metrics read it)
         self._left: set[int] = set()  # UIDs (of the current UIDVALIDITY) deliberately left in the mailbox
         self._suspects: dict[int, int] = {}  # UID -> failed FETCHes it was part of (reset by a good FETCH)
         self._inflight: list[int] | None = None  # UIDs of the FETCH in progress, to blame if the session dies
-        self._stopping = False
-        self._stop_event = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._finished = asyncio.Event()
-        self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
-        self._last_error: str | None = None
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -441,40 +430,12 @@ class ImapPoller:
             self._finished.set()
             self.log.info("imap.stopped")
 
-    async def stop(self, grace: float = 10.0) -> None:
-        """Finish the batch in progress (spool + flag), log out, return. Cancels after `grace` seconds."""
-        self._stopping = True
-        self._stop_event.set()
-        task = self._task
-        if task is None or task.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._finished.wait()), grace)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
     def _blame_inflight(self) -> None:
         """The session ended during a FETCH: suspect its UIDs (they are fetched alone from now on)."""
         if self._inflight:
             for u in self._inflight:
                 self._suspects[u] = self._suspects.get(u, 0) + 1
         self._inflight = None
-
-    def _note_error(self, exc: BaseException) -> None:
-        self.stats["errors"] += 1
-        text = f"{type(exc).__name__}: {exc}"
-        # Outages are logged once per change, not once per retry.
-        if text != self._last_error:
-            self.log.warning("imap.disconnected", error=text, retry_in=round(self._backoff.current, 1))
-        else:
-            self.log.debug("imap.disconnected", error=text)
-        self._last_error = text
-
-    async def _sleep(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop_event.wait(), seconds)
 
     # -- one connection ---------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ Envelope of mailbox mail (there was no SMTP transaction we saw):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import random
@@ -365,3 +366,58 @@ def crash_point() -> None:
 
 
 _commits_seen = 0
+
+
+class MailboxPoller:
+    """What the IMAP and POP3 pollers share: state, stats, backoff, a stop that finishes the batch in
+    progress, outage logging once per change. Subclasses implement `run()`."""
+
+    intake = "mailbox"
+    identity: tuple[str, ...] = ()
+    extra_stats: tuple[str, ...] = ()
+    backoff_initial = 1.0
+    backoff_max = 300.0
+
+    def __init__(self, cfg: MailboxBase, config: Config, spool: Spool) -> None:
+        self.cfg = cfg
+        self.config = config
+        self.spool = spool
+        self.ledger = MailboxLedger(spool, cfg, config, intake=self.intake, identity=self.identity)
+        self.log = get_logger(f"mailgw.intake.{self.intake}").bind(mailbox=cfg.name)
+        self.stats: dict[str, int] = dict.fromkeys(
+            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "unreadable",
+             *self.extra_stats), 0)
+        self._stopping = False
+        self._stop_event = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._finished = asyncio.Event()
+        self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
+        self._last_error: str | None = None
+
+    async def stop(self, grace: float = 10.0) -> None:
+        """Finish the batch in progress (spool + mailbox action), log out, return. Cancels after `grace`."""
+        self._stopping = True
+        self._stop_event.set()
+        task = self._task
+        if task is None or task.done():
+            return
+        try:
+            await asyncio.wait_for(asyncio.shield(self._finished.wait()), grace)
+        except TimeoutError:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+    def _note_error(self, exc: BaseException) -> None:
+        self.stats["errors"] += 1
+        text = f"{type(exc).__name__}: {exc}"
+        # Outages are logged once per change, not once per retry.
+        if text != self._last_error:
+            self.log.warning(f"{self.intake}.disconnected", error=text, retry_in=round(self._backoff.current, 1))
+        else:
+            self.log.debug(f"{self.intake}.disconnected", error=text)
+        self._last_error = text
+
+    async def _sleep(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop_event.wait(), seconds)

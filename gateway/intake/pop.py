@@ -26,7 +26,7 @@ from gateway.errors import GatewayError
 from gateway.intake.mailbox import (
     BackoffPolicy,
     FetchedMessage,
-    MailboxLedger,
+    MailboxPoller,
     SpoolOutcome,
     crash_point,
     default_port,
@@ -221,30 +221,19 @@ async def open_session(client: Pop3Client, cfg: Pop3Config, starttls: ssl.SSLCon
     await client.login(cfg.user, cfg.password())
 
 
-class Pop3Poller:
+class Pop3Poller(MailboxPoller):
     """One POP3 maildrop -> the spool. `await run()` until `await stop()`; never raises for server trouble."""
 
-    backoff_initial = 1.0
-    backoff_max = 300.0
+    intake = "pop3"
+    identity = ("uidl",)
+    extra_stats = ("deleted",)
     session_limit = 100  # messages per session; QUIT commits the DELEs
     batch_size = 20  # messages spooled together (one group commit)
+    cfg: Pop3Config
 
     def __init__(self, cfg: Pop3Config, config: Config, spool: Spool) -> None:
-        self.cfg = cfg
-        self.config = config
-        self.spool = spool
-        self.ledger = MailboxLedger(spool, cfg, config, intake="pop3", identity=("uidl",))
-        self.log = log.bind(mailbox=cfg.name)
-        self.stats: dict[str, int] = dict.fromkeys(
-            ("sessions", "errors", "fetched", "refetched", "duplicates", "parked", "oversized", "unreadable",
-             "deleted"), 0)
+        super().__init__(cfg, config, spool)
         self._left: set[str] = set()  # ledger keys of messages deliberately left on the server
-        self._stopping = False
-        self._stop_event = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
-        self._finished = asyncio.Event()
-        self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
-        self._last_error: str | None = None
 
     async def run(self) -> None:
         self._task = asyncio.current_task()
@@ -281,29 +270,6 @@ class Pop3Poller:
         finally:
             self._finished.set()
             self.log.info("pop3.stopped")
-
-    async def stop(self, grace: float = 10.0) -> None:
-        """Finish the batch in progress, QUIT, return. Cancels after `grace` seconds."""
-        self._stopping = True
-        self._stop_event.set()
-        task = self._task
-        if task is None or task.done():
-            return
-        try:
-            await asyncio.wait_for(asyncio.shield(self._finished.wait()), grace)
-        except TimeoutError:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
-
-    def _note_error(self, exc: BaseException) -> None:
-        self.stats["errors"] += 1
-        text = f"{type(exc).__name__}: {exc}"
-        if text != self._last_error:
-            self.log.warning("pop3.disconnected", error=text, retry_in=round(self._backoff.current, 1))
-        else:
-            self.log.debug("pop3.disconnected", error=text)
-        self._last_error = text
 
     async def _session(self, client: Pop3Client, starttls: ssl.SSLContext | None) -> bool:
         """One connection. Returns True when messages remain for an immediate next session."""
