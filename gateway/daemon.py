@@ -36,11 +36,6 @@ class Service(Protocol):
     async def stop(self) -> None: ...
 
 
-# Extension points filled by the components that exist: each takes the daemon and returns services to run.
-ServiceFactory = Callable[["Daemon"], Awaitable[list[Service]]]
-SERVICE_FACTORIES: list[ServiceFactory] = []
-
-
 class Daemon:
     def __init__(self, config: Config, config_path: Path | None = None):
         self.config = config
@@ -70,8 +65,6 @@ class Daemon:
         log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=str(cfg.spool_path),
                  recovered=len(report.released), parked=len(report.parked))
         self.services.extend(self._build_services())
-        for factory in SERVICE_FACTORIES:
-            self.services.extend(await factory(self))
         for svc in self.services:
             self._service_tasks.append(asyncio.create_task(self._run_service(svc), name=type(svc).__name__))
         for lcfg in cfg.listeners:
