@@ -101,6 +101,40 @@ def _hook_dir(obj: object, prefixes: tuple[str, ...]) -> list[str]:
     return names
 
 
+_HOOKS: dict[int, tuple[object, dict[str, Callable[..., Any]]]] = {}
+
+
+def _handler_hooks(handler: object) -> dict[str, Callable[..., Any]]:
+    """handle_* methods by command; one handler serves every session of a listener, so build it once."""
+    cached = _HOOKS.get(id(handler))
+    if cached is None or cached[0] is not handler:
+        hooks = {attr[7:]: getattr(handler, attr) for attr in _hook_dir(handler, ("handle_", "auth_"))
+                 if attr.startswith("handle_")}
+        cached = _HOOKS[id(handler)] = (handler, hooks)
+    return cached[1]
+
+
+class _SmtpMethods(dict):
+    """aiosmtpd's command table (`self._smtp_methods.get(COMMAND)`), bound on lookup instead of per connection."""
+
+    def __init__(self, proto: SMTP):
+        super().__init__()
+        self.proto = proto
+
+    def get(self, command: str, default: Any = None) -> Any:
+        method = getattr(self.proto, f"smtp_{command}", None) if command.isalpha() else None
+        return default if method is None else method
+
+    def __contains__(self, command: object) -> bool:
+        return isinstance(command, str) and self.get(command) is not None
+
+    def keys(self) -> Any:
+        return [n[5:] for n in _hook_dir(self.proto, ("smtp_", "auth_")) if n.startswith("smtp_")]
+
+    def items(self) -> Any:  # HELP lists the commands
+        return [(name, getattr(self.proto, f"smtp_{name}")) for name in self.keys()]
+
+
 _AUTH_NAMES: dict[tuple[type, type], list[tuple[str, str, bool]]] = {}
 
 
@@ -121,6 +155,9 @@ def _auth_names(proto_cls: type, handler_cls: type) -> list[tuple[str, str, bool
 # The common MAIL/RCPT argument: <local@domain> followed by parameters. Anything else (quoted local parts,
 # source routes, comments) goes to aiosmtpd's full RFC 5321 parser.
 _PLAIN_ANGLE_ADDR = re.compile(r"\s*<((?:[^<>\s\"\\(),;:@\[\]]+@[^<>\s\"\\(),;:@\[\]]+)?)>(.*)", re.DOTALL)
+
+
+_REPLY_BUFFER_LIMIT = 64 * 1024
 
 
 class GatewaySMTP(SMTP):
@@ -164,6 +201,7 @@ class GatewaySMTP(SMTP):
         self.require_starttls = bool(tls_context and require_starttls)
         self._timeout_duration = listener.idle_timeout
         self._timeout_handle = None
+        self._idle_deadline = 0.0
         self._tls_handshake_okay = True
         self._tls_protocol = None
         self._original_transport = None
@@ -178,23 +216,38 @@ class GatewaySMTP(SMTP):
         self._auth_required = auth_required
         self._auth_methods = {name: _AuthMechAttr(getattr(self if own else handler, attr), own)
                               for name, attr, own in _auth_names(type(self), type(handler))}
-        self._handle_hooks = {attr[7:]: getattr(handler, attr) for attr in _hook_dir(handler, ("handle_", "auth_"))
-                              if attr.startswith("handle_")}
+        self._handle_hooks = _handler_hooks(handler)
         self._ehlo_hook_ver = "new" if "EHLO" in self._handle_hooks else None
-        self._smtp_methods = {attr[5:]: getattr(self, attr) for attr in _hook_dir(self, ("smtp_", "auth_"))
-                              if attr.startswith("smtp_")}
+        self._smtp_methods = _SmtpMethods(self)
         self._enforce_call_limit = False
 
     async def push(self, status: AnyStr) -> None:
-        if isinstance(status, str):
-            await super().push(with_enhanced_code(status))
-        else:
-            await super().push(status)
+        data = (with_enhanced_code(status).encode("utf-8") if isinstance(status, str) else status) + b"\r\n"
+        transport = self._writer.transport
+        transport.write(data)
+        # Replies are small: wait for the socket only when the peer does not read (flow control kicks in).
+        if transport.get_write_buffer_size() > _REPLY_BUFFER_LIMIT:
+            await self._writer.drain()
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._on_lost is not None:
             self._on_lost(self)
         super().connection_lost(error)
+
+    def _reset_timeout(self, duration: float | None = None) -> None:
+        """aiosmtpd cancels and re-creates a timer on every command and DATA chunk; moving a deadline and
+        re-arming one timer only when it fires does the same job for a fraction of the cost."""
+        now = self.loop.time()
+        self._idle_deadline = now + (duration or self._timeout_duration)
+        if self._timeout_handle is None or self._timeout_handle.cancelled():
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
+
+    def _idle_check(self) -> None:
+        if self.loop.time() >= self._idle_deadline:
+            self._timeout_handle = None
+            self._timeout_cb()
+        else:
+            self._timeout_handle = self.loop.call_at(self._idle_deadline, self._idle_check)
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str) -> None:

@@ -414,3 +414,18 @@ async def test_end_of_data_refusal_is_per_recipient_in_lmtp(tmp_path: Path) -> N
     finally:
         await listener.drain(1)
         await spool.close()
+
+
+async def test_help_noop_rset_vrfy_and_unknown_commands(tmp_path: Path) -> None:
+    async with listening(tmp_path) as (listener, _spool):
+        def session() -> list[tuple[int, list[str]]]:
+            with wire(("127.0.0.1", listener.port)) as w:
+                w.reply()
+                w.cmd("EHLO c")
+                return [w.cmd("HELP"), w.cmd("HELP MAIL"), w.cmd("NOOP"), w.cmd("RSET"), w.cmd("VRFY x"),
+                        w.cmd("X-UNKNOWN"), w.cmd("MAIL FROM:<a@example.org>"), w.cmd("QUIT")]
+
+        replies = await asyncio.to_thread(session)
+        codes = [c for c, _ in replies]
+        assert codes == [250, 250, 250, 250, 252, 500, 250, 221]
+        assert "DATA" in replies[0][1][0] and "MAIL" in replies[0][1][0] and "Syntax: MAIL" in replies[1][1][0]
