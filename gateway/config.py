@@ -266,9 +266,20 @@ class BounceConfig(_SecretHolder):
     forward_soft: bool = False
 
     def verp_secret(self) -> bytes | None:
-        if not (self.verp_secret_env or self.verp_secret_file):
+        """The VERP key, or None (VERP off) when none is configured or the named variable is unset. An unset
+        variable is not fatal: mail flows with Odoo's static bounce address; `verp_warning()` says why."""
+        if self.verp_warning() is not None or not (self.verp_secret_env or self.verp_secret_file):
             return None
         return resolve_secret(self.verp_secret_env, self.verp_secret_file, what="bounce.verp_secret").encode()
+
+    def verp_warning(self) -> str | None:
+        if not self.verp:
+            return None
+        if not (self.verp_secret_env or self.verp_secret_file):
+            return "bounce.verp is on but no verp_secret_env/verp_secret_file is set: VERP is off"
+        if self.verp_secret_file is None and not os.environ.get(self.verp_secret_env or ""):
+            return f"bounce.verp_secret: environment variable {self.verp_secret_env} is not set: VERP is off"
+        return None
 
 
 class DkimConfig(_Model):

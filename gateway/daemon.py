@@ -94,6 +94,8 @@ class Daemon:
         assert self.spool is not None
         services: list[Service] = []
         verp_secret = cfg.bounce.verp_secret()
+        if cfg.bounce.verp_warning():
+            log.warning("bounce.verp_off", reason=cfg.bounce.verp_warning())
         if cfg.odoo:
             self.inbound = InboundService(cfg, self.spool, hostname=self.hostname)
             directory = self.inbound.directory

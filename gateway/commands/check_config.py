@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 
 from gateway.commands import SubParsers, add_config_arg, report_config_error
 from gateway.config import ConfigError, load_config
@@ -23,6 +24,9 @@ def run(args: argparse.Namespace) -> int:
         # Secrets are only checked for presence here, never printed.
         for inst in cfg.odoo:
             inst.password()
+        cfg.bounce.verp_secret()
+        if cfg.bounce.verp_warning():
+            print(f"{args.config}: warning: {cfg.bounce.verp_warning()}", file=sys.stderr)
     except ConfigError as exc:
         report_config_error(args.config, exc)
         return EX_CONFIG

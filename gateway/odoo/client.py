@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from gateway.config import OdooConfig
+from gateway.config import ConfigError, OdooConfig
 from gateway.errors import ConfigProblem, GatewayError, PermFailure, TempFailure
 from gateway.logs import get_logger
 from gateway.odoo.breaker import BreakerOpenError, CircuitBreaker
@@ -162,6 +162,28 @@ class _TtlCache:
             self._data.popitem(last=False)
 
 
+class UnconfiguredTransport:
+    """Stands in for a transport whose secret could not be read: every call fails as a config problem."""
+
+    def __init__(self, protocol: str, reason: str):
+        self.protocol = protocol
+        self.reason = reason
+        self.uid: int | None = None
+
+    async def version(self) -> dict[str, Any]:
+        raise OdooConfigError(self.reason, kind="secret")
+
+    async def authenticate(self) -> int:
+        raise OdooConfigError(self.reason, kind="secret")
+
+    async def call(self, model: str, method: str, args: list[Any], kwargs: Mapping[str, Any], *,
+                   names: tuple[str, ...] = (), timeout: float | None = None) -> Any:
+        raise OdooConfigError(self.reason, kind="secret")
+
+    async def close(self) -> None:
+        return None
+
+
 class OdooClient:
     """One configured Odoo instance. Create, `await start()`, call, `await close()`."""
 
@@ -172,10 +194,16 @@ class OdooClient:
         self.name = config.name
         self.timeout = config.timeout
         if transport is None:
-            pool = HttpConnectionPool(config.url, size=config.max_concurrency, timeout=config.timeout)
-            secret = config.password() if secret is None else secret
-            cls = XmlRpcTransport if config.api == "xmlrpc" else Json2Transport
-            transport = cls(pool, config.database, config.login, secret)
+            try:
+                secret = config.password() if secret is None else secret
+            except ConfigError as exc:
+                # The daemon keeps running (mail spools, RCPT answers 451 without a directory); every call says
+                # what is missing, as a config problem: deferred and loud, never a bounce.
+                transport = UnconfiguredTransport(config.api, "; ".join(exc.errors))
+            else:
+                pool = HttpConnectionPool(config.url, size=config.max_concurrency, timeout=config.timeout)
+                cls = XmlRpcTransport if config.api == "xmlrpc" else Json2Transport
+                transport = cls(pool, config.database, config.login, secret)
         self.transport: RpcTransport = transport
         self.breaker = CircuitBreaker(config.name, threshold=breaker_threshold, cooldown=breaker_cooldown)
         self.breaker.subscribe(self._on_breaker)

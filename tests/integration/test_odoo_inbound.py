@@ -328,3 +328,18 @@ async def test_reply_to_mail_the_gateway_relayed_lands_on_its_record(gw: Harness
     call = odoo_standin.posted()[-1]
     # Odoo's own chain finds nothing (unknown id, no alias): the record the gateway knows is the fallback.
     assert call.args[0] == "crm.lead" and call.kwargs == {"thread_id": 42}
+
+
+async def test_unreadable_secret_defers_and_never_bounces(odoo_standin: OdooStandin, tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    inst = {**odoo_instance_config(odoo_standin, tmp_path), "password_file": str(tmp_path / "missing.secret")}
+    h = await Harness(tmp_path, [inst]).start()
+    try:
+        qid = await h.put(message("<nosecret@x>"))
+        entry = await h.wait(qid, State.DEFERRED)
+        assert (entry.last_error or "").startswith("451 4.3.0")  # no directory could be read: wait, retry
+        assert "cannot read secret file" in capsys.readouterr().err  # the operator is told why
+        assert odoo_standin.message_calls() == []
+        assert [e for e in await h.spool.list() if e.direction == Direction.OUTBOUND] == []  # no DSN
+    finally:
+        await h.close()
