@@ -19,7 +19,8 @@ from typing import Any, Protocol
 from gateway import __version__
 from gateway.admission import AdmissionPolicy
 from gateway.config import Config, ConfigError, load_config
-from gateway.intake.smtp import SmtpListener, default_hostname
+from gateway.host import default_hostname
+from gateway.intake.smtp import SmtpListener
 from gateway.logs import get_logger, setup_logging
 from gateway.sdnotify import notify, watchdog_interval
 from gateway.spool import Direction, SqliteSpool, open_spool

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from email.utils import format_datetime, formatdate
 from typing import Any
 
+from gateway.headers import get_header, split_message
 from gateway.logs import get_logger
-from gateway.odoo.headers import get_header, split_message
 from gateway.spool import Direction, Envelope, Spool, SpoolEntry
 
 log = get_logger("mailgw.dsn")

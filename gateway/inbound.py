@@ -31,11 +31,12 @@ from typing import Any, Protocol
 from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
 from gateway.errors import ConfigProblem, PermFailure, TempFailure
+from gateway.headers import get_header, line_ending
 from gateway.logs import get_logger
 from gateway.odoo.breaker import BreakerOpenError
 from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, OdooTempError, ProcessResult
 from gateway.odoo.directory import DirectorySync
-from gateway.odoo.headers import delivery_headers, get_header, line_ending, stable_message_id
+from gateway.odoo.headers import delivery_headers, stable_message_id
 from gateway.odoo.transport import TransportError
 from gateway.spool import Direction, Spool, SpoolEntry, State
 from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, plan_deliveries

@@ -20,7 +20,8 @@ from gateway.admission import domain_of
 from gateway.commands import SubParsers, add_config_arg, load_config_or_report
 from gateway.config import Config
 from gateway.exitcodes import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
-from gateway.intake.smtp import default_hostname, extract_message_id
+from gateway.headers import extract_message_id
+from gateway.host import default_hostname
 from gateway.spool import Envelope, open_spool
 
 RECIPIENT_HEADERS = ("Delivered-To", "To", "Cc", "Resent-To", "Resent-Cc")

@@ -18,7 +18,6 @@ import asyncio
 import logging
 import os
 import re
-import socket
 import ssl
 import stat
 import time
@@ -31,6 +30,8 @@ from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, _Au
 from aiosmtpd.smtp import Envelope as SmtpEnvelope
 
 from gateway.config import ListenerConfig
+from gateway.headers import extract_message_id
+from gateway.host import default_hostname
 from gateway.logs import get_logger
 from gateway.spool import Direction, Envelope, Spool
 
@@ -42,19 +43,6 @@ RcptCheck = Callable[[str, str, str], str | None]
 MessageCheck = Callable[[bytes, tuple[str, ...]], list[str | None]]
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 256 * 1024
-_MSGID_RE = re.compile(rb"^message-id[ \t]*:[ \t]*((?:.*)(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
-_HEADER_END = re.compile(rb"\r?\n\r?\n")
-
-
-def extract_message_id(raw: bytes) -> str | None:
-    """Message-Id from the header block, unfolded, or None. Never raises."""
-    end = _HEADER_END.search(raw)
-    head = raw[: end.start()] if end else raw[:65536]
-    m = _MSGID_RE.search(head)
-    if not m:
-        return None
-    value = re.sub(rb"\s+", b"", m.group(1)).decode("utf-8", "replace").strip()
-    return value or None
 
 
 # We advertise ENHANCEDSTATUSCODES (RFC 2034), so aiosmtpd's own bare replies get one too.
@@ -80,10 +68,6 @@ def with_enhanced_code(line: str) -> str:
 
 def longest_line(data: bytes) -> int:
     return max(map(len, data.split(b"\n")), default=0)
-
-
-def default_hostname() -> str:
-    return socket.getfqdn() or "localhost"
 
 
 # aiosmtpd.SMTP.__init__ walks dir() of the protocol and of the handler on every connection to find its

@@ -23,64 +23,12 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
-_UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+from gateway.headers import header_fields, line_ending, split_message, unfold
+
 _INTAKE_PROTOCOL = {
     "smtp": "ESMTP", "lmtp": "LMTP", "submission": "ESMTPA", "pipe": "local", "imap": "IMAP",
     "pop3": "POP3", "internal": "local",
 }
-
-
-def line_ending(raw: bytes) -> bytes:
-    """The message's own line ending, so added lines match it."""
-    nl = raw.find(b"\n")
-    return b"\r\n" if nl > 0 and raw[nl - 1:nl] == b"\r" else b"\n"
-
-
-def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
-    """(header block incl. its last line ending, the empty line, body). No empty line: all header."""
-    if raw.startswith((b"\r\n", b"\n")):
-        eol = b"\r\n" if raw.startswith(b"\r\n") else b"\n"
-        return b"", eol, raw[len(eol):]
-    m = _BLANK_LINE.search(raw)
-    if m is None:
-        return raw, b"", b""
-    nl = raw.index(b"\n", m.start()) + 1  # end of the last header line
-    return raw[:nl], raw[nl:m.end()], raw[m.end():]
-
-
-def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
-    """Raw header fields in order: (name as written, full field bytes incl. continuations and line ending)."""
-    fields: list[tuple[bytes, bytes]] = []
-    for line in head.splitlines(keepends=True):
-        if line[:1] in (b" ", b"\t") and fields:
-            name, data = fields[-1]
-            fields[-1] = (name, data + line)
-        else:
-            fields.append((line.split(b":", 1)[0].strip(), line))
-    return fields
-
-
-def get_header(raw: bytes, name: str) -> str | None:
-    """First value of header `name` (unfolded, stripped, decoded leniently), or None."""
-    head = split_message(raw)[0]
-    m = _field_pattern(name).search(head)
-    if m is None:
-        return None
-    value = _UNFOLD.sub(b"", m.group(1))
-    return value.strip().decode("utf-8", "replace")
-
-
-_FIELD_PATTERNS: dict[str, re.Pattern[bytes]] = {}
-
-
-def _field_pattern(name: str) -> re.Pattern[bytes]:
-    pat = _FIELD_PATTERNS.get(name)
-    if pat is None:
-        # The field at a line start, its value with any continuation lines.
-        pat = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
-        _FIELD_PATTERNS[name] = pat
-    return pat
 
 
 def stable_message_id(queue_id: str, domain: str) -> str:
@@ -157,7 +105,7 @@ def _content_type(head: bytes) -> tuple[bytes, bytes | None, bytes]:
     ctype, boundary, cte = b"text/plain", None, b""
     for name, data in header_fields(head):
         lname = name.lower()
-        value = _UNFOLD.sub(b"", data.split(b":", 1)[1] if b":" in data else b"").strip()
+        value = unfold(data.split(b":", 1)[1] if b":" in data else b"").strip()
         if lname == b"content-type" and ctype == b"text/plain":
             ctype = value.split(b";", 1)[0].strip().lower() or b"text/plain"
             m = _PARAM_BOUNDARY.search(value)
@@ -239,6 +187,6 @@ def _encode_run(m: re.Match[bytes]) -> bytes:
     words = re.split(rb"((?:\r?\n)?[ \t]+)", run)  # words at even indexes, separators at odd ones
     first = next(i for i in range(0, len(words), 2) if not _utf8_ok(words[i]))
     last = max(i for i in range(0, len(words), 2) if not _utf8_ok(words[i]))
-    middle = _UNFOLD.sub(b"", b"".join(words[first:last + 1]))
+    middle = unfold(b"".join(words[first:last + 1]))
     encoded = b"=?unknown-8bit?b?" + base64.b64encode(middle) + b"?="
     return b"".join(words[:first]) + encoded + b"".join(words[last + 1:])

@@ -19,8 +19,8 @@ from typing import Any
 
 from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
+from gateway.headers import header_fields, split_message
 from gateway.logs import get_logger
-from gateway.odoo.headers import header_fields, split_message
 from gateway.outbound.dkim import DkimSigner
 from gateway.outbound.sender import RcptResult, SmtpSender, Transaction, group_by_domain
 from gateway.retry import backoff_delay

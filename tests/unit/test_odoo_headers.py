@@ -6,14 +6,8 @@ import email
 import email.policy
 from email.message import Message
 
-from gateway.odoo.headers import (
-    delivery_headers,
-    get_header,
-    json_safe_message,
-    line_ending,
-    split_message,
-    stable_message_id,
-)
+from gateway.headers import extract_message_id, get_header, line_ending, split_message
+from gateway.odoo.headers import delivery_headers, json_safe_message, stable_message_id
 
 LATIN1 = (
     b"From: J\xf6rg M\xfcller <j@example.org>\r\nTo: sales@example.com\r\n"
@@ -111,3 +105,10 @@ def test_json_safe_single_part_and_bad_base64() -> None:
     raw64 = b"Content-Transfer-Encoding: base64\r\n\r\naGVs\xffbG8=\r\n"
     out64 = json_safe_message(raw64).encode()
     assert email.message_from_bytes(out64).get_payload(decode=True) == b"hello"
+
+
+def test_extract_message_id_unfolds_and_tolerates_garbage() -> None:
+    assert extract_message_id(b"Subject: x\r\nMessage-ID:\r\n <a.b@\r\n c>\r\n\r\nbody") == "<a.b@c>"
+    assert extract_message_id(b"Subject: x\r\n\r\nMessage-Id: <in-body@x>\r\n") is None
+    assert extract_message_id(b"Message-Id:   \r\n\r\n") is None
+    assert extract_message_id(b"\xff\xfe\x00garbage") is None

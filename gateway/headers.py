@@ -1,0 +1,78 @@
+"""Reading a raw message's header section without parsing the message: what every part of the gateway that
+looks at headers shares (intake, delivery to Odoo, outbound, DSNs). Bytes in, never raises, line endings kept.
+Light on imports on purpose: `mailgw pipe` runs once per message under an MTA.
+"""
+
+from __future__ import annotations
+
+import re
+
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+_UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
+_WHITESPACE = re.compile(rb"\s+")
+
+
+def line_ending(raw: bytes) -> bytes:
+    """The message's own line ending, so added lines match it."""
+    nl = raw.find(b"\n")
+    return b"\r\n" if nl > 0 and raw[nl - 1:nl] == b"\r" else b"\n"
+
+
+def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """(header block incl. its last line ending, the empty line, body). No empty line: all header."""
+    if raw.startswith((b"\r\n", b"\n")):
+        eol = b"\r\n" if raw.startswith(b"\r\n") else b"\n"
+        return b"", eol, raw[len(eol):]
+    m = _BLANK_LINE.search(raw)
+    if m is None:
+        return raw, b"", b""
+    nl = raw.index(b"\n", m.start()) + 1  # end of the last header line
+    return raw[:nl], raw[nl:m.end()], raw[m.end():]
+
+
+def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
+    """Raw header fields in order: (name as written, full field bytes incl. continuations and line ending)."""
+    fields: list[tuple[bytes, bytes]] = []
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, data = fields[-1]
+            fields[-1] = (name, data + line)
+        else:
+            fields.append((line.split(b":", 1)[0].strip(), line))
+    return fields
+
+
+def get_header(raw: bytes, name: str) -> str | None:
+    """First value of header `name` (unfolded, stripped, decoded leniently), or None."""
+    head = split_message(raw)[0]
+    m = _field_pattern(name).search(head)
+    if m is None:
+        return None
+    value = _UNFOLD.sub(b"", m.group(1))
+    return value.strip().decode("utf-8", "replace")
+
+
+_FIELD_PATTERNS: dict[str, re.Pattern[bytes]] = {}
+
+
+def _field_pattern(name: str) -> re.Pattern[bytes]:
+    pat = _FIELD_PATTERNS.get(name)
+    if pat is None:
+        # The field at a line start, its value with any continuation lines.
+        pat = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
+        _FIELD_PATTERNS[name] = pat
+    return pat
+
+
+def unfold(value: bytes) -> bytes:
+    """A header value with its folding line breaks removed (RFC 5322 §2.2.3)."""
+    return _UNFOLD.sub(b"", value)
+
+
+def extract_message_id(raw: bytes) -> str | None:
+    """Message-Id, unfolded and without inner whitespace, or None."""
+    value = get_header(raw, "Message-Id")
+    if value is None:
+        return None
+    value = _WHITESPACE.sub(b"", value.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
+    return value or None
