@@ -53,7 +53,7 @@ from gateway.intake.mailbox import (
     ssl_context_for,
 )
 from gateway.logs import get_logger
-from gateway.spool.base import Spool, State
+from gateway.spool.base import Spool
 
 T = TypeVar("T")
 log = get_logger("mailgw.intake.imap")
@@ -582,17 +582,6 @@ class ImapPoller(MailboxPoller):
                 committed.append((int(o.key.rsplit(":", 1)[1]), o.queue_id or ""))
             else:
                 failed.append(o)
-
-    def _count(self, outcomes: Sequence[SpoolOutcome]) -> None:
-        for o in outcomes:
-            if o.duplicate_of:
-                self.stats["duplicates"] += 1
-            elif o.created and o.state == State.FAILED:
-                self.stats["parked"] += 1
-            elif o.created:
-                self.stats["fetched"] += 1
-            elif o.committed:
-                self.stats["refetched"] += 1
 
     async def _oversized(self, client: ImapClient, uid: int, size: int) -> None:
         assert self.uidvalidity is not None

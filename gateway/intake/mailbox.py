@@ -421,3 +421,14 @@ class MailboxPoller:
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop_event.wait(), seconds)
+
+    def _count(self, outcomes: Sequence[SpoolOutcome]) -> None:
+        for o in outcomes:
+            if o.duplicate_of:
+                self.stats["duplicates"] += 1
+            elif o.created and o.state == State.FAILED:
+                self.stats["parked"] += 1
+            elif o.created:
+                self.stats["fetched"] += 1
+            elif o.committed:
+                self.stats["refetched"] += 1

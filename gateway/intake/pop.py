@@ -27,7 +27,6 @@ from gateway.intake.mailbox import (
     BackoffPolicy,
     FetchedMessage,
     MailboxPoller,
-    SpoolOutcome,
     crash_point,
     default_port,
     is_loopback,
@@ -35,7 +34,7 @@ from gateway.intake.mailbox import (
     ssl_context_for,
 )
 from gateway.logs import get_logger
-from gateway.spool.base import Spool, State
+from gateway.spool.base import Spool
 
 log = get_logger("mailgw.intake.pop3")
 
@@ -365,14 +364,3 @@ class Pop3Poller(MailboxPoller):
                 await client.quit()
             raise Pop3Error(f"{len(failed)} message(s) could not be spooled: {failed[0].error}")
         return done
-
-    def _count(self, outcomes: list[SpoolOutcome]) -> None:
-        for o in outcomes:
-            if o.duplicate_of:
-                self.stats["duplicates"] += 1
-            elif o.created and o.state == State.FAILED:
-                self.stats["parked"] += 1
-            elif o.created:
-                self.stats["fetched"] += 1
-            elif o.committed:
-                self.stats["refetched"] += 1
