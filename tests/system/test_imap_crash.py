@@ -40,6 +40,20 @@ def dovecot() -> Iterator[DovecotServer]:
     yield from dovecot_server_fixture()
 
 
+_RUNNING: list[RunnerProcess] = []
+
+
+@pytest.fixture(autouse=True)
+def _kill_leftover_daemons() -> Iterator[None]:
+    """A failed assertion must not leave a daemon behind (it would keep polling the test mailbox)."""
+    yield
+    while _RUNNING:
+        runner = _RUNNING.pop()
+        if runner.proc is not None and runner.proc.poll() is None:
+            runner.proc.kill()
+            runner.proc.wait(10)
+
+
 class RunnerProcess:
     def __init__(self, tmp: Path, cfg: dict[str, Any]):
         self.tmp = tmp
@@ -49,6 +63,7 @@ class RunnerProcess:
         self.spool = Path(cfg["state_dir"]) / "spool.sqlite3"
         self.proc: subprocess.Popen[bytes] | None = None
         self.runs = 0
+        _RUNNING.append(self)
 
     def start(self, **env: str) -> None:
         self.runs += 1
