@@ -22,9 +22,9 @@ from gateway.config import Config, ConfigError, load_config
 from gateway.host import default_hostname
 from gateway.intake.smtp import SmtpListener
 from gateway.logs import get_logger, setup_logging
+from gateway.routing_policy import rcpt_precheck, smtp_line
 from gateway.sdnotify import notify, watchdog_interval
 from gateway.spool import Direction, SqliteSpool, open_spool
-from routing.directory import Directory
 
 log = get_logger("mailgw.daemon")
 
@@ -104,8 +104,9 @@ class Daemon:
                                            directory=lambda: directory.current, hostname=self.hostname,
                                            verp_secret=verp_secret, forward_soft=cfg.bounce.forward_soft)
             self.inbound.worker.bounce_handler = self.bounces
-            self._use_router(directory.current)
-            directory.subscribe(self._use_router)
+            # RCPT prechecks ask the worker's current router (swapped per snapshot; it shares the loop guard).
+            worker = self.inbound.worker
+            self.admission.precheck = rcpt_precheck(lambda: worker.router)
             self.reload_hooks.append(self.inbound.reload)
             services.append(self.inbound)
         self.outbound = OutboundWorker(cfg, self.spool, hostname=self.hostname, verp_secret=verp_secret,
@@ -121,29 +122,13 @@ class Daemon:
             services.append(DnsWatch(self))
         return services
 
-    def _use_router(self, directory: Directory) -> None:
-        """Each directory swap: RCPT prechecks use the inbound worker's router (it shares the loop guard)."""
-        router = self.inbound.worker.router if self.inbound is not None else None
-        precheck = getattr(router, "precheck", None)
-        if precheck is None:
-            self.admission.precheck = None
-            return
-
-        def check(rcpt: str, sender: str) -> str | None:
-            result = precheck(rcpt, sender=sender)
-            return None if result.accepted else f"{result.code} {result.status} {result.text}"
-
-        self.admission.precheck = check
-
     def _check_message(self, raw: bytes, rcpts: tuple[str, ...]) -> list[str | None]:
         """End of DATA: the router's message rules (today only `routing.auto_submitted: refuse`)."""
         if self.config.routing.auto_submitted != "refuse" or self.inbound is None:
             return [None] * len(rcpts)
         from routing.message import MessageView
 
-        router: Any = self.inbound.worker.router
-        answers = router.check_message(MessageView.from_bytes(raw), rcpts)
-        return [None if a.accepted else f"{a.code} {a.status} {a.text}" for a in answers]
+        return [smtp_line(a) for a in self.inbound.worker.router.check_message(MessageView.from_bytes(raw), rcpts)]
 
     def _bounce_addresses(self) -> dict[str, tuple[str, str]]:
         """Envelope senders that get a VERP return path: every alias domain's bounce address."""

@@ -2,8 +2,7 @@
 
 The DSN is spooled as outbound mail from the null sender (RFC 5321 §4.5.5, so it can never bounce back),
 to the envelope sender — never to ``<>``, never in answer to an ``Auto-Submitted`` message or to a bounce
-(RFC 3834 §2, RFC 3464 §2: no loops). Built with `bounce.dsn.build_dsn` when that module is present, else
-with the minimal RFC 3464 builder below.
+(RFC 3834 §2, RFC 3464 §2: no loops). Built with `bounce.dsn.build_dsn`.
 """
 
 from __future__ import annotations
@@ -11,9 +10,10 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from email.utils import format_datetime, formatdate
+from email.utils import format_datetime
 from typing import Any
 
+from bounce.dsn import build_dsn
 from gateway.headers import get_header, split_message
 from gateway.logs import get_logger
 from gateway.spool import Direction, Envelope, Spool, SpoolEntry
@@ -48,37 +48,6 @@ def dsn_suppressed(entry: SpoolEntry, raw: bytes) -> str | None:
     return None
 
 
-def _build(*, reporting_mta: str, from_addr: str, to_addr: str, original_headers: bytes,
-           recipients: Sequence[tuple[str, str, str, str]], message_id: str, human_text: str) -> bytes:
-    try:
-        from bounce.dsn import build_dsn
-    except ImportError:  # pragma: no cover - bounce/ is part of the package; keep a builder of our own anyway
-        return _minimal_dsn(reporting_mta=reporting_mta, from_addr=from_addr, to_addr=to_addr,
-                            original_headers=original_headers, recipients=recipients, message_id=message_id,
-                            human_text=human_text)
-    return build_dsn(reporting_mta=reporting_mta, from_addr=from_addr, to_addr=to_addr,
-                     original_headers=original_headers, recipients=recipients, message_id=message_id,
-                     human_text=human_text)
-
-
-def _minimal_dsn(*, reporting_mta: str, from_addr: str, to_addr: str, original_headers: bytes,
-                 recipients: Sequence[tuple[str, str, str, str]], message_id: str, human_text: str) -> bytes:
-    boundary = "=_mailgw_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
-    per_rcpt = "\r\n\r\n".join(
-        f"Final-Recipient: rfc822; {a}\r\nAction: {act}\r\nStatus: {st}\r\nDiagnostic-Code: smtp; {diag}"
-        for a, act, st, diag in recipients)
-    head = original_headers.replace(b"\r\n", b"\n").rstrip(b"\n").replace(b"\n", b"\r\n")
-    text = (
-        f"From: {from_addr}\r\nTo: {to_addr}\r\nSubject: Undelivered Mail Returned to Sender\r\n"
-        f"Date: {formatdate()}\r\nMessage-Id: {message_id}\r\nAuto-Submitted: auto-replied\r\nMIME-Version: 1.0\r\n"
-        f'Content-Type: multipart/report; report-type=delivery-status; boundary="{boundary}"\r\n\r\n'
-        f"--{boundary}\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n{human_text}\r\n"
-        f"--{boundary}\r\nContent-Type: message/delivery-status\r\n\r\nReporting-MTA: dns; {reporting_mta}\r\n\r\n"
-        f"{per_rcpt}\r\n\r\n--{boundary}\r\nContent-Type: text/rfc822-headers\r\n\r\n"
-    ).encode()
-    return text + head + f"\r\n\r\n--{boundary}--\r\n".encode()
-
-
 async def send_dsn(spool: Spool, entry: SpoolEntry, raw: bytes, failed: Sequence[FailedRecipient], *,
                    hostname: str, reason: str = "") -> str | None:
     """Spool a DSN for `failed` recipients to the envelope sender. Returns its queue id, or None if suppressed."""
@@ -104,7 +73,7 @@ async def send_dsn(spool: Spool, entry: SpoolEntry, raw: bytes, failed: Sequence
         lines += ["", reason]
     received = format_datetime_safe(entry.envelope.received_at)
     lines += ["", f"The message was received on {received}; its headers are attached."]
-    dsn = _build(
+    dsn = build_dsn(
         reporting_mta=hostname, from_addr=f"MAILER-DAEMON@{hostname}", to_addr=sender,
         original_headers=split_message(raw)[0],
         recipients=[(f.address, "failed", f.status, f.diagnostic) for f in failed],

@@ -26,7 +26,7 @@ import socket
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any, Protocol
+from typing import Any
 
 from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
@@ -38,9 +38,14 @@ from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, Odoo
 from gateway.odoo.directory import DirectorySync
 from gateway.odoo.headers import delivery_headers, stable_message_id
 from gateway.odoo.transport import TransportError
+from gateway.retry import backoff_delay
+from gateway.routing_policy import policy_from_config
 from gateway.spool import Direction, Spool, SpoolEntry, State
 from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, plan_deliveries
 from routing.directory import Directory
+from routing.message import MessageView
+from routing.replies import KnownMessage
+from routing.router import Router
 
 log = get_logger("mailgw.inbound")
 
@@ -66,67 +71,13 @@ def _instance_wide(exc: BaseException) -> bool:
         isinstance(exc, OdooTempError) and exc.kind == "http")
 
 
-class RouterLike(Protocol):
-    def reference_ids(self, msg: Any) -> list[str]: ...
-
-    def route(self, msg: Any, recipients: Sequence[str], known: Mapping[str, Any]) -> list[RouteDecision]: ...
-
-
-class DomainRouter:
-    """Stand-in when routing/router.py is absent: each recipient goes to the instance owning its domain."""
-
-    def __init__(self, directory: Directory):
-        self.directory = directory
-
-    def reference_ids(self, msg: Any) -> list[str]:
-        return []
-
-    def route(self, msg: Any, recipients: Sequence[str], known: Mapping[str, Any]) -> list[RouteDecision]:
-        out = []
-        for rcpt in recipients:
-            owner = self.directory.owner_of(rcpt.rpartition("@")[2])
-            if owner is None:
-                out.append(RouteDecision(rcpt, "refuse", None, rule="relay.denied",
-                                         reason="no Odoo instance for this domain",
-                                         reply=(550, "5.7.1", "Relaying denied")))
-            else:
-                out.append(RouteDecision(rcpt, "alias", owner, rule="domain.owner",
-                                         reason=f"the domain belongs to {owner}"))
-        return out
-
-
-def _message_view(raw: bytes) -> Any:
-    try:
-        from routing.message import MessageView
-    except ImportError:  # pragma: no cover - routing/message.py is part of the package
-        return None
+def _message_view(raw: bytes) -> MessageView:
     return MessageView.from_bytes(raw)
 
 
-def _known_message(instance: str, row: Mapping[str, Any]) -> Any:
-    from routing.replies import KnownMessage
-
+def _known_message(instance: str, row: Mapping[str, Any]) -> KnownMessage:
     return KnownMessage(instance=instance, model=row.get("model") or None, res_id=row.get("res_id") or None,
                         message_id=str(row.get("message_id") or ""), id=int(row.get("id") or 0))
-
-
-def default_router_factory(config: Config) -> Callable[[Directory], RouterLike]:
-    """routing.router.Router when present, else DomainRouter. The returned factory rebuilds on each snapshot."""
-    try:
-        from gateway.routing_policy import policy_from_config
-        from routing.router import Router
-    except ImportError:
-        return DomainRouter
-    policy = policy_from_config(config)
-    previous: list[Any] = []
-
-    def factory(directory: Directory) -> RouterLike:
-        # Keep the loop guard and unchanged indexes across snapshots.
-        router = previous[0].with_directory(directory) if previous else Router(directory, policy)
-        previous[:] = [router]
-        return router
-
-    return factory
 
 
 class InboundWorker:
@@ -134,7 +85,6 @@ class InboundWorker:
 
     def __init__(self, config: Config, spool: Spool, clients: Mapping[str, OdooClient],
                  directory: DirectorySync | Directory, *,
-                 router_factory: Callable[[Directory], RouterLike] | None = None,
                  bounce_handler: BounceHandler | None = None, hostname: str | None = None,
                  worker_id: str | None = None, rng: random.Random | None = None):
         self.config = config
@@ -145,13 +95,12 @@ class InboundWorker:
         self.hostname = hostname or socket.gethostname()
         self.worker_id = worker_id or f"inbound-{os.getpid()}"
         self._rng = rng or random.Random()
-        self._router_factory = router_factory or default_router_factory(config)
         if isinstance(directory, DirectorySync):
             self._directory = directory.current
             directory.subscribe(self.set_directory)
         else:
             self._directory = directory
-        self._router: RouterLike = self._router_factory(self._directory)
+        self._router = Router(self._directory, policy_from_config(config))
         self._kick = asyncio.Event()
         self._stopping = False
         self._running: asyncio.Task[None] | None = None
@@ -173,10 +122,10 @@ class InboundWorker:
     def set_directory(self, directory: Directory) -> None:
         """A new snapshot (DirectorySync subscriber): route with it from the next message on."""
         self._directory = directory
-        self._router = self._router_factory(directory)
+        self._router = self._router.with_directory(directory)  # the loop guard and unchanged indexes carry over
 
     @property
-    def router(self) -> RouterLike:
+    def router(self) -> Router:
         """The router over the current snapshot (the daemon's RCPT precheck asks the same one)."""
         return self._router
 
@@ -375,7 +324,7 @@ class InboundWorker:
                 status[rcpt] = {"state": "deferred", "detail": str(exc), "at": now}
             temp.append((instance, exc))
             decisions = []
-        route = [_decision_dict(d) for d in decisions]
+        route = [d.to_dict() for d in decisions]
 
         deliver: list[RouteDecision] = []
         bounces: list[RouteDecision] = []
@@ -455,8 +404,6 @@ class InboundWorker:
     async def _relayed(self, refs: Sequence[str]) -> dict[str, Any]:
         """Message-Ids of mail the gateway relayed for Odoo (outbound spool), with the record from its
         X-Odoo-Objects header: a reply is recognised even when Odoo's own lookup found nothing."""
-        from routing.replies import KnownMessage
-
         out: dict[str, Any] = {}
         for mid, entries in (await self.spool.find_message_ids(list(refs))).items():
             for e in entries:
@@ -662,30 +609,13 @@ class InboundWorker:
             del self._holds[key]
 
     def _backoff(self, attempts: int) -> float:
-        """Exponential from retry_initial to retry_max, with "equal jitter" (half fixed, half random)."""
-        base = min(self.delivery.retry_max, self.delivery.retry_initial * (2 ** min(attempts - 1, 30)))
-        return base / 2 + self._rng.uniform(0, base / 2)
-
-
-def _decision_dict(d: RouteDecision) -> dict[str, Any]:
-    """RouteDecision.to_dict without asdict's deep copies (this runs once per message)."""
-    return {"recipient": d.recipient, "route": d.route, "instance": d.instance, "model": d.model,
-            "thread_id": d.thread_id, "alias": d.alias, "rule": d.rule, "reason": d.reason}
+        return backoff_delay(attempts, self.delivery.retry_initial, self.delivery.retry_max, self._rng)
 
 
 def _diagnostic(exc: BaseException) -> str:
     text = str(exc)
     # "odoo main: mail.thread.message_process: No possible route …" -> the part a sender can read.
     return text.split(": ", 2)[-1] if text.count(": ") >= 2 else text
-
-
-async def requeue_failed(spool: Spool, queue_id: str) -> SpoolEntry:
-    """Operator retry (`mailgw queue retry`): a failed entry goes back to `received`, due now.
-
-    The worker then routes it again with the current directory and delivers every recipient not already
-    delivered (rcpt_status keeps those, so a partly delivered message is not posted twice).
-    """
-    return await spool.requeue(queue_id)
 
 
 # -- daemon wiring ------------------------------------------------------------------------------------------

@@ -9,7 +9,7 @@ are passed only where the gateway adds something Odoo lacks (catchall+subaddress
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 RouteKind = Literal["bounce", "reply", "alias", "subaddress", "fallback", "refuse"]
@@ -34,10 +34,9 @@ class RouteDecision:
     reply: tuple[int, str, str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        out.pop("lookup")
-        out.pop("reply")
-        return out
+        # Explicit rather than asdict(): this runs for every recipient of every message.
+        return {"recipient": self.recipient, "route": self.route, "instance": self.instance, "model": self.model,
+                "thread_id": self.thread_id, "alias": self.alias, "rule": self.rule, "reason": self.reason}
 
 
 @dataclass(frozen=True, slots=True)

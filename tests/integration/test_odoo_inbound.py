@@ -15,7 +15,7 @@ import pytest
 from structlog.testing import capture_logs
 
 from gateway.config import Config, parse_config
-from gateway.inbound import InboundWorker, build_clients, requeue_failed
+from gateway.inbound import InboundWorker, build_clients
 from gateway.odoo.directory import DirectorySync
 from gateway.odoo.headers import delivery_headers, stable_message_id
 from gateway.spool import Direction, Envelope, SpoolEntry, SqliteSpool, State
@@ -255,7 +255,7 @@ async def test_queue_retry_redelivers_a_failed_entry(gw: Harness, odoo_standin: 
     odoo_standin.script.append("noroute")
     qid = await gw.put(message("<r@x>"))
     await gw.wait(qid, State.FAILED)
-    entry = await requeue_failed(gw.spool, qid)  # the operator fixed the alias; `mailgw queue retry`
+    entry = await gw.spool.requeue(qid)  # the operator fixed the alias; `mailgw queue retry`
     assert entry.state == State.RECEIVED
     gw.worker.kick()
     done = await gw.wait(qid, State.DELIVERED)
