@@ -7,19 +7,11 @@ from typing import Any
 
 from dns_checks.plan import MailDomain, plan_checks
 from dns_checks.report import Status, summarize
-from dns_checks.resolver import DnsClient
+from dns_checks.resolver import DnsClient, parse_nameserver
 from dns_checks.runner import run_checks
 from gateway.logs import get_logger
 
 log = get_logger("mailgw.dnscheck")
-
-
-def _nameservers(specs: list[str]) -> list[tuple[str, int]]:
-    out = []
-    for spec in specs:
-        host, sep, port = spec.rpartition(":")
-        out.append((host.strip("[]"), int(port)) if sep and port.isdigit() and host else (spec, 53))
-    return out
 
 
 class DnsWatch:
@@ -47,7 +39,7 @@ class DnsWatch:
                      for dom in inst.domains]
         try:
             reports = await run_checks(plan_checks(cfg, extra_domains=extra),
-                                       DnsClient.create(_nameservers(cfg.dns_check.nameservers)))
+                                       DnsClient.create([parse_nameserver(s) for s in cfg.dns_check.nameservers]))
         except Exception as exc:  # diagnostics must never disturb mail
             log.warning("dnscheck.failed", error=repr(exc))
             return

@@ -15,8 +15,10 @@ from typing import Literal
 import aiosmtplib
 import dns.asyncresolver
 import dns.exception
+import dns.nameserver
 import dns.resolver
 
+from dns_checks.resolver import parse_nameserver
 from gateway.config import OutboundConfig, RelayConfig, resolve_secret
 from gateway.logs import get_logger
 
@@ -60,27 +62,18 @@ class Transaction:
 class MxResolver:
     """MX hosts for a domain, best first; implicit MX (RFC 5321 §5.1) and null MX (RFC 7505)."""
 
-    def __init__(self, nameservers: Sequence[str] = (), port: int = 53, lifetime: float = 10.0):
+    def __init__(self, nameservers: Sequence[tuple[str, int]] = (), lifetime: float = 10.0):
         if nameservers:
             self.resolver = dns.asyncresolver.Resolver(configure=False)
-            self.resolver.nameservers = list(nameservers)
-            self.resolver.port = port
+            self.resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
         else:
             self.resolver = dns.asyncresolver.Resolver()
         self.resolver.lifetime = lifetime
 
     @classmethod
     def from_nameservers(cls, nameservers: Sequence[str]) -> MxResolver:
-        """From config strings "host" or "host:port" (one port for all: dnspython's resolver has one)."""
-        hosts, port = [], 53
-        for ns in nameservers:
-            host, sep, p = ns.rpartition(":")
-            if sep and p.isdigit() and host and not host.endswith(":"):
-                hosts.append(host.strip("[]"))
-                port = int(p)
-            else:
-                hosts.append(ns)
-        return cls(hosts, port)
+        """From config strings `HOST[:PORT]` / `[v6]:PORT`, parsed as `mailgw dns-check --nameserver` does."""
+        return cls([parse_nameserver(ns) for ns in nameservers])
 
     async def hosts(self, domain: str) -> list[str]:
         """Raises PermanentDnsError for NXDOMAIN / null MX, TemporaryDnsError for timeouts and SERVFAIL."""
