@@ -6,6 +6,8 @@ Light on imports on purpose: `mailgw pipe` runs once per message under an MTA.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from email.utils import getaddresses, parseaddr
 
 _BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
@@ -76,3 +78,64 @@ def extract_message_id(raw: bytes) -> str | None:
         return None
     value = _WHITESPACE.sub(b"", value.encode("utf-8", "surrogateescape")).decode("utf-8", "replace")
     return value or None
+
+
+# -- the envelope a message names in its headers (pipe without --rcpt, mailbox intakes) ----------------------
+
+# Where recipients are named, in the order they are taken. X-Original-To is what Postfix records.
+RCPT_HEADERS = ("Delivered-To", "X-Original-To", "To", "Cc", "Resent-To", "Resent-Cc")
+# The fields the envelope is built from, found without a full RFC 5322 parse (that costs more than everything
+# else per message): name, then the value with its continuation lines.
+_ENVELOPE_FIELDS = re.compile(
+    rb"^(Message-ID|Return-Path|Delivered-To|X-Original-To|To|Cc|Resent-To|Resent-Cc)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
+    re.IGNORECASE | re.MULTILINE)
+# One plain address, "addr" or "Name <addr>" (no quotes, comments or groups): the common case, parsed directly.
+_SIMPLE_ADDRESS = re.compile(r"\s*(?:[^<>\"(),;:]*<([^<>\s\"(),;:]+)>|([^<>\s\"(),;:]+))\s*")
+
+
+def address_domain(addr: str) -> str | None:
+    local, at, domain = addr.rpartition("@")
+    return domain.strip().lower().rstrip(".") if at and local and domain else None
+
+
+def envelope_fields(head: bytes) -> dict[str, list[str]]:
+    """Lower-cased name -> values (unfolded, in order) of RCPT_HEADERS, Message-ID and Return-Path."""
+    out: dict[str, list[str]] = {}
+    for m in _ENVELOPE_FIELDS.finditer(head):
+        value = unfold(m.group(2)).strip().decode("utf-8", errors="replace")
+        out.setdefault(m.group(1).decode().lower(), []).append(value)
+    return out
+
+
+def addresses(values: list[str]) -> list[str]:
+    out: list[str] = []
+    for value in values:
+        m = _SIMPLE_ADDRESS.fullmatch(value)
+        if m:
+            out.append(m.group(1) or m.group(2))
+        else:
+            out.extend(addr for _name, addr in getaddresses([value]) if addr)
+    return out
+
+
+def envelope_from_headers(raw: bytes, is_ours: Callable[[str], bool]) -> tuple[str, list[str], str]:
+    """(sender from Return-Path or "", recipients in RCPT_HEADERS whose domain `is_ours`, Message-Id or "")."""
+    fields = envelope_fields(split_message(raw)[0])
+    message_id = " ".join(fields.get("message-id", [""])[0].split())
+    mail_from = ""
+    if "return-path" in fields:
+        rp = fields["return-path"][0]
+        m = _SIMPLE_ADDRESS.fullmatch(rp)
+        mail_from = (m.group(1) or m.group(2)) if m else parseaddr(rp)[1]  # "<>" -> ""
+    rcpts: list[str] = []
+    seen: set[str] = set()
+    for name in RCPT_HEADERS:
+        for addr in addresses(fields.get(name.lower(), [])):
+            domain = address_domain(addr.strip())
+            if domain is None or not is_ours(domain):
+                continue
+            norm = f"{addr.strip().rpartition('@')[0]}@{domain}"
+            if norm.lower() not in seen:
+                seen.add(norm.lower())
+                rcpts.append(norm)
+    return mail_from, rcpts, message_id

@@ -12,19 +12,14 @@ import argparse
 import asyncio
 import sys
 import time
-from email.parser import BytesHeaderParser
-from email.policy import compat32
-from email.utils import getaddresses
 
 from gateway.admission import domain_of
 from gateway.commands import SubParsers, add_config_arg, load_config_or_report
 from gateway.config import Config
 from gateway.exitcodes import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
-from gateway.headers import extract_message_id
+from gateway.headers import envelope_from_headers, extract_message_id
 from gateway.host import default_hostname
 from gateway.spool import Envelope, open_spool
-
-RECIPIENT_HEADERS = ("Delivered-To", "To", "Cc", "Resent-To", "Resent-Cc")
 
 
 def register(sub: SubParsers) -> None:
@@ -32,9 +27,9 @@ def register(sub: SubParsers) -> None:
         "pipe", help="spool one message read from stdin (drop-in for odoo-mailgate.py)",
         description="Read one RFC 5322 message on stdin and store it in the spool. The envelope comes from "
         "--sender/--rcpt (Postfix: pipe ... argv=mailgw pipe --sender ${sender} --rcpt ${recipient}) or, "
-        "without them, from Return-Path and Delivered-To/To/Cc/Resent-* (only our domains). Exit 0 after the "
-        "commit, 75 on a transient problem (the MTA retries), 67 when no recipient is ours. odoo-mailgate.py's "
-        "options are accepted and ignored: the Odoo connection comes from the config.")
+        "without them, from Return-Path and Delivered-To/X-Original-To/To/Cc/Resent-* (only our domains). "
+        "Exit 0 after the commit, 75 on a transient problem (the MTA retries), 67 when no recipient is ours. "
+        "odoo-mailgate.py's options are accepted and ignored: the Odoo connection comes from the config.")
     add_config_arg(p)
     p.add_argument("--sender", "-f", help="envelope sender (empty or <> for the null sender)")
     p.add_argument("--rcpt", "-r", action="append", default=[], help="envelope recipient (repeatable)")
@@ -50,20 +45,6 @@ def register(sub: SubParsers) -> None:
     p.set_defaults(func=run)
 
 
-def envelope_from_headers(raw: bytes, config: Config) -> tuple[str, list[str]]:
-    msg = BytesHeaderParser(policy=compat32).parsebytes(raw)
-    return_path = str(msg.get("Return-Path", "") or "")
-    sender = getaddresses([return_path])[0][1] if return_path.strip() not in ("", "<>") else ""
-    ours = {d for inst in config.odoo for d in inst.domains}
-    rcpts: list[str] = []
-    for header in RECIPIENT_HEADERS:
-        values = [str(v) for v in (msg.get_all(header) or [])]
-        for _, addr in getaddresses(values):
-            if "@" in addr and domain_of(addr) in ours and addr.lower() not in (r.lower() for r in rcpts):
-                rcpts.append(addr)
-    return sender, rcpts
-
-
 def run(args: argparse.Namespace) -> int:
     try:
         raw = sys.stdin.buffer.read()
@@ -76,14 +57,14 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config, prefix="mailgw pipe: ")
     if config is None:
         return EX_TEMPFAIL  # a broken config is an operator problem, not the sender's: keep the mail at the MTA
-    if args.sender is not None or args.rcpt:
-        sender = "" if (args.sender or "").strip() in ("", "<>") else args.sender.strip().strip("<>")
-        rcpts = [r.strip().strip("<>") for r in args.rcpt]
-        if not rcpts:
-            _, rcpts = envelope_from_headers(raw, config)
-    else:
-        sender, rcpts = envelope_from_headers(raw, config)
     ours = {d for inst in config.odoo for d in inst.domains}
+    header_sender, header_rcpts, _ = envelope_from_headers(raw, ours.__contains__)
+    # The MTA's envelope (--sender/--rcpt) wins; what it leaves out comes from the headers.
+    if args.sender is None:
+        sender = header_sender if not args.rcpt else ""
+    else:
+        sender = "" if args.sender.strip() in ("", "<>") else args.sender.strip().strip("<>")
+    rcpts = [r.strip().strip("<>") for r in args.rcpt] or header_rcpts
     rcpts = [r for r in rcpts if domain_of(r) in ours]
     if not rcpts:
         print("mailgw pipe: no recipient in a domain this gateway serves", file=sys.stderr)

@@ -30,16 +30,15 @@ import ssl
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from email.utils import getaddresses, parseaddr
 from typing import Any
 
 from gateway.config import Config, MailboxBase
+from gateway.headers import address_domain, envelope_from_headers, split_message
 from gateway.logs import get_logger
 from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State
 
 log = get_logger("mailgw.intake.mailbox")
 
-RCPT_HEADERS = ("Delivered-To", "X-Original-To", "To", "Cc", "Resent-To", "Resent-Cc")
 _HEADER_LINE = re.compile(rb"^[\x21-\x39\x3b-\x7e]+[ \t]*:")
 
 
@@ -51,20 +50,11 @@ def pop3_key(name: str, uidl: str) -> str:
     return f"pop3:{name}:{uidl}"
 
 
-def header_section(raw: bytes) -> bytes:
-    """The bytes before the first empty line (the whole message if there is none)."""
-    for sep in (b"\r\n\r\n", b"\n\n"):
-        i = raw.find(sep)
-        if i >= 0:
-            return raw[: i + len(sep)]
-    return raw
-
-
 def broken_reason(raw: bytes) -> str | None:
     """Why this is not a message Odoo could parse, or None. Deliberately lenient: only what is hopeless."""
     if not raw.strip():
         return "empty message"
-    head = header_section(raw)
+    head = split_message(raw)[0]
     first = head.split(b"\n", 1)[0]
     if not (_HEADER_LINE.match(first) or first.startswith(b"From ")):
         return "no header section (the first line is not a header field)"
@@ -82,63 +72,11 @@ class MailboxEnvelope:
     reason: str | None  # why `failed`, None when `received`
 
 
-def _address_domain(addr: str) -> str | None:
-    local, at, domain = addr.rpartition("@")
-    return domain.strip().lower().rstrip(".") if at and local and domain else None
-
-
-# The header fields the envelope is built from, found without a full RFC 5322 parse (that costs more than
-# everything else per message): name, then the value with its continuation lines.
-_WANTED_FIELDS = re.compile(
-    rb"^(Message-ID|Return-Path|Delivered-To|X-Original-To|To|Cc|Resent-To|Resent-Cc)[ \t]*:(.*(?:\r?\n[ \t].*)*)",
-    re.IGNORECASE | re.MULTILINE)
-_FOLD = re.compile(rb"\r?\n(?=[ \t])")
-# One plain address, "addr" or "Name <addr>" (no quotes, comments or groups): the common case, parsed directly.
-_SIMPLE_ADDRESS = re.compile(r"\s*(?:[^<>\"(),;:]*<([^<>\s\"(),;:]+)>|([^<>\s\"(),;:]+))\s*")
-
-
-def header_fields(head: bytes) -> dict[str, list[str]]:
-    """Lower-cased name -> values (unfolded, in order) of the fields in RCPT_HEADERS, Message-ID, Return-Path."""
-    out: dict[str, list[str]] = {}
-    for m in _WANTED_FIELDS.finditer(head):
-        value = _FOLD.sub(b"", m.group(2)).strip().decode("utf-8", errors="replace")
-        out.setdefault(m.group(1).decode().lower(), []).append(value)
-    return out
-
-
-def addresses(values: list[str]) -> list[str]:
-    out: list[str] = []
-    for value in values:
-        m = _SIMPLE_ADDRESS.fullmatch(value)
-        if m:
-            out.append(m.group(1) or m.group(2))
-        else:
-            out.extend(addr for _name, addr in getaddresses([value]) if addr)
-    return out
-
-
 def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: str,
                    source: dict[str, Any], received_at: float | None = None) -> MailboxEnvelope:
     """Envelope, Message-Id and initial state for one fetched message (pure: no I/O)."""
     reason = broken_reason(raw)
-    fields = header_fields(header_section(raw))
-    message_id = " ".join(fields.get("message-id", [""])[0].split())
-    mail_from = ""
-    if "return-path" in fields:
-        rp = fields["return-path"][0]
-        m = _SIMPLE_ADDRESS.fullmatch(rp)
-        mail_from = (m.group(1) or m.group(2)) if m else parseaddr(rp)[1]  # "<>" -> ""
-    rcpts: list[str] = []
-    seen: set[str] = set()
-    for name in RCPT_HEADERS:
-        for addr in addresses(fields.get(name.lower(), [])):
-            domain = _address_domain(addr.strip())
-            if domain is None or config.instance_for_domain(domain) is None:
-                continue
-            norm = f"{addr.strip().rpartition('@')[0]}@{domain}"
-            if norm.lower() not in seen:
-                seen.add(norm.lower())
-                rcpts.append(norm)
+    mail_from, rcpts, message_id = envelope_from_headers(raw, lambda d: config.instance_for_domain(d) is not None)
     generated = not message_id
     if generated:
         # Stable across re-fetches (content hash), so the duplicate check works for these too.
@@ -153,7 +91,7 @@ def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: 
     elif mailbox.recipient:
         rcpts = [mailbox.recipient]
         src["rcpt_from"] = "recipient"
-    elif _address_domain(mailbox.user):
+    elif address_domain(mailbox.user):
         rcpts = [mailbox.user]
         src["rcpt_from"] = "user"
     else:
