@@ -353,11 +353,11 @@ class InboundWorker:
         results: list[Any]
         if len(plans) == 1:  # the common case, without gather's tasks
             try:
-                results = [await self._deliver(entry, raw, plans[0], add_mid)]
+                results = [await self._deliver(entry, raw, view, plans[0], add_mid)]
             except (TempFailure, PermFailure) as exc:
                 results = [exc]
         else:
-            results = await asyncio.gather(*(self._deliver(entry, raw, plan, add_mid) for plan in plans),
+            results = await asyncio.gather(*(self._deliver(entry, raw, view, plan, add_mid) for plan in plans),
                                            return_exceptions=True)
         delivered_any = False
         for plan, res in zip(plans, results, strict=True):
@@ -378,7 +378,7 @@ class InboundWorker:
         rcpt = entry.envelope.rcpt_tos[0] if entry.envelope.rcpt_tos else ""
         return stable_message_id(entry.queue_id, rcpt.rpartition("@")[2])
 
-    async def _route(self, view: Any, recipients: list[str]) -> list[RouteDecision]:
+    async def _route(self, view: MessageView, recipients: list[str]) -> list[RouteDecision]:
         if not recipients:
             return []
         router = self._router
@@ -410,7 +410,7 @@ class InboundWorker:
                 if e.direction != Direction.OUTBOUND or mid in out:
                     continue
                 instance = self._directory.owner_of(e.envelope.mail_from.rpartition("@")[2])
-                objects = getattr(_message_view(await self.spool.raw(e.queue_id)), "odoo_objects", None)
+                objects = _message_view(await self.spool.raw(e.queue_id)).odoo_objects
                 if instance and objects:
                     out[mid] = KnownMessage(instance=instance, model=objects[0], res_id=objects[1], message_id=mid,
                                             source="relayed")
@@ -472,20 +472,19 @@ class InboundWorker:
                                                         decisions=(*p.decisions, d))
         return list(plans.values())
 
-    async def _deliver(self, entry: SpoolEntry, raw: bytes, plan: DeliveryPlan, add_mid: str | None
-                       ) -> ProcessResult:
+    async def _deliver(self, entry: SpoolEntry, raw: bytes, view: MessageView, plan: DeliveryPlan,
+                       add_mid: str | None) -> ProcessResult:
         client = self.clients.get(plan.instance)
         if client is None:
             raise ConfigProblem(f"odoo instance {plan.instance!r} is not configured")
         env = entry.envelope
         # Delivered-To only for recipients the headers do not already show: Odoo reads Delivered-To as To, so
         # a Cc'd alias written there would turn Odoo's reply into a forward (routing-cases 50, 73b).
-        visible = getattr(_message_view(raw), "odoo_recipients", None)
         block = delivery_headers(
             mail_from=env.mail_from, recipients=plan.recipients, queue_id=entry.queue_id,
             received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,
             message_id=add_mid, eol=line_ending(raw),
-            delivered_to=plan.delivered_to(visible) if visible is not None else None)
+            delivered_to=plan.delivered_to(view.odoo_recipients))
         return await client.message_process(block + raw, model=plan.model, thread_id=plan.thread_id)
 
     def _apply(self, entry: SpoolEntry, plan: DeliveryPlan, res: Any, status: dict[str, dict[str, Any]],
