@@ -19,7 +19,7 @@ import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -137,6 +137,14 @@ def connect(path: Path | str, *, busy_timeout_ms: int = 30000) -> sqlite3.Connec
 
 
 _Row = tuple[tuple[Any, ...] | BaseException, bytes, str | None]
+_MAX_PARAMS = 500  # values per IN (...): well under SQLite's bound-parameter limit
+
+
+def _in_chunks(values: Sequence[Any]) -> Iterator[tuple[str, list[Any]]]:
+    """("?,?,…", chunk) for each slice of `values`, for `... IN (%s)` statements."""
+    for i in range(0, len(values), _MAX_PARAMS):
+        chunk = list(values[i:i + _MAX_PARAMS])
+        yield ",".join("?" * len(chunk)), chunk
 
 
 def _insert_batch(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[tuple[str, bool] | BaseException]:
@@ -144,10 +152,9 @@ def _insert_batch(conn: sqlite3.Connection, rows: Sequence[_Row]) -> list[tuple[
     (existing queue_id, False). Raises sqlite3.Error for the caller to fall back to `_insert_each`."""
     keys = [key for row, _raw, key in rows if key is not None and not isinstance(row, BaseException)]
     known: dict[str, str] = {}
-    for i in range(0, len(keys), 500):
-        chunk = keys[i:i + 500]
-        known.update(conn.execute(f"SELECT dedup_key, queue_id FROM entries WHERE dedup_key IN "
-                                  f"({','.join('?' * len(chunk))})", chunk).fetchall())
+    for marks, chunk in _in_chunks(keys):
+        known.update(conn.execute(f"SELECT dedup_key, queue_id FROM entries WHERE dedup_key IN ({marks})",
+                                  chunk).fetchall())
     out: list[tuple[str, bool] | BaseException] = []
     entries, messages = [], []
     for row, raw, key in rows:
@@ -522,11 +529,9 @@ class SqliteSpool:
 
         def op(conn: sqlite3.Connection) -> int:
             total = 0
-            for i in range(0, len(queue_ids), 500):
-                chunk = list(queue_ids[i:i + 500])
-                cur = conn.execute(
-                    f"UPDATE entries SET next_attempt_at=? WHERE next_attempt_at>? AND queue_id IN "
-                    f"({','.join('?' * len(chunk))})", (at, at, *chunk))
+            for marks, chunk in _in_chunks(queue_ids):
+                cur = conn.execute(f"UPDATE entries SET next_attempt_at=? WHERE next_attempt_at>? AND queue_id IN "
+                                   f"({marks})", (at, at, *chunk))
                 total += cur.rowcount
             return total
 
@@ -611,21 +616,15 @@ class SqliteSpool:
 
         def fn(conn: sqlite3.Connection) -> dict[str, str]:
             found: dict[str, str] = {}
-            for i in range(0, len(wanted), 500):
-                chunk = wanted[i:i + 500]
-                rows = conn.execute(f"SELECT dedup_key, queue_id FROM entries WHERE dedup_key IN "
-                                    f"({','.join('?' * len(chunk))})", chunk).fetchall()
-                found.update({k: q for k, q in rows})
+            for marks, chunk in _in_chunks(wanted):
+                found.update(conn.execute(f"SELECT dedup_key, queue_id FROM entries WHERE dedup_key IN ({marks})",
+                                          chunk).fetchall())
             return found
 
         return await self._read(fn) if wanted else {}
 
     async def has_dedup_key(self, key: str) -> str | None:
-        def fn(conn: sqlite3.Connection) -> str | None:
-            row = conn.execute("SELECT queue_id FROM entries WHERE dedup_key=?", (key,)).fetchone()
-            return row[0] if row else None
-
-        return await self._read(fn)
+        return (await self.has_dedup_keys([key])).get(key)
 
     async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]:
         """Message-Id -> the entries carrying it, for a batch (mailbox intakes spot what they already spooled)."""
@@ -633,10 +632,9 @@ class SqliteSpool:
 
         def fn(conn: sqlite3.Connection) -> dict[str, tuple[SpoolEntry, ...]]:
             found: dict[str, list[SpoolEntry]] = {}
-            for i in range(0, len(wanted), 500):  # stay under SQLite's bound-parameter limit
-                part = wanted[i : i + 500]
-                rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id IN "
-                                    f"({','.join('?' * len(part))}) ORDER BY received_at", part).fetchall()
+            for marks, part in _in_chunks(wanted):
+                rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id IN ({marks}) "
+                                    "ORDER BY received_at", part).fetchall()
                 for row in rows:
                     entry = _row_to_entry(row)
                     found.setdefault(entry.message_id or "", []).append(entry)
