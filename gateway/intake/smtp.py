@@ -204,9 +204,20 @@ class GatewaySMTP(SMTP):
         self._ehlo_hook_ver = "new" if "EHLO" in self._handle_hooks else None
         self._smtp_methods = _SmtpMethods(self)
         self._enforce_call_limit = False
+        self._held: list[bytes] = []  # continuation lines of the reply being pushed (see push)
 
     async def push(self, status: AnyStr) -> None:
         data = (with_enhanced_code(status).encode("utf-8") if isinstance(status, str) else status) + b"\r\n"
+        last = data.rfind(b"\n", 0, -2) + 1  # the last line of what may be several (LMTP's per-recipient replies)
+        if data[last + 3 : last + 4] == b"-":
+            # A continuation line ("250-PIPELINING"): aiosmtpd pushes a multi-line reply line by line, and each
+            # write is a send() syscall. Hold it until the reply's last line, so EHLO costs one syscall, not ten.
+            self._held.append(data)
+            return
+        if self._held:
+            self._held.append(data)
+            data = b"".join(self._held)
+            self._held.clear()
         transport = self._writer.transport
         transport.write(data)
         # Replies are small: wait for the socket only when the peer does not read (flow control kicks in).
