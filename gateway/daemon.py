@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import signal
 import time
 from collections.abc import Awaitable, Callable
@@ -27,6 +28,20 @@ from gateway.sdnotify import notify, watchdog_interval
 from gateway.spool import Direction, SqliteSpool, open_spool
 
 log = get_logger("mailgw.daemon")
+
+
+def settle_garbage_collector() -> None:
+    """Once start-up is done: move everything allocated so far (modules, config, pydantic and structlog state,
+    the directory) out of the collector's sight, and collect the young generation less often.
+
+    Every SMTP connection allocates a few hundred container objects, so CPython's default threshold (700) ran a
+    collection every few connections, and each full collection walked the whole start-up heap again: about 6 %
+    of the daemon's CPU under load (perf). Nothing frozen is ever freed, which is fine for what lives as long
+    as the process; cycles created later are still collected.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(10_000, 20, 20)
 
 
 class Service(Protocol):
@@ -78,6 +93,7 @@ class Daemon:
                                     message_check=self._check_message if lcfg.kind != "submission" else None)
             await listener.start()
             self.listeners.append(listener)
+        settle_garbage_collector()
         notify(f"READY=1\nSTATUS=accepting mail on {', '.join(x.address for x in self.listeners) or 'no listener'}")
         log.info("daemon.ready", listeners=[x.address for x in self.listeners])
 
