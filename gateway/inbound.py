@@ -224,10 +224,12 @@ class InboundWorker:
 
     def _enqueue(self, entry: SpoolEntry) -> None:
         self._claimed[entry.queue_id] = entry
-        if entry.size <= _PREFETCH_BYTES:
-            # Read small messages ahead: the read's thread hop overlaps the delivery before it.
-            self._raws[entry.queue_id] = asyncio.ensure_future(self.spool.raw(entry.queue_id))
         key = self._sender_key(entry)
+        hold = self._holds.get(key)
+        if entry.size <= _PREFETCH_BYTES and (hold is None or hold.until <= time.time()):
+            # Read small messages ahead: the read's thread hop overlaps the delivery before it. Not for a sender
+            # held back by an outage: those entries are only deferred again and their bytes are never used.
+            self._raws[entry.queue_id] = asyncio.ensure_future(self.spool.raw(entry.queue_id))
         self._queues.setdefault(key, deque()).append(entry)
         if key not in self._sender_tasks:
             self._sender_tasks[key] = asyncio.get_running_loop().create_task(self._drain_sender(key))
