@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 from pathlib import Path
 
 import pytest
 
 from gateway.spool import Direction, Envelope, InvalidTransition, SqliteSpool, State, new_queue_id
+from gateway.spool.base import PutItem
 
 
 def env(**kw: object) -> Envelope:
@@ -99,3 +101,57 @@ async def test_deferred_not_claimed_before_due_and_wake(tmp_path: Path) -> None:
 def test_queue_ids_sort_by_time() -> None:
     a, b = new_queue_id(1000.0), new_queue_id(1001.0)
     assert a < b and len(a) == 20 and a.isalnum()
+
+
+async def test_puts_of_many_callers_in_one_commit_keep_their_own_results(tmp_path: Path) -> None:
+    """The writer inserts the rows of every put in a batch together; each caller still gets its own answer,
+    a ledger key repeated across callers is stored once, and a bad row fails alone."""
+    spool = await SqliteSpool.open(tmp_path / "s.db")
+    bad = PutItem(env(), b"x", direction=Direction.OUTBOUND, state=State.RECEIVED)  # not an outbound state
+    calls = [
+        spool.put_many([PutItem(env(), b"a", dedup_key="k1"), PutItem(env(), b"b")]),
+        spool.put_many([PutItem(env(), b"c", dedup_key="k1"), bad, PutItem(env(), b"d")]),
+        *[spool.put(env(), b"e%d" % i) for i in range(30)],
+    ]
+    first, second, *singles = await asyncio.gather(*calls)
+    assert spool.stats["commit_batches"] < 32  # grouped, not one commit per caller
+    (q1, c1), (q2, c2) = first  # type: ignore[misc]
+    assert c1 and c2
+    dup, err, (q4, c4) = second  # type: ignore[misc]
+    assert dup == (q1, False)  # the ledger key was stored by the first caller
+    assert isinstance(err, InvalidTransition)
+    assert c4 and await spool.raw(q4) == b"d"
+    assert all(created for _q, created in singles)
+    assert len(await spool.list(limit=100)) == 3 + 30
+    await spool.close()
+
+
+async def test_duplicate_queue_id_in_a_batch_fails_only_that_row(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+                                                                  ) -> None:
+    """The fast multi-row INSERT fails as a whole on a constraint; the writer redoes the rows one by one."""
+    import gateway.spool.sqlite as sqlite_spool
+
+    ids = iter(["01AAAAAAAAAAAAAAAAAA", "01AAAAAAAAAAAAAAAAAA", "01BBBBBBBBBBBBBBBBBB"])
+    monkeypatch.setattr(sqlite_spool, "new_queue_id", lambda _now=None: next(ids))
+    spool = await SqliteSpool.open(tmp_path / "s.db")
+    results = await spool.put_many([PutItem(env(), b"1"), PutItem(env(), b"2"), PutItem(env(), b"3")])
+    assert results[0] == ("01AAAAAAAAAAAAAAAAAA", True)
+    assert isinstance(results[1], Exception)
+    assert results[2] == ("01BBBBBBBBBBBBBBBBBB", True)
+    assert await spool.raw("01AAAAAAAAAAAAAAAAAA") == b"1" and await spool.raw("01BBBBBBBBBBBBBBBBBB") == b"3"
+    await spool.close()
+
+
+async def test_a_lone_write_that_fails_commits_nothing_and_reports_its_own_error(tmp_path: Path) -> None:
+    spool = await SqliteSpool.open(tmp_path / "s.db")
+
+    def half_done(conn: sqlite3.Connection) -> None:
+        conn.execute("INSERT INTO meta(key, value) VALUES ('half', 'done')")
+        raise ValueError("changed my mind")
+
+    with pytest.raises(ValueError, match="changed my mind"):
+        await spool._write(half_done)
+    assert spool.write_sync(lambda c: c.execute("SELECT count(*) FROM meta WHERE key='half'").fetchone()[0]) == 0
+    qid, created = await spool.put(env(), b"still works")
+    assert created and await spool.raw(qid) == b"still works"
+    await spool.close()
