@@ -64,6 +64,10 @@ class _Hold:
     until: float
     instance: str
 
+    def applies_to(self, entry: SpoolEntry) -> bool:
+        return entry.queue_id != self.queue_id and self.until > time.time() \
+            and entry.envelope.received_at >= self.received_at
+
 
 def _instance_wide(exc: BaseException) -> bool:
     """Failures that hit every message of the instance alike (as opposed to one message's trouble)."""
@@ -240,9 +244,12 @@ class InboundWorker:
             while queue and not self._stopping:
                 entry = queue.popleft()
                 hold = self._holds.get(key)
-                if (hold is not None and hold.queue_id != entry.queue_id and hold.until > time.time()
-                        and entry.envelope.received_at >= hold.received_at):
-                    await self._hold_back(entry, hold)
+                if hold is not None and hold.applies_to(entry):
+                    # Everything of this sender queued behind it waits too: one spool write for all of them.
+                    held = [entry]
+                    while queue and hold.applies_to(queue[0]):
+                        held.append(queue.popleft())
+                    await self._hold_back(held, hold)
                     continue
                 async with self._slots:
                     try:
@@ -260,18 +267,19 @@ class InboundWorker:
             if not self._queues.get(key):
                 self._queues.pop(key, None)
 
-    async def _hold_back(self, entry: SpoolEntry, hold: _Hold) -> None:
+    async def _hold_back(self, entries: Sequence[SpoolEntry], hold: _Hold) -> None:
         """Keep per-sender order through an outage: wait behind the sender's older deferred message."""
         try:
-            await self.spool.transition(entry.queue_id, State.DEFERRED, next_attempt_at=hold.until + 0.001,
-                                        error=f"waiting behind {hold.queue_id} (same sender) for odoo "
-                                              f"{hold.instance}", count_attempt=False)
-            self._waiting.setdefault(hold.instance, set()).add(entry.queue_id)
+            moved = await self.spool.defer_many(
+                [e.queue_id for e in entries], next_attempt_at=hold.until + 0.001,
+                error=f"waiting behind {hold.queue_id} (same sender) for odoo {hold.instance}")
+            self._waiting.setdefault(hold.instance, set()).update(moved)
         finally:
-            self._claimed.pop(entry.queue_id, None)
-            ahead = self._raws.pop(entry.queue_id, None)
-            if ahead is not None:
-                ahead.cancel()
+            for entry in entries:
+                self._claimed.pop(entry.queue_id, None)
+                ahead = self._raws.pop(entry.queue_id, None)
+                if ahead is not None:
+                    ahead.cancel()
 
     def _written(self, queue_id: str, task: asyncio.Future[Any]) -> None:
         self._writes.pop(queue_id, None)

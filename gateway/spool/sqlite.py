@@ -567,6 +567,27 @@ class SqliteSpool:
                  to=str(to), attempts=entry.attempts, error=error)
         return entry
 
+    async def defer_many(self, queue_ids: Sequence[str], *, next_attempt_at: float, error: str) -> list[str]:
+        if not queue_ids:
+            return []
+        deferrable = sorted(str(st) for st, to in TRANSITIONS[Direction.INBOUND].items() if State.DEFERRED in to)
+
+        def op(conn: sqlite3.Connection) -> list[str]:
+            moved: list[str] = []
+            now = time.time()
+            for marks, chunk in _in_chunks(queue_ids):
+                moved.extend(q for (q,) in conn.execute(
+                    f"UPDATE entries SET state=?, updated_at=?, last_error=?, next_attempt_at=?, claimed_by=NULL, "
+                    f"claimed_at=NULL WHERE direction=? AND state IN ({','.join('?' * len(deferrable))}) "
+                    f"AND queue_id IN ({marks}) RETURNING queue_id",
+                    (str(State.DEFERRED), now, error, next_attempt_at, str(Direction.INBOUND), *deferrable, *chunk)))
+            return moved
+
+        moved = await self._write(op)
+        for queue_id in moved:
+            log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
+        return moved
+
     async def release(self, queue_id: str) -> None:
         await self._write(lambda c: c.execute(
             "UPDATE entries SET claimed_by=NULL, claimed_at=NULL WHERE queue_id=?", (queue_id,)))

@@ -115,7 +115,7 @@ async def test_puts_of_many_callers_in_one_commit_keep_their_own_results(tmp_pat
     ]
     first, second, *singles = await asyncio.gather(*calls)
     assert spool.stats["commit_batches"] < 32  # grouped, not one commit per caller
-    (q1, c1), (q2, c2) = first  # type: ignore[misc]
+    (q1, c1), (_q2, c2) = first  # type: ignore[misc]
     assert c1 and c2
     dup, err, (q4, c4) = second  # type: ignore[misc]
     assert dup == (q1, False)  # the ledger key was stored by the first caller
@@ -154,4 +154,24 @@ async def test_a_lone_write_that_fails_commits_nothing_and_reports_its_own_error
     assert spool.write_sync(lambda c: c.execute("SELECT count(*) FROM meta WHERE key='half'").fetchone()[0]) == 0
     qid, created = await spool.put(env(), b"still works")
     assert created and await spool.raw(qid) == b"still works"
+    await spool.close()
+
+
+async def test_defer_many_moves_only_what_may_be_deferred(tmp_path: Path) -> None:
+    spool = await SqliteSpool.open(tmp_path / "s.db")
+    a, _ = await spool.put(env(), b"a")
+    b, _ = await spool.put(env(), b"b")
+    parked, _ = await spool.put(env(), b"c", state=State.FAILED, last_error="bad")
+    claimed = await spool.claim(Direction.INBOUND, "w", limit=10)
+    assert {e.queue_id for e in claimed} == {a, b}
+    until = time.time() + 3600
+    moved = await spool.defer_many([a, b, parked, "01NOSUCHENTRY0000000"], next_attempt_at=until, error="waiting")
+    assert sorted(moved) == sorted([a, b])
+    for qid in (a, b):
+        entry = await spool.get(qid)
+        assert entry is not None and entry.state == State.DEFERRED and entry.last_error == "waiting"
+        assert entry.attempts == 0 and entry.claimed_by is None and entry.next_attempt_at == until
+    still = await spool.get(parked)
+    assert still is not None and still.state == State.FAILED and still.last_error == "bad"
+    assert await spool.claim(Direction.INBOUND, "w", limit=10) == []  # not due before `until`
     await spool.close()
