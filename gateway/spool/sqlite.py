@@ -379,18 +379,16 @@ class _GroupCommitWriter:
         _resolve(results)
 
     def _put_rows(self, rows: Sequence[_Row]) -> list[tuple[str, bool] | BaseException]:
-        """Insert the rows of every put in the batch (first thing in the transaction). If the fast path fails (a
-        duplicate queue id, a constraint), redo the puts one SAVEPOINT per row so only the bad ones fail."""
+        """Insert the rows of every put in the batch, right after BEGIN (so no SAVEPOINT is needed: the
+        transaction holds nothing else yet). If the fast path fails (a duplicate queue id, a constraint), start
+        the transaction again and redo the rows one SAVEPOINT each, so that only the bad ones fail."""
         conn = self._conn
-        conn.execute("SAVEPOINT puts")
         try:
-            out = _insert_batch(conn, rows)
+            return _insert_batch(conn, rows)
         except sqlite3.Error:
-            conn.execute("ROLLBACK TO puts")
-            conn.execute("RELEASE puts")
+            conn.execute("ROLLBACK")
+            conn.execute("BEGIN IMMEDIATE")
             return _insert_each(conn, rows)
-        conn.execute("RELEASE puts")
-        return out
 
 
 class _OpFailed(Exception):
