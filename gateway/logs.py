@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 from typing import Any
 
+import orjson
 import structlog
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
@@ -24,11 +26,21 @@ class _CurrentStderr:
         return sys.stderr.isatty()
 
 
+def _dumps(obj: Any, **kw: Any) -> str:
+    """orjson renders a log line in a tenth of json's time (a line per spooled message adds up); whatever it
+    refuses (an integer over 64 bits, an exotic key) still goes out through json."""
+    try:
+        return orjson.dumps(obj, default=kw.get("default"), option=orjson.OPT_NON_STR_KEYS).decode()
+    except TypeError:
+        return json.dumps(obj, **kw)
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or _CurrentStderr()
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
     renderer: Any = (
-        structlog.processors.JSONRenderer() if use_json else structlog.dev.ConsoleRenderer(colors=stream.isatty())
+        structlog.processors.JSONRenderer(serializer=_dumps) if use_json
+        else structlog.dev.ConsoleRenderer(colors=stream.isatty())
     )
     structlog.configure(
         processors=[
