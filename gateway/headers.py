@@ -9,7 +9,6 @@ import re
 from collections.abc import Callable
 from email.utils import getaddresses, parseaddr
 
-_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _WHITESPACE = re.compile(rb"\s+")
 
@@ -25,11 +24,13 @@ def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
     if raw.startswith((b"\r\n", b"\n")):
         eol = b"\r\n" if raw.startswith(b"\r\n") else b"\n"
         return b"", eol, raw[len(eol):]
-    m = _BLANK_LINE.search(raw)
-    if m is None:
+    # The first "\n\r\n" or "\n\n" (what `\r?\n\r?\n` finds, at memchr speed instead of a regex's).
+    crlf, lf = raw.find(b"\n\r\n"), raw.find(b"\n\n")
+    if crlf < 0 and lf < 0:
         return raw, b"", b""
-    nl = raw.index(b"\n", m.start()) + 1  # end of the last header line
-    return raw[:nl], raw[nl:m.end()], raw[m.end():]
+    if lf < 0 or 0 <= crlf < lf:
+        return raw[:crlf + 1], b"\r\n", raw[crlf + 3:]
+    return raw[:lf + 1], b"\n", raw[lf + 2:]
 
 
 def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
@@ -120,7 +121,12 @@ def addresses(values: list[str]) -> list[str]:
 
 def envelope_from_headers(raw: bytes, is_ours: Callable[[str], bool]) -> tuple[str, list[str], str]:
     """(sender from Return-Path or "", recipients in RCPT_HEADERS whose domain `is_ours`, Message-Id or "")."""
-    fields = envelope_fields(split_message(raw)[0])
+    return envelope_from_head(split_message(raw)[0], is_ours)
+
+
+def envelope_from_head(head: bytes, is_ours: Callable[[str], bool]) -> tuple[str, list[str], str]:
+    """`envelope_from_headers` for a header section already split off."""
+    fields = envelope_fields(head)
     message_id = " ".join(fields.get("message-id", [""])[0].split())
     mail_from = ""
     if "return-path" in fields:

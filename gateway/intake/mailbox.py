@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Config, MailboxBase
-from gateway.headers import address_domain, envelope_from_headers, split_message
+from gateway.headers import address_domain, envelope_from_head, split_message
 from gateway.logs import get_logger
 from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State
 
@@ -50,11 +50,13 @@ def pop3_key(name: str, uidl: str) -> str:
     return f"pop3:{name}:{uidl}"
 
 
-def broken_reason(raw: bytes) -> str | None:
-    """Why this is not a message Odoo could parse, or None. Deliberately lenient: only what is hopeless."""
+def broken_reason(raw: bytes, head: bytes | None = None) -> str | None:
+    """Why this is not a message Odoo could parse, or None. Deliberately lenient: only what is hopeless.
+    `head`: the header section, when the caller has split it off already."""
     if not raw.strip():
         return "empty message"
-    head = split_message(raw)[0]
+    if head is None:
+        head = split_message(raw)[0]
     first = head.split(b"\n", 1)[0]
     if not (_HEADER_LINE.match(first) or first.startswith(b"From ")):
         return "no header section (the first line is not a header field)"
@@ -75,8 +77,9 @@ class MailboxEnvelope:
 def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: str,
                    source: dict[str, Any], received_at: float | None = None) -> MailboxEnvelope:
     """Envelope, Message-Id and initial state for one fetched message (pure: no I/O)."""
-    reason = broken_reason(raw)
-    mail_from, rcpts, message_id = envelope_from_headers(raw, lambda d: config.instance_for_domain(d) is not None)
+    head = split_message(raw)[0]
+    reason = broken_reason(raw, head)
+    mail_from, rcpts, message_id = envelope_from_head(head, lambda d: config.instance_for_domain(d) is not None)
     generated = not message_id
     if generated:
         # Stable across re-fetches (content hash), so the duplicate check works for these too.
@@ -214,9 +217,7 @@ class MailboxLedger:
                 elif p.state == State.FAILED:
                     self.log.warning(f"{self.intake}.parked", queue_id=queue_id, message_id=p.message_id, key=m.key,
                                      reason=p.reason)
-                else:
-                    self.log.info(f"{self.intake}.fetched", queue_id=queue_id, message_id=p.message_id, key=m.key,
-                                  size=len(m.raw), rcpts=len(p.envelope.rcpt_tos))
+                # A message spooled normally is logged once, by the spool ("spool.put" with mailbox and key).
         return outcomes
 
     async def store_left(self, key: str, head: bytes, source: dict[str, Any], *, event: str, reason: str,

@@ -481,8 +481,11 @@ class SqliteSpool:
         results = await self._writer.submit_rows(rows, asyncio.get_running_loop())
         for item, (row, _raw, _key), result in zip(items, rows, results, strict=True):
             if isinstance(result, tuple) and result[1] and not isinstance(row, BaseException):
+                src = item.envelope.source
+                # Mailbox intakes add where the message came from: this is their one line per message.
+                extra = {"mailbox": src["mailbox"], "key": item.dedup_key} if src and "mailbox" in src else {}
                 log.info("spool.put", queue_id=result[0], message_id=row[9], state=row[2], intake=item.envelope.intake,
-                         size=len(item.raw), rcpts=len(item.envelope.rcpt_tos))
+                         size=len(item.raw), rcpts=len(item.envelope.rcpt_tos), **extra)
         return results
 
     @staticmethod
@@ -497,7 +500,7 @@ class SqliteSpool:
             # Stable from the first attempt on, so Odoo deduplicates a redelivery (it would invent a new one).
             message_id, generated = f"<{queue_id}@{item.message_id_domain}>", True
         now = time.time()
-        row = (queue_id, str(item.direction), str(state), env.mail_from, json.dumps(list(env.rcpt_tos)), env.intake,
+        row = (queue_id, str(item.direction), str(state), env.mail_from, dumps(list(env.rcpt_tos)), env.intake,
                env.peer, env.helo, dumps(env.source), message_id, int(generated), len(item.raw), env.received_at,
                now, now, item.last_error, item.dedup_key)
         return row, item.raw, item.dedup_key

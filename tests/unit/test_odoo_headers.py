@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
 from email.message import Message
+
+from hypothesis import given
+from hypothesis import strategies as st
 
 from gateway.headers import extract_message_id, get_header, line_ending, split_message
 from gateway.odoo.headers import delivery_headers, json_safe_message, stable_message_id
@@ -112,3 +116,25 @@ def test_extract_message_id_unfolds_and_tolerates_garbage() -> None:
     assert extract_message_id(b"Subject: x\r\n\r\nMessage-Id: <in-body@x>\r\n") is None
     assert extract_message_id(b"Message-Id:   \r\n\r\n") is None
     assert extract_message_id(b"\xff\xfe\x00garbage") is None
+
+
+_BLANK_LINE = re.compile(rb"\r?\n\r?\n")
+
+
+def _split_by_regex(raw: bytes) -> tuple[bytes, bytes, bytes]:
+    """The definition split_message implements with two bytes.find: the first `\\r?\\n\\r?\\n` ends the header."""
+    if raw.startswith((b"\r\n", b"\n")):
+        eol = b"\r\n" if raw.startswith(b"\r\n") else b"\n"
+        return b"", eol, raw[len(eol):]
+    m = _BLANK_LINE.search(raw)
+    if m is None:
+        return raw, b"", b""
+    nl = raw.index(b"\n", m.start()) + 1
+    return raw[:nl], raw[nl:m.end()], raw[m.end():]
+
+
+@given(st.lists(st.sampled_from([b"\r", b"\n", b"a", b":", b" ", b"\r\n"]), max_size=16).map(b"".join))
+def test_split_message_finds_the_first_blank_line(raw: bytes) -> None:
+    assert split_message(raw) == _split_by_regex(raw)
+    head, blank, body = split_message(raw)
+    assert head + blank + body == raw
