@@ -15,7 +15,7 @@ import signal
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from gateway import __version__
 from gateway.admission import AdmissionPolicy
@@ -26,6 +26,9 @@ from gateway.logs import get_logger, setup_logging
 from gateway.routing_policy import rcpt_precheck, smtp_line
 from gateway.sdnotify import notify, watchdog_interval
 from gateway.spool import Direction, SqliteSpool, open_spool
+
+if TYPE_CHECKING:
+    from gateway.inbound import IntakeHold
 
 log = get_logger("mailgw.daemon")
 
@@ -90,7 +93,8 @@ class Daemon:
                 check = self.admission.check_rcpt
             listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname,
                                     on_stored=self._kick,
-                                    message_check=self._check_message if lcfg.kind != "submission" else None)
+                                    message_check=self._check_message if lcfg.kind != "submission" else None,
+                                    hold_check=self._intake_hold)
             await listener.start()
             self.listeners.append(listener)
         settle_garbage_collector()
@@ -145,6 +149,11 @@ class Daemon:
         from routing.message import MessageView
 
         return [smtp_line(a) for a in self.inbound.worker.router.check_message(MessageView.from_bytes(raw), rcpts)]
+
+    def _intake_hold(self, mail_from: str, rcpts: tuple[str, ...]) -> IntakeHold | None:
+        """Mail the worker would only defer (Odoo down, or its sender waiting behind an earlier message) is
+        spooled deferred straight away."""
+        return self.inbound.worker.intake_hold(mail_from, rcpts) if self.inbound is not None else None
 
     def _bounce_addresses(self) -> dict[str, tuple[str, str]]:
         """Envelope senders that get a VERP return path: every alias domain's bounce address."""

@@ -69,6 +69,19 @@ class _Hold:
             and entry.envelope.received_at >= self.received_at
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntakeHold:
+    """Spool this arriving message deferred until `until` (see InboundWorker.intake_hold); tell `spooled` its id."""
+
+    until: float
+    reason: str
+    instances: tuple[str, ...]
+    _register: Callable[[str, Sequence[str]], None]
+
+    def spooled(self, queue_id: str) -> None:
+        self._register(queue_id, self.instances)
+
+
 def _instance_wide(exc: BaseException) -> bool:
     """Failures that hit every message of the instance alike (as opposed to one message's trouble)."""
     return isinstance(exc, TransportError | BreakerOpenError | ConfigProblem) or (
@@ -136,6 +149,44 @@ class InboundWorker:
     def kick(self) -> None:
         """Look for due mail now instead of at the next poll."""
         self._kick.set()
+
+    def intake_hold(self, mail_from: str, rcpts: Sequence[str]) -> IntakeHold | None:
+        """For mail arriving now: an IntakeHold if this worker would only defer it once claimed, else None.
+
+        That is when its sender's mail is held back behind an earlier message waiting for Odoo (per-sender
+        order), or when every instance its recipients belong to is down (breaker open, probe not yet due). The
+        intake then spools it `deferred` straight away. Without this, each message arriving during an outage was
+        claimed and deferred again at once: two more spool writes per message, competing with the intake's
+        commits (bench/intake.py, where Odoo is unreachable: a quarter of the intake's throughput).
+        """
+        now = time.time()
+        key = mail_from.strip().lower()
+        hold = self._holds.get(key) if key else None
+        if hold is not None and hold.until > now:
+            return IntakeHold(hold.until + 0.001, f"waiting behind {hold.queue_id} (same sender) for odoo "
+                                                  f"{hold.instance}", (hold.instance,), self._note_waiting)
+        names: set[str] = set()
+        for rcpt in rcpts:
+            inst = self.config.instance_for_domain(rcpt.rpartition("@")[2])
+            if inst is None:
+                return None
+            names.add(inst.name)
+        retry_at = 0.0
+        for name in names:
+            client = self.clients.get(name)
+            if client is None or client.breaker.state != "open" or client.breaker.probe_due():
+                return None
+            retry_at = max(retry_at, client.breaker.retry_at)
+        if not names:
+            return None
+        instances = tuple(sorted(names))
+        return IntakeHold(retry_at, f"odoo {', '.join(instances)} unavailable (circuit open); spooled to wait for it",
+                          instances, self._note_waiting)
+
+    def _note_waiting(self, queue_id: str, instances: Sequence[str]) -> None:
+        """An entry spooled deferred for these instances: wake it with the others when one comes back."""
+        for name in instances:
+            self._waiting.setdefault(name, set()).add(queue_id)
 
     def _breaker_listener(self, instance: str) -> Callable[[str], None]:
         return lambda state: self._on_breaker(instance, state)

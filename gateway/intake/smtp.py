@@ -23,7 +23,7 @@ import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, AnyStr
+from typing import Any, AnyStr, Protocol
 
 import aiosmtpd.smtp
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, LoginPassword, Session, _AuthMechAttr, login_always_fail, syntax
@@ -33,7 +33,7 @@ from gateway.config import ListenerConfig
 from gateway.headers import extract_message_id
 from gateway.host import default_hostname
 from gateway.logs import get_logger
-from gateway.spool import Direction, Envelope, Spool
+from gateway.spool import Direction, Envelope, Spool, State
 
 log = get_logger("mailgw.intake")
 
@@ -41,6 +41,22 @@ log = get_logger("mailgw.intake")
 RcptCheck = Callable[[str, str, str], str | None]
 # End of DATA, per recipient (same answers), for rules that need the message (routing.auto_submitted: refuse).
 MessageCheck = Callable[[bytes, tuple[str, ...]], list[str | None]]
+
+
+class Hold(Protocol):
+    """Spool the message deferred until `until` with `reason` (Odoo is down), then report its queue id."""
+
+    @property
+    def until(self) -> float: ...
+
+    @property
+    def reason(self) -> str: ...
+
+    def spooled(self, queue_id: str) -> None: ...
+
+
+# (envelope sender, accepted recipients) -> a Hold, or None to spool the message as received.
+HoldCheck = Callable[[str, tuple[str, ...]], Hold | None]
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 256 * 1024
 
@@ -339,10 +355,11 @@ class IntakeHandler:
 
     def __init__(self, *, spool: Spool, listener: ListenerConfig, hostname: str, rcpt_check: RcptCheck,
                  direction: Direction = Direction.INBOUND, on_stored: Callable[[Direction], None] | None = None,
-                 message_check: MessageCheck | None = None):
+                 message_check: MessageCheck | None = None, hold_check: HoldCheck | None = None):
         self.spool = spool
         self.on_stored = on_stored
         self.message_check = message_check
+        self.hold_check = hold_check
         self.listener = listener
         self.hostname = hostname
         self.rcpt_check = rcpt_check
@@ -399,13 +416,18 @@ class IntakeHandler:
             received_at=time.time(),
             source={"tls": True} if session.ssl else None,
         )
+        hold = self.hold_check(env.mail_from, accepted) if self.hold_check is not None else None
         try:
-            queue_id, _ = await self.spool.put(env, raw, direction=self.direction,
-                                               message_id=extract_message_id(raw), message_id_domain=self.hostname)
+            queue_id, _ = await self.spool.put(
+                env, raw, direction=self.direction, message_id=extract_message_id(raw),
+                message_id_domain=self.hostname, state=State.DEFERRED if hold else None,
+                next_attempt_at=hold.until if hold else None, last_error=hold.reason if hold else None)
         except Exception as exc:  # the spool could not commit: nothing acknowledged, the client retries
             log.error("intake.spool_failed", error=str(exc), peer=env.peer)
             return self._per_rcpt(rcpts, "451 4.3.0 Temporary failure, message not stored; try again later")
         self.accepted += 1
+        if hold is not None:
+            hold.spooled(queue_id)
         if self.on_stored is not None:
             self.on_stored(self.direction)
         if self.lmtp:
@@ -489,12 +511,14 @@ class SmtpListener:
     """One bound listener (SMTP, LMTP or submission) and its live sessions."""
 
     def __init__(self, listener: ListenerConfig, *, spool: Spool, rcpt_check: RcptCheck, hostname: str | None = None,
-                 on_stored: Callable[[Direction], None] | None = None, message_check: MessageCheck | None = None):
+                 on_stored: Callable[[Direction], None] | None = None, message_check: MessageCheck | None = None,
+                 hold_check: HoldCheck | None = None):
         self.cfg = listener
         self.hostname = listener.hostname or hostname or default_hostname()
         direction = Direction.OUTBOUND if listener.kind == "submission" else Direction.INBOUND
         self.handler = IntakeHandler(spool=spool, listener=listener, hostname=self.hostname, rcpt_check=rcpt_check,
-                                     direction=direction, on_stored=on_stored, message_check=message_check)
+                                     direction=direction, on_stored=on_stored, message_check=message_check,
+                                     hold_check=hold_check if direction == Direction.INBOUND else None)
         self.tls_context = build_tls_context(listener)
         self.sessions: set[GatewaySMTP] = set()
         self.server: asyncio.Server | None = None

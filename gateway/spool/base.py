@@ -167,6 +167,7 @@ class PutItem:
     state: State | None = None
     last_error: str | None = None
     message_id_domain: str | None = None
+    next_attempt_at: float | None = None  # when a worker may first claim it (None: now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,6 +191,7 @@ class Spool(Protocol):
         state: State | None = None,
         last_error: str | None = None,
         message_id_domain: str | None = None,
+        next_attempt_at: float | None = None,
     ) -> tuple[str, bool]:
         """Store durably; returns (queue_id, created). With a dedup_key already stored: (its id, False)."""
         ...

@@ -463,10 +463,11 @@ class SqliteSpool:
         state: State | None = None,
         last_error: str | None = None,
         message_id_domain: str | None = None,
+        next_attempt_at: float | None = None,
     ) -> tuple[str, bool]:
         item = PutItem(envelope, raw, direction=direction, message_id=message_id,
                        message_id_generated=message_id_generated, dedup_key=dedup_key, state=state,
-                       last_error=last_error, message_id_domain=message_id_domain)
+                       last_error=last_error, message_id_domain=message_id_domain, next_attempt_at=next_attempt_at)
         [result] = await self.put_many([item])
         if isinstance(result, BaseException):
             raise result
@@ -502,7 +503,7 @@ class SqliteSpool:
         now = time.time()
         row = (queue_id, str(item.direction), str(state), env.mail_from, dumps(list(env.rcpt_tos)), env.intake,
                env.peer, env.helo, dumps(env.source), message_id, int(generated), len(item.raw), env.received_at,
-               now, now, item.last_error, item.dedup_key)
+               now, now if item.next_attempt_at is None else item.next_attempt_at, item.last_error, item.dedup_key)
         return row, item.raw, item.dedup_key
 
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None

@@ -344,3 +344,53 @@ async def test_unreadable_secret_defers_and_never_bounces(odoo_standin: OdooStan
         assert [e for e in await h.spool.list() if e.direction == Direction.OUTBOUND] == []  # no DSN
     finally:
         await h.close()
+
+
+async def test_mail_arriving_during_an_outage_is_spooled_deferred_until_the_probe(tmp_path: Path) -> None:
+    """With every instance of its recipients down (breaker open), SMTP mail is spooled `deferred` until the
+    breaker's probe time instead of being claimed and deferred again once per message; it is delivered once the
+    instance is back. Recipients of an instance that is up, or of several instances, are not held."""
+    import smtplib
+
+    from gateway.config import ListenerConfig
+    from gateway.intake.smtp import SmtpListener
+
+    with OdooStandin() as a, OdooStandin(domain="example.net") as b:
+        h = await Harness(tmp_path, [odoo_instance_config(a, tmp_path, name="a"),
+                                     odoo_instance_config(b, tmp_path, name="b", domains=["example.net"])],
+                          breaker_threshold=1, breaker_cooldown="3s", retry_initial="5s", retry_max="10s").start()
+        b.down()
+        first = await h.put(message("<first@x>", to="sales@example.net"), rcpts=["sales@example.net"])
+        await h.wait(first, State.DEFERRED)
+        assert h.clients["b"].breaker.state == "open"
+        hold = h.worker.intake_hold("bob@example.org", ("sales@example.net", "support@example.net"))
+        assert hold is not None and hold.until == h.clients["b"].breaker.retry_at and "circuit open" in hold.reason
+        assert h.worker.intake_hold("bob@example.org", ("sales@example.com",)) is None  # instance a is up
+        # a can take its share:
+        assert h.worker.intake_hold("bob@example.org", ("sales@example.com", "sales@example.net")) is None
+        assert h.worker.intake_hold("bob@example.org", ("someone@example.org",)) is None  # no instance of ours
+        # ann's first message is waiting for b: her later mail waits behind it, whatever its recipients.
+        behind = h.worker.intake_hold("Ann@example.org", ("sales@example.com",))
+        assert behind is not None and first in behind.reason and behind.until > time.time()
+
+        listener = SmtpListener(ListenerConfig.model_validate({"kind": "smtp", "bind": "127.0.0.1:0"}),
+                                spool=h.spool, rcpt_check=lambda *_: None, hostname="mx.test",
+                                hold_check=h.worker.intake_hold)
+        await listener.start()
+        try:
+            def send() -> None:
+                with smtplib.SMTP("127.0.0.1", listener.port, timeout=10) as c:
+                    c.sendmail("bob@example.org", ["sales@example.net"], message("<during@x>", frm="bob@example.org",
+                                                                                 to="sales@example.net"))
+            await asyncio.to_thread(send)
+        finally:
+            await listener.drain(1.0)
+        [during] = [e for e in await h.spool.list() if e.message_id == "<during@x>"]
+        assert during.state == State.DEFERRED and during.attempts == 0
+        assert during.next_attempt_at == hold.until and "circuit open" in (during.last_error or "")
+        assert during.queue_id in h.worker._waiting["b"]  # woken with the others when b is back
+        b.up()
+        await h.wait(during.queue_id, State.DELIVERED, timeout=20)
+        await h.wait(first, State.DELIVERED, timeout=20)
+        assert sorted(c.message_id for c in b.message_calls()) == ["<during@x>", "<first@x>"]
+        await h.close()
