@@ -2,8 +2,9 @@
 
 Why a writer thread: with synchronous=FULL every COMMIT is an fsync. Twenty SMTP sessions committing one
 by one would serialise on fsync; instead every write is queued to one thread that takes all writes waiting
-at that moment, runs each in its own SAVEPOINT (one failing write does not undo the others) and commits them
-together — one fsync per batch (group commit). Callers get their result only after that COMMIT returned,
+at that moment and commits them together — one fsync per batch (group commit); one failing write does not
+undo the others (the rows of all puts are inserted together, other writes get a SAVEPOINT each when they share
+the transaction; see `_GroupCommitWriter._commit`). Callers get their result only after that COMMIT returned,
 which is what lets the SMTP layer say 250 only for mail that is on disk.
 
 Reads run on their own connection in a small thread pool; WAL keeps them from blocking the writer. Another
@@ -224,7 +225,7 @@ class _Op:
     """One write and where its result goes: an asyncio future (resolved on its loop) or a concurrent one.
 
     Either `fn(conn)`, or `rows` to insert (put_many): the writer stores the rows of every put in a batch with
-    one set of statements (see `_GroupCommitWriter._run`).
+    one set of statements (see `_GroupCommitWriter._commit`).
     """
 
     __slots__ = ("fn", "future", "loop", "rows")
