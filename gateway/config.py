@@ -77,7 +77,7 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-_INLINE_SECRETS = ("password", "secret", "api_key", "token", "verp_secret")
+_INLINE_SECRETS = ("password", "secret", "api_key", "token", "verp_secret", "client_secret", "refresh_token")
 
 
 class _SecretHolder(_Model):
@@ -312,6 +312,47 @@ class OutboundConfig(_Model):
     timeout: Duration = parse_duration("5m")  # per SMTP session
 
 
+class OAuth2Config(_SecretHolder):
+    """OAuth 2.0 for a mailbox (SASL XOAUTH2, as Microsoft 365 and Google require): the gateway gets its access
+    tokens from `token_url` itself. With a refresh token (Google; Microsoft delegated access) it uses the
+    refresh_token grant; without one the client_credentials grant (Microsoft 365 app-only access, scope
+    https://outlook.office365.com/.default)."""
+
+    token_url: str
+    client_id: str
+    client_secret_env: str | None = None
+    client_secret_file: Path | None = None
+    refresh_token_env: str | None = None
+    refresh_token_file: Path | None = None
+    scope: str | None = None
+    ca_file: Path | None = None  # for a token endpoint behind a private CA
+
+    @model_validator(mode="after")
+    def _check(self) -> OAuth2Config:
+        scheme, _, rest = self.token_url.partition("://")
+        host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
+        if scheme != "https" and not (scheme == "http" and host in ("127.0.0.1", "::1", "localhost")):
+            raise ValueError("token_url must be https:// (http only to a loopback address)")
+        if not self.has_refresh_token and not (self.client_secret_env or self.client_secret_file):
+            raise ValueError("set refresh_token_env/_file (refresh_token grant) or client_secret_env/_file "
+                             "(client_credentials grant)")
+        return self
+
+    @property
+    def has_refresh_token(self) -> bool:
+        return bool(self.refresh_token_env or self.refresh_token_file)
+
+    def client_secret(self, what: str) -> str | None:
+        if not (self.client_secret_env or self.client_secret_file):
+            return None  # a public client (refresh_token grant)
+        return resolve_secret(self.client_secret_env, self.client_secret_file, what=f"{what}.oauth2.client_secret")
+
+    def refresh_token(self, what: str) -> str | None:
+        if not self.has_refresh_token:
+            return None
+        return resolve_secret(self.refresh_token_env, self.refresh_token_file, what=f"{what}.oauth2.refresh_token")
+
+
 class MailboxBase(_SecretHolder):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     host: str
@@ -321,6 +362,7 @@ class MailboxBase(_SecretHolder):
     user: str
     password_env: str | None = None
     password_file: Path | None = None
+    oauth2: OAuth2Config | None = None  # instead of a password: SASL XOAUTH2 with tokens the gateway fetches
     instance: str | None = None
     recipient: str | None = None  # address routing assumes when the headers carry none of ours
     max_message_size: Size = parse_size("25MiB")
@@ -329,12 +371,23 @@ class MailboxBase(_SecretHolder):
 
     @model_validator(mode="after")
     def _secret_needed(self) -> MailboxBase:
-        if not (self.password_env or self.password_file):
-            raise ValueError("set password_env or password_file")
+        has_password = bool(self.password_env or self.password_file)
+        if self.oauth2 is not None and has_password:
+            raise ValueError("set either a password (password_env/_file) or oauth2, not both")
+        if self.oauth2 is None and not has_password:
+            raise ValueError("set password_env or password_file (or oauth2)")
         return self
 
     def password(self) -> str:
         return resolve_secret(self.password_env, self.password_file, what=f"{self.name}.password")
+
+    def check_secrets(self) -> None:
+        """Raise ConfigError when a secret this mailbox needs cannot be read (its value is never returned)."""
+        if self.oauth2 is None:
+            self.password()
+        else:
+            self.oauth2.client_secret(self.name)
+            self.oauth2.refresh_token(self.name)
 
 
 class ImapConfig(MailboxBase):
@@ -352,7 +405,11 @@ class ImapConfig(MailboxBase):
 
 
 class Pop3Config(MailboxBase):
-    pass
+    @model_validator(mode="after")
+    def _no_oauth2(self) -> Pop3Config:
+        if self.oauth2 is not None:
+            raise ValueError("oauth2 is implemented for IMAP mailboxes only; POP3 logs in with a password")
+        return self
 
 
 class LoggingConfig(_Model):

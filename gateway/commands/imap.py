@@ -19,6 +19,7 @@ from gateway.exitcodes import EX_CONFIG, EX_NOPERM, EX_TEMPFAIL, EX_USAGE
 from gateway.intake import imap as imap_intake
 from gateway.intake import pop as pop_intake
 from gateway.intake.mailbox import default_port
+from gateway.intake.oauth2 import OAuth2Error, TokenSource
 
 Say = Callable[[str], None]
 
@@ -55,7 +56,7 @@ def run_test(args: argparse.Namespace) -> int:
     try:
         config = load_config(args.config)
         mailbox = find_mailbox(config, args.name, args.protocol)
-        mailbox.password()  # presence only; never printed
+        mailbox.check_secrets()  # presence only; never printed
     except ConfigError as exc:
         report_config_error(args.config, exc)
         return EX_CONFIG
@@ -74,7 +75,7 @@ async def test_mailbox(mailbox: ImapConfig | Pop3Config, say: Say) -> int:
             await _test_imap(mailbox, say)
         else:
             await _test_pop3(mailbox, say)
-    except (imap_intake.ImapAuthError, pop_intake.Pop3AuthError) as exc:
+    except (imap_intake.ImapAuthError, pop_intake.Pop3AuthError, OAuth2Error) as exc:
         say(f"FAILED: {exc}")
         return EX_NOPERM
     except ssl.SSLCertVerificationError as exc:
@@ -101,8 +102,15 @@ async def _test_imap(cfg: ImapConfig, say: Say) -> None:
             say(f"STARTTLS: {client.tls_info()}, certificate verified")
         if cfg.tls == "none":
             say("warning: tls: none — the password crosses the network in clear text")
-        await client.open_authenticated(cfg.user, cfg.password())
-        say(f"login: ok as {cfg.user}")
+        if cfg.oauth2 is not None:
+            token = await TokenSource(cfg.oauth2, what=cfg.name).token()
+            say(f"oauth2: access token from {cfg.oauth2.token_url} "
+                f"({'refresh_token' if cfg.oauth2.has_refresh_token else 'client_credentials'} grant)")
+            await client.open_oauth2(cfg.user, token)
+            say(f"login: ok as {cfg.user} (XOAUTH2)")
+        else:
+            await client.open_authenticated(cfg.user, cfg.password())
+            say(f"login: ok as {cfg.user}")
         caps = client.capabilities
         say("capabilities: " + " ".join(sorted(caps)))
         resp = await client.ok(client.select(imap_intake.quoted(cfg.folder)), f"SELECT {cfg.folder}")

@@ -19,7 +19,10 @@ same transport and protocol, then CAPABILITY again as RFC 3501 §6.2.1 requires)
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
+import json
 import re
 import socket
 import ssl
@@ -29,6 +32,7 @@ from typing import Any, TypeVar
 
 import aioimaplib
 from aioimaplib.aioimaplib import (
+    AUTH,
     CRLF,
     STOP_WAIT_SERVER_PUSH,
     Command,
@@ -52,6 +56,7 @@ from gateway.intake.mailbox import (
     is_loopback,
     ssl_context_for,
 )
+from gateway.intake.oauth2 import OAuth2Error, TokenSource, xoauth2_initial_response
 from gateway.logs import get_logger
 from gateway.spool.base import Spool
 
@@ -111,6 +116,17 @@ def _text(resp: Any) -> str:
     lines = getattr(resp, "lines", None) or [b""]
     last = lines[-1]
     return bytes(last).decode(errors="replace") if isinstance(last, bytes | bytearray) else str(last)
+
+
+def _challenge_text(challenge: bytes | None) -> str:
+    """XOAUTH2's error challenge is base64 JSON ({"status": "401", "schemes": "bearer", ...}): say its status."""
+    if not challenge:
+        return ""
+    try:
+        data = json.loads(base64.b64decode(challenge, validate=True))
+    except (ValueError, binascii.Error):
+        return ""
+    return f" (server status {data.get('status')})" if isinstance(data, dict) and data.get("status") else ""
 
 
 def parse_search(lines: Sequence[Any]) -> list[int]:
@@ -236,6 +252,22 @@ class _WatchfulProtocol(IMAP4ClientProtocol):
         super().__init__(loop, conn_lost_cb)
         self.exists_seen = False
         self.bye: str | None = None
+        self.auth_response: bytes | None = None  # SASL response to send when the server asks (no SASL-IR)
+        self.auth_challenge: bytes | None = None  # the server's error challenge to a failed AUTHENTICATE
+
+    def _continuation(self, line: bytes) -> None:
+        # aioimaplib's AUTHENTICATE support ends at sending the command: a "+" from the server (asking for the
+        # response, or carrying XOAUTH2's error challenge, which wants an empty answer before the NO) would
+        # leave the command waiting forever.
+        cmd = self.pending_sync_command
+        if cmd is None or cmd.name != "AUTHENTICATE":
+            super()._continuation(line)
+        elif self.auth_response is not None:
+            self.transport.write(self.auth_response + CRLF)
+            self.auth_response = None
+        else:
+            self.auth_challenge = line[1:].strip()
+            self.transport.write(CRLF)
 
     # aioimaplib's data_received and send build a debug line of everything read or written with `%` before the
     # logger decides to drop it: a copy of every fetched byte as text, a tenth of the poller's CPU. Same code,
@@ -321,13 +353,25 @@ class ImapClient(aioimaplib.IMAP4):
             raise ImapError(f"{what}: {resp.result} {_text(resp)}")
         return resp
 
-    async def open(self, user: str, password: str, *, starttls: ssl.SSLContext | None) -> None:
-        """Greeting, optional STARTTLS, LOGIN, fresh CAPABILITY."""
+    async def open(self, user: str, password: str | None, *, starttls: ssl.SSLContext | None,
+                   tokens: TokenSource | None = None) -> None:
+        """Greeting, optional STARTTLS, LOGIN (or XOAUTH2 with a token from `tokens`), fresh CAPABILITY."""
         await self.call(self.wait_hello_from_server(), "greeting")
         self._keepalive()
         if starttls is not None:
             await self.starttls(starttls)
-        await self.open_authenticated(user, password)
+        if tokens is None:
+            assert password is not None
+            await self.open_authenticated(user, password)
+            return
+        token, fresh = await tokens.token_info()
+        try:
+            await self.open_oauth2(user, token)
+        except ImapAuthError:
+            if fresh:
+                raise
+            tokens.invalidate()  # a cached token can be revoked before it expires: one more try, with a new one
+            await self.open_oauth2(user, await tokens.token())
 
     async def open_authenticated(self, user: str, password: str) -> None:
         """LOGIN, then a fresh CAPABILITY."""
@@ -338,6 +382,27 @@ class ImapClient(aioimaplib.IMAP4):
             raise ImapAuthError(f"LOGIN refused: {_text(resp)}")
         # LOGIN's inline [CAPABILITY …] is parsed badly by aioimaplib ("MOVE]"): ask again.
         await self.call(self.protocol.capability(), "CAPABILITY")
+
+    async def open_oauth2(self, user: str, token: str) -> None:
+        """AUTHENTICATE XOAUTH2 (with SASL-IR when offered), then a fresh CAPABILITY."""
+        if "AUTH=XOAUTH2" not in self.capabilities:
+            raise ImapAuthError("the server does not offer AUTH=XOAUTH2 (oauth2 is configured for this mailbox)")
+        response = xoauth2_initial_response(user, token)
+        protocol = self.protocol
+        protocol.auth_challenge = None
+        if "SASL-IR" in self.capabilities:
+            cmd = Command("AUTHENTICATE", protocol.new_tag(), "XOAUTH2", response, loop=protocol.loop)
+        else:
+            protocol.auth_response = response.encode("ascii")
+            cmd = Command("AUTHENTICATE", protocol.new_tag(), "XOAUTH2", loop=protocol.loop)
+        try:
+            resp = await self.call(protocol.execute(cmd), "AUTHENTICATE XOAUTH2")
+        finally:
+            protocol.auth_response = None
+        if resp.result != "OK":
+            raise ImapAuthError(f"XOAUTH2 refused: {_text(resp)}{_challenge_text(protocol.auth_challenge)}")
+        protocol.state = AUTH
+        await self.call(protocol.capability(), "CAPABILITY")
 
     async def starttls(self, ctx: ssl.SSLContext) -> None:
         if "STARTTLS" not in self.capabilities:
@@ -414,6 +479,7 @@ class ImapPoller(MailboxPoller):
         self._left: set[int] = set()  # UIDs (of the current UIDVALIDITY) deliberately left in the mailbox
         self._suspects: dict[int, int] = {}  # UID -> failed FETCHes it was part of (reset by a good FETCH)
         self._inflight: list[int] | None = None  # UIDs of the FETCH in progress, to blame if the session dies
+        self._tokens = TokenSource(cfg.oauth2, what=cfg.name) if cfg.oauth2 is not None else None
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
@@ -428,8 +494,10 @@ class ImapPoller(MailboxPoller):
                     await self._session(client, starttls)
                 except asyncio.CancelledError:
                     raise
-                except ImapAuthError as exc:
+                except (ImapAuthError, OAuth2Error) as exc:
                     self._note_error(exc)
+                    if self._tokens is not None:
+                        self._tokens.invalidate()  # refused or revoked: ask the token endpoint again next time
                     # Hammering a wrong password gets accounts locked: wait at least a minute.
                     self._backoff.current = max(self._backoff.current, 60.0)
                 except (OSError, TimeoutError, ssl.SSLError, GatewayError, ConfigError,
@@ -464,7 +532,8 @@ class ImapPoller(MailboxPoller):
             self.log.warning("imap.plaintext", note="tls: none sends the password in clear text")
         if cfg.after == f"move:{cfg.folder}":
             raise ImapError(f"after: move:{cfg.folder} moves messages into the folder they are read from")
-        await client.open(cfg.user, cfg.password(), starttls=starttls)
+        await client.open(cfg.user, cfg.password() if self._tokens is None else None, starttls=starttls,
+                          tokens=self._tokens)
         resp = await client.ok(client.select(quoted(cfg.folder)), f"SELECT {cfg.folder}")
         uidvalidity, exists = select_info(resp.lines)
         if uidvalidity is None:

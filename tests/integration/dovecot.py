@@ -2,7 +2,9 @@
 
 `DovecotServer(base).start()` writes a private config (own base_dir, so several instances and the system's own
 Dovecot never collide) and TLS files from trustme. Authentication is a static passdb (one password, any user
-name), so `add_user()` needs no reload and one server per test session serves a fresh mailbox to every test.
+name), so `add_user()` needs no reload and one server per test session serves a fresh mailbox to every test;
+`DovecotServer(oauth2_introspection_url=URL)` also offers AUTH=XOAUTH2 through Dovecot's oauth2 passdb, which
+checks each token at URL (tests/integration/oauth2_idp.py is such a server).
 `stop()` kills by PID and waits for the exit: a restart before the old master is gone fails with "already running".
 Needs root (Dovecot drops mail access to the `vmail` user, created here if missing) and the Debian packages
 dovecot-imapd and dovecot-pop3d; `why_unavailable()` says why not, for skip messages.
@@ -43,7 +45,7 @@ ssl_cert = <{base}/tls/server.pem
 ssl_key = <{base}/tls/server.key
 ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
-auth_mechanisms = plain login
+auth_mechanisms = plain login{oauth2_mechanisms}
 mail_location = maildir:{base}/mail/%u/Maildir
 mail_uid = vmail
 mail_gid = vmail
@@ -53,7 +55,7 @@ namespace inbox {{
   inbox = yes
   separator = /
 }}
-passdb {{
+{oauth2_passdb}passdb {{
   # Any user name logs in with this one password: every test gets a fresh, empty mailbox by picking a new name.
   driver = static
   args = password={password}
@@ -155,7 +157,9 @@ class MailUser:
 
 
 class DovecotServer:
-    def __init__(self, base: Path | None = None):
+    def __init__(self, base: Path | None = None, *, oauth2_introspection_url: str | None = None):
+        """`oauth2_introspection_url`: also offer AUTH=XOAUTH2, checking tokens there (RFC 7662, POST)."""
+        self.oauth2_introspection_url = oauth2_introspection_url
         if base is None:
             base = Path(tempfile.mkdtemp(prefix="mailgw-dovecot-"))
         self.base = base
@@ -186,8 +190,17 @@ class DovecotServer:
         cert.private_key_pem.write_to_path(str(self.base / "tls" / "server.key"))
         chain = b"".join(p.bytes() for p in cert.cert_chain_pems)
         (self.base / "tls" / "server.pem").write_bytes(chain)
+        oauth2_passdb = oauth2_mechanisms = ""
+        if self.oauth2_introspection_url:
+            (self.base / "dovecot-oauth2.conf.ext").write_text(
+                f"introspection_mode = post\nintrospection_url = {self.oauth2_introspection_url}\n"
+                "username_attribute = username\nactive_attribute = active\nactive_value = true\n")
+            oauth2_mechanisms = " xoauth2 oauthbearer"
+            oauth2_passdb = (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
+                             f"  args = {self.base}/dovecot-oauth2.conf.ext\n}}\n")
         self.conf.write_text(CONF.format(base=self.base, tag=self.tag, password=self.password, imap=self.imap_port,
-                                         imaps=self.imaps_port, pop3=self.pop3_port, pop3s=self.pop3s_port))
+                                         imaps=self.imaps_port, pop3=self.pop3_port, pop3s=self.pop3s_port,
+                                         oauth2_passdb=oauth2_passdb, oauth2_mechanisms=oauth2_mechanisms))
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
