@@ -63,8 +63,10 @@ from gateway.spool.base import Spool
 T = TypeVar("T")
 log = get_logger("mailgw.intake.imap")
 
-# UIDs per FETCH/STORE command, and per "chunk" flagged at once (what a crash may make us fetch again).
+# UIDs per STORE/MOVE command: committed messages are flagged in groups of this size (what a crash between a
+# commit and its flag may make us fetch again).
 MAX_UIDS_PER_COMMAND = 200
+SIZES_PER_COMMAND = 1000  # UIDs per `UID FETCH (RFC822.SIZE)` (~40 bytes of answer each)
 MAX_BATCH_BYTES = 32 * 1024 * 1024  # bodies held in memory at once (one message may exceed it alone)
 IDLE_RENEW_MAX = 28 * 60.0
 # A message whose FETCH failed this often (the server said NO or dropped the connection; the last times fetched
@@ -575,17 +577,17 @@ class ImapPoller(MailboxPoller):
             client.protocol.exists_seen = False
             resp = await client.ok(client.uid_search(search_criteria(self.cfg), charset=None), "UID SEARCH")
             todo = [u for u in parse_search(resp.lines) if u not in handled and u not in self._left]
-            for chunk in _chunks(todo, MAX_UIDS_PER_COMMAND):
-                if self._stopping:
-                    return
-                await self._process(client, list(chunk))
-                handled.update(chunk)
+            if todo:
+                await self._process(client, todo)
+                handled.update(todo)
             if not todo and not client.protocol.exists_seen:
                 return
 
     async def _process(self, client: ImapClient, uids: list[int]) -> None:
         """Spool and flag these UIDs: batches bounded in count and bytes, pipelined so that the fetch of batch k+1
-        overlaps the spool commit (fsync) of batch k; the chunk is flagged once every commit in it returned.
+        overlaps the spool commit (fsync) of batch k. Committed UIDs are flagged between FETCHes, a command per
+        MAX_UIDS_PER_COMMAND of them, so the pipeline never drains just to flag (it did once per 200 messages:
+        ~18 ms of a 2,000-message catch-up's ~50 ms per 200).
 
         No ledger look-up before fetching: the spool's put() checks the ledger key in the same transaction, so a
         message spooled before (crash before the flag, a human marked it unread) costs one re-download and is
@@ -597,10 +599,11 @@ class ImapPoller(MailboxPoller):
         uids = [u for u in uids if u not in self._left]
         suspects = [u for u in uids if u in self._suspects]
         sizes: dict[int, int | None] = {}
-        for group in ([u for u in uids if u not in self._suspects], *([u] for u in suspects)):
+        plain = [u for u in uids if u not in self._suspects]
+        for group in (*_chunks(plain, SIZES_PER_COMMAND), *([u] for u in suspects)):
             if group:
                 sizes.update({u: s for u, (s, _) in parse_fetch((await self._fetch_items(
-                    client, group, "(UID RFC822.SIZE)", "UID FETCH RFC822.SIZE")).lines).items()})
+                    client, list(group), "(UID RFC822.SIZE)", "UID FETCH RFC822.SIZE")).lines).items()})
         batches: list[list[int]] = []
         batch_bytes = 0
         for u in uids:
@@ -616,7 +619,7 @@ class ImapPoller(MailboxPoller):
                 batch_bytes = 0
             batches[-1].append(u)
             batch_bytes += size
-        committed: list[tuple[int, str]] = []
+        committed: list[tuple[int, str]] = []  # spooled, not yet flagged
         failed: list[SpoolOutcome] = []
         in_flight: deque[asyncio.Future[list[SpoolOutcome]]] = deque()
         try:
@@ -628,6 +631,10 @@ class ImapPoller(MailboxPoller):
                 # Two commits in flight at most: the spool groups what queues up behind a commit in progress.
                 while len(in_flight) > 1 or (in_flight and in_flight[0].done()):
                     self._settle(await in_flight.popleft(), committed, failed)
+                if len(committed) >= MAX_UIDS_PER_COMMAND:
+                    # Flag what is committed while the newest batch's commit is still running.
+                    await self._after(client, [u for u, _ in committed], [q for _, q in committed])
+                    committed.clear()
             while in_flight:
                 self._settle(await in_flight.popleft(), committed, failed)
         finally:
@@ -635,7 +642,7 @@ class ImapPoller(MailboxPoller):
                 # Failed mid-way: a commit in flight completes on its own (harmless); its messages are flagged on
                 # the next pass. Only make sure its outcome is collected.
                 fut.add_done_callback(lambda f: f.cancelled() or f.exception())
-        # One flag command for the whole chunk (<= MAX_UIDS_PER_COMMAND), after every commit in it returned.
+        # The rest, after every commit returned.
         await self._after(client, [u for u, _ in committed], [q for _, q in committed])
         if failed:
             # The spool refused a write (disk full, …): those stay unflagged; retry after a backoff.
