@@ -193,8 +193,15 @@ class Spool(Protocol):
         message_id_domain: str | None = None,
         next_attempt_at: float | None = None,
     ) -> tuple[str, bool]:
-        """Store durably; returns (queue_id, created). With a dedup_key already stored: (its id, False)."""
-        ...
+        """Store durably; returns (queue_id, created). With a dedup_key already stored: (its id, False).
+        Written once here: an implementation that subclasses Spool stores through its put_many."""
+        item = PutItem(envelope, raw, direction=direction, message_id=message_id,
+                       message_id_generated=message_id_generated, dedup_key=dedup_key, state=state,
+                       last_error=last_error, message_id_domain=message_id_domain, next_attempt_at=next_attempt_at)
+        [result] = await self.put_many([item])
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
     async def put_many(self, items: Sequence[PutItem]) -> list[tuple[str, bool] | BaseException]:
         """Several messages in one commit; each stored or failed on its own, results in order."""

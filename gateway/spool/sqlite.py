@@ -36,6 +36,7 @@ from gateway.spool.base import (
     InvalidTransition,
     PutItem,
     RecoveryReport,
+    Spool,
     SpoolEntry,
     SpoolError,
     State,
@@ -356,8 +357,11 @@ class _GroupCommitWriter:
                 try:
                     value = op.fn(conn)
                 except BaseException as exc:  # the op's own error goes back to its caller
-                    if not isolate:
-                        raise _OpFailed(exc) from exc
+                    if not isolate:  # alone in the transaction: rolling it back undoes only this op
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                        _resolve([(op, None, exc)])
+                        return
                     conn.execute("ROLLBACK TO op")
                     conn.execute("RELEASE op")
                     results.append((op, None, exc))
@@ -369,9 +373,6 @@ class _GroupCommitWriter:
         except BaseException as exc:  # the batch did not commit: every caller must hear it
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
-            if isinstance(exc, _OpFailed):  # the only op failed: its own error, as if it had had a SAVEPOINT
-                _resolve([(batch[0], None, exc.error)])
-                return
             failure = SpoolError(f"spool commit failed: {exc}")
             _resolve([(op, None, failure) for op in batch])
             return
@@ -392,13 +393,7 @@ class _GroupCommitWriter:
             return _insert_each(conn, rows)
 
 
-class _OpFailed(Exception):
-    def __init__(self, error: BaseException):
-        super().__init__(str(error))
-        self.error = error
-
-
-class SqliteSpool:
+class SqliteSpool(Spool):
     """The default spool. Create with `await SqliteSpool.open(path)`."""
 
     def __init__(self, path: Path, *, max_batch: int = 256, commit_window: float = 0.0):
@@ -419,9 +414,12 @@ class SqliteSpool:
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
-    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    def _check_open(self) -> None:
         if self._closed:
             raise SpoolError("spool is closed")
+
+    async def _write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self._check_open()
         fut = self._writer.submit(fn, asyncio.get_running_loop())
         assert isinstance(fut, asyncio.Future)
         return await fut
@@ -441,8 +439,7 @@ class SqliteSpool:
         return conn
 
     async def _read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        if self._closed:
-            raise SpoolError("spool is closed")
+        self._check_open()
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._readers, lambda: fn(self._reader()))
 
@@ -452,34 +449,11 @@ class SqliteSpool:
 
     # -- writes -----------------------------------------------------------------------------------------
 
-    async def put(
-        self,
-        envelope: Envelope,
-        raw: bytes,
-        *,
-        direction: Direction = Direction.INBOUND,
-        message_id: str | None = None,
-        message_id_generated: bool = False,
-        dedup_key: str | None = None,
-        state: State | None = None,
-        last_error: str | None = None,
-        message_id_domain: str | None = None,
-        next_attempt_at: float | None = None,
-    ) -> tuple[str, bool]:
-        item = PutItem(envelope, raw, direction=direction, message_id=message_id,
-                       message_id_generated=message_id_generated, dedup_key=dedup_key, state=state,
-                       last_error=last_error, message_id_domain=message_id_domain, next_attempt_at=next_attempt_at)
-        [result] = await self.put_many([item])
-        if isinstance(result, BaseException):
-            raise result
-        return result
-
     async def put_many(self, items: Sequence[PutItem]) -> list[tuple[str, bool] | BaseException]:
         """Store several messages in one writer operation (one commit). Each item is stored or fails on its
         own; results come back in order: (queue_id, created) or the item's exception."""
+        self._check_open()
         rows = [self._row(item) for item in items]
-        if self._closed:
-            raise SpoolError("spool is closed")
         results = await self._writer.submit_rows(rows, asyncio.get_running_loop())
         for item, (row, _raw, _key), result in zip(items, rows, results, strict=True):
             if isinstance(result, tuple) and result[1] and not isinstance(row, BaseException):
