@@ -64,9 +64,27 @@ class _Hold:
     until: float
     instance: str
 
+    def active(self) -> bool:
+        return self.until > time.time()
+
     def applies_to(self, entry: SpoolEntry) -> bool:
-        return entry.queue_id != self.queue_id and self.until > time.time() \
-            and entry.envelope.received_at >= self.received_at
+        return entry.queue_id != self.queue_id and self.active() and entry.envelope.received_at >= self.received_at
+
+    @property
+    def next_attempt_at(self) -> float:
+        """For mail held behind it: just after the held message's own next attempt."""
+        return self.until + 0.001
+
+    @property
+    def reason(self) -> str:
+        return f"waiting behind {self.queue_id} (same sender) for odoo {self.instance}"
+
+
+def _sender_lane(mail_from: str, queue_id: str) -> str:
+    """The delivery lane of an envelope sender (one delivery at a time, in arrival order)."""
+    sender = mail_from.strip().lower()
+    # Bounces (null sender) have no order to keep: each is its own lane.
+    return sender if sender else f"<>{queue_id}"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -159,12 +177,9 @@ class InboundWorker:
         claimed and deferred again at once: two more spool writes per message, competing with the intake's
         commits (bench/intake.py, where Odoo is unreachable: a quarter of the intake's throughput).
         """
-        now = time.time()
-        key = mail_from.strip().lower()
-        hold = self._holds.get(key) if key else None
-        if hold is not None and hold.until > now:
-            return IntakeHold(hold.until + 0.001, f"waiting behind {hold.queue_id} (same sender) for odoo "
-                                                  f"{hold.instance}", (hold.instance,), self._note_waiting)
+        hold = self._holds.get(_sender_lane(mail_from, ""))  # a null sender's lane is its own: never held
+        if hold is not None and hold.active():
+            return IntakeHold(hold.next_attempt_at, hold.reason, (hold.instance,), self._note_waiting)
         names: set[str] = set()
         for rcpt in rcpts:
             inst = self.config.instance_for_domain(rcpt.rpartition("@")[2])
@@ -273,9 +288,7 @@ class InboundWorker:
 
     @staticmethod
     def _sender_key(entry: SpoolEntry) -> str:
-        sender = entry.envelope.mail_from.strip().lower()
-        # Bounces (null sender) have no order to keep: each is its own lane.
-        return sender if sender else f"<>{entry.queue_id}"
+        return _sender_lane(entry.envelope.mail_from, entry.queue_id)
 
     def _enqueue(self, entry: SpoolEntry) -> None:
         self._claimed[entry.queue_id] = entry
@@ -321,9 +334,8 @@ class InboundWorker:
     async def _hold_back(self, entries: Sequence[SpoolEntry], hold: _Hold) -> None:
         """Keep per-sender order through an outage: wait behind the sender's older deferred message."""
         try:
-            moved = await self.spool.defer_many(
-                [e.queue_id for e in entries], next_attempt_at=hold.until + 0.001,
-                error=f"waiting behind {hold.queue_id} (same sender) for odoo {hold.instance}")
+            moved = await self.spool.defer_many([e.queue_id for e in entries], next_attempt_at=hold.next_attempt_at,
+                                                error=hold.reason)
             self._waiting.setdefault(hold.instance, set()).update(moved)
         finally:
             for entry in entries:
