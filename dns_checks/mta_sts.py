@@ -9,26 +9,21 @@ import re
 
 from dns_checks.resolver import DnsLookup, normalize
 from dns_checks.result import CheckResult, Status
+from dns_checks.tagged_txt import lookup_tagged_txt
 
 _ID = re.compile(r"[A-Za-z0-9]{1,32}\Z")
 
 
 async def check_mta_sts(dns: DnsLookup, domain: str) -> CheckResult:
     domain = normalize(domain)
-    name = f"_mta-sts.{domain}"
-    ans = await dns.query(name, "TXT")
-    if ans.is_error:
-        return CheckResult("mta-sts", Status.WARN, ans.describe())
-    texts = [t for t in ans.texts() if re.match(r"v=STSv1\s*(;|\Z)", t)]
-    records = tuple(f"{name}: {t}" for t in texts)
-    if not texts:
-        return CheckResult("mta-sts", Status.OK, "not published (optional: MTA-STS makes senders require "
-                           "TLS to your MX)")
-    if len(texts) > 1:
-        return CheckResult("mta-sts", Status.WARN, f"{len(texts)} MTA-STS records: senders then assume no "
-                           "policy (RFC 8461 §3.1); keep one", records)
-    tags = dict(_tag(part) for part in texts[0].split(";") if part.strip())
-    policy_id = tags.get("id", "")
+    found = await lookup_tagged_txt(
+        dns, f"_mta-sts.{domain}", "STSv1", "mta-sts",
+        absent="not published (optional: MTA-STS makes senders require TLS to your MX)",
+        several="MTA-STS records: senders then assume no policy (RFC 8461 §3.1); keep one")
+    if isinstance(found, CheckResult):
+        return found
+    records = found.records
+    policy_id = found.tags.get("id", "")
     if not _ID.match(policy_id):
         return CheckResult("mta-sts", Status.WARN, f"id={policy_id!r} must be 1-32 letters or digits: "
                            "senders ignore the record", records)
@@ -44,7 +39,3 @@ async def check_mta_sts(dns: DnsLookup, domain: str) -> CheckResult:
     return CheckResult("mta-sts", Status.OK, f"record published (id={policy_id}); policy host {host} "
                        "resolves (HTTPS policy not fetched)", records)
 
-
-def _tag(part: str) -> tuple[str, str]:
-    key, _, value = part.partition("=")
-    return key.strip().lower(), value.strip()

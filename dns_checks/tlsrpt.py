@@ -6,26 +6,18 @@ import re
 
 from dns_checks.resolver import DnsLookup, normalize
 from dns_checks.result import CheckResult, Status
+from dns_checks.tagged_txt import lookup_tagged_txt
 
 
 async def check_tls_rpt(dns: DnsLookup, domain: str) -> CheckResult:
-    name = f"_smtp._tls.{normalize(domain)}"
-    ans = await dns.query(name, "TXT")
-    if ans.is_error:
-        return CheckResult("tls-rpt", Status.WARN, ans.describe())
-    texts = [t for t in ans.texts() if re.match(r"v=TLSRPTv1\s*(;|\Z)", t)]
-    records = tuple(f"{name}: {t}" for t in texts)
-    if not texts:
-        return CheckResult("tls-rpt", Status.OK, "not published (optional: senders report TLS failures to "
-                           "the address it names)")
-    if len(texts) > 1:
-        return CheckResult("tls-rpt", Status.WARN, f"{len(texts)} TLS-RPT records: senders send no reports "
-                           "(RFC 8460 §3); keep one", records)
-    tags = {}
-    for part in texts[0].split(";"):
-        key, _, value = part.partition("=")
-        tags[key.strip().lower()] = value.strip()
-    uris = [u.strip() for u in tags.get("rua", "").split(",") if u.strip()]
+    found = await lookup_tagged_txt(
+        dns, f"_smtp._tls.{normalize(domain)}", "TLSRPTv1", "tls-rpt",
+        absent="not published (optional: senders report TLS failures to the address it names)",
+        several="TLS-RPT records: senders send no reports (RFC 8460 §3); keep one")
+    if isinstance(found, CheckResult):
+        return found
+    records = found.records
+    uris = [u.strip() for u in found.tags.get("rua", "").split(",") if u.strip()]
     if not uris:
         return CheckResult("tls-rpt", Status.WARN, "no rua=: the record names nowhere to send reports", records)
     bad = [u for u in uris if not re.match(r"(mailto:[^@\s]+@[^@\s]+|https://\S+)\Z", u, re.I)]
