@@ -131,6 +131,9 @@ def zones(k: Keys) -> list[str]:
         dom("badsts.test", extra=['_mta-sts TXT "v=STSv1; id=not-valid!"']),
         dom("stsnohost.test", extra=['_mta-sts TXT "v=STSv1; id=1"']),
         dom("badtlsrpt.test", extra=['_smtp._tls TXT "v=TLSRPTv1; rua=ftp://reports.test/x"']),
+        dom("twosts.test", extra=['_mta-sts TXT "v=STSv1; id=1"', '_mta-sts TXT "v=STSv1; id=2"']),
+        dom("twotlsrpt.test", extra=['_smtp._tls TXT "v=TLSRPTv1; rua=mailto:a@reports.test"',
+                                     '_smtp._tls TXT "v=TLSRPTv1; rua=mailto:b@reports.test"']),
     ]
 
 
@@ -236,6 +239,8 @@ DEFECTS = [
     Defect("badsts.test", "mta-sts", Status.WARN, "id='not-valid!' must be 1-32 letters or digits"),
     Defect("stsnohost.test", "mta-sts", Status.WARN, "policy host mta-sts.stsnohost.test does not resolve"),
     Defect("badtlsrpt.test", "tls-rpt", Status.WARN, "ftp://reports.test/x is not a mailto: or https: URI"),
+    Defect("twosts.test", "mta-sts", Status.WARN, "2 MTA-STS records: senders then assume no policy"),
+    Defect("twotlsrpt.test", "tls-rpt", Status.WARN, "2 TLS-RPT records: senders send no reports"),
 ]
 
 
