@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -10,10 +9,9 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from routing.directory import AliasDomain, Directory, InstanceDirectory
+from tests.dkim_keys import rsa_key
 from tests.integration.dnsserver import DnsTestServer, mail_zone
 
 MAILGW = Path(sys.executable).with_name("mailgw")
@@ -22,13 +20,10 @@ GW_IP = "127.0.0.10"
 
 @pytest.fixture(scope="module")
 def key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem, pub = rsa_key(pkcs8=True)
     path = tmp_path_factory.mktemp("dkim") / "sel1.pem"
-    path.write_bytes(priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                        serialization.NoEncryption()))
-    der = priv.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, base64.b64encode(der).decode()
+    path.write_bytes(pem)
+    return path, pub
 
 
 @pytest.fixture(scope="module")

@@ -4,7 +4,6 @@ server, from a real authoritative server (wire format, TCP, negative answers as 
 from __future__ import annotations
 
 import asyncio
-import base64
 import shutil
 import socket
 import subprocess
@@ -13,11 +12,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from dns_checks import CheckPlan, DnsClient, DomainTarget, Status, run_checks
 from gateway.config import DkimConfig
+from tests.dkim_keys import rsa_key
 from tests.integration.dnsserver import mail_zone
 
 KNOTD = shutil.which("knotd") or (shutil.which("knotd", path="/usr/sbin:/sbin"))
@@ -43,13 +41,10 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def keyfile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
-    priv = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    pem, pub = rsa_key()
     path = tmp_path_factory.mktemp("dkim") / "sel1.pem"
-    path.write_bytes(priv.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                                        serialization.NoEncryption()))
-    der = priv.public_key().public_bytes(serialization.Encoding.DER,
-                                         serialization.PublicFormat.SubjectPublicKeyInfo)
-    return path, base64.b64encode(der).decode()
+    path.write_bytes(pem)
+    return path, pub
 
 
 @pytest.fixture(scope="module")

@@ -8,13 +8,13 @@ import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
 from gateway.config import Config, parse_config
 from gateway.intake.imap import ImapPoller, uid_set
-from gateway.intake.mailbox import imap_key
+from gateway.intake.mailbox import MailboxPoller, imap_key
 from gateway.spool import Envelope, SqliteSpool, State
 from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message
 
@@ -32,20 +32,31 @@ async def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str =
         await asyncio.sleep(0.02)
 
 
+P = TypeVar("P", bound=MailboxPoller)
+
+
 @asynccontextmanager
-async def polling(dovecot: DovecotServer, user: MailUser, tmp_path: Path, backoff: float = 0.2, **overrides: Any
-                  ) -> AsyncIterator[tuple[ImapPoller, SqliteSpool, Config]]:
-    config = parse_config(mailbox_config_dict(dovecot, user, tmp_path / "state", **overrides))
+async def running(make: Callable[[Config, SqliteSpool], P], config: Config, backoff: float = 0.2
+                  ) -> AsyncIterator[tuple[P, SqliteSpool]]:
+    """A poller (IMAP or POP3) running on its own spool; stopped, and the spool closed, on the way out."""
     spool = await SqliteSpool.open(config.spool_path)
-    poller = ImapPoller(config.imap[0], config, spool)
+    poller = make(config, spool)
     poller.backoff_initial = backoff  # tests restart Dovecot: reconnect quickly
     task = asyncio.create_task(poller.run())
     try:
-        yield poller, spool, config
+        yield poller, spool
     finally:
         await poller.stop()
         await asyncio.wait_for(task, 15)
         await spool.close()
+
+
+@asynccontextmanager
+async def polling(dovecot: DovecotServer, user: MailUser, tmp_path: Path, backoff: float = 0.2, **overrides: Any
+                  ) -> AsyncIterator[tuple[ImapPoller, SqliteSpool, Config]]:
+    config = parse_config(mailbox_config_dict(dovecot, user, tmp_path / "state", **overrides))
+    async with running(lambda c, s: ImapPoller(c.imap[0], c, s), config, backoff) as (poller, spool):
+        yield poller, spool, config
 
 
 async def count(spool: SqliteSpool, state: State | None = None) -> int:

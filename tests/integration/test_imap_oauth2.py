@@ -4,7 +4,6 @@ and a refused grant is an authentication error that names the provider's reason 
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +16,6 @@ from gateway.commands import imap as imap_command
 from gateway.config import parse_config
 from gateway.exitcodes import EX_NOPERM
 from gateway.intake.imap import ImapPoller
-from gateway.spool import SqliteSpool
 from tests.integration.dovecot import (
     DovecotServer,
     MailUser,
@@ -27,7 +25,7 @@ from tests.integration.dovecot import (
     why_unavailable,
 )
 from tests.integration.oauth2_idp import OAuth2Provider
-from tests.integration.test_imap import wait_until
+from tests.integration.test_imap import running, wait_until
 
 USER = "oauth-box"
 
@@ -70,13 +68,9 @@ async def test_poller_logs_in_with_its_own_tokens_and_survives_a_revoked_one(
     for i in range(3):
         oauth_dovecot.append(user, message(i, to=user.address))
     config = parse_config(oauth_config(oauth_dovecot, user, idp, tmp_path))
-    spool = await SqliteSpool.open(config.spool_path)
-    poller = ImapPoller(config.imap[0], config, spool)
-    poller.backoff_initial = 0.2
     before = len(idp.requests)
     with capture_logs() as logs:
-        task = asyncio.create_task(poller.run())
-        try:
+        async with running(lambda c, s: ImapPoller(c.imap[0], c, s), config) as (poller, _spool):
             await wait_until(lambda: poller.stats["flagged"] == 3, what="3 messages spooled and flagged")
             grants = idp.requests[before:]
             assert [g["grant_type"] for g in grants] == ["client_credentials"]
@@ -89,10 +83,6 @@ async def test_poller_logs_in_with_its_own_tokens_and_survives_a_revoked_one(
             oauth_dovecot.append(user, message(7, to=user.address))
             await wait_until(lambda: poller.stats["flagged"] == 4, timeout=30, what="reconnect with a new token")
             assert len(idp.requests) - before == 2  # the cached token was refused once, then a fresh one
-        finally:
-            await poller.stop()
-            await asyncio.wait_for(task, 15)
-            await spool.close()
     text = repr(logs)
     assert idp.client_secret not in text and not any(t in text for t in idp.tokens)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import base64
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -15,13 +14,12 @@ import dkim
 import dns.resolver
 import pytest
 from aiosmtpd.smtp import SMTP
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
 
 from bounce.verp import decode
 from gateway.config import parse_config
 from gateway.outbound.worker import OutboundWorker
 from gateway.spool import Direction, Envelope, SqliteSpool, State
+from tests.dkim_keys import rsa_key
 from tests.integration.dnsserver import DnsTestServer, mail_zone
 
 SECRET = b"verp-test-secret"
@@ -57,14 +55,6 @@ async def mx_server(host: str) -> AsyncIterator[tuple[Capture, int]]:
     finally:
         server.close()
         await server.wait_closed()
-
-
-def rsa_key() -> tuple[bytes, str]:
-    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
-    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
-                            serialization.NoEncryption())
-    pub = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return pem, base64.b64encode(pub).decode()
 
 
 def dnsfunc_for(address: tuple[str, int]) -> Any:

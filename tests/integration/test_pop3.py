@@ -14,7 +14,7 @@ from gateway.intake.mailbox import pop3_key
 from gateway.intake.pop import Pop3Client, Pop3Poller
 from gateway.spool import Envelope, SqliteSpool, State
 from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message
-from tests.integration.test_imap import append, wait_until
+from tests.integration.test_imap import append, running, wait_until
 
 
 @asynccontextmanager
@@ -23,16 +23,8 @@ async def polling(dovecot: DovecotServer, user: MailUser, tmp_path: Path, **over
     overrides.setdefault("poll_interval", "0.2s")
     config = parse_config(mailbox_config_dict(dovecot, user, tmp_path / "state", protocol="pop3", name="legacy",
                                               **overrides))
-    spool = await SqliteSpool.open(config.spool_path)
-    poller = Pop3Poller(config.pop3[0], config, spool)
-    poller.backoff_initial = 0.2
-    task = asyncio.create_task(poller.run())
-    try:
+    async with running(lambda c, s: Pop3Poller(c.pop3[0], c, s), config) as (poller, spool):
         yield poller, spool, config
-    finally:
-        await poller.stop()
-        await asyncio.wait_for(task, 15)
-        await spool.close()
 
 
 async def server_count(dovecot: DovecotServer, user: MailUser) -> int:
