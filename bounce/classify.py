@@ -561,12 +561,6 @@ _EMAIL = re.compile(r"[\w.!#$%&'*+/=?^`{|}~-]{1,64}@[\w-]{1,63}(?:\.[\w-]{1,63})
 _URL = re.compile(r"(?:https?://|\b(?=www\.))([^/\s?#]+)\S*")
 
 
-def text_says(reason: str, diagnostic: str) -> bool:
-    """Does the diagnostic text use one of the phrases of `reason`?"""
-    phrases = _TEXT.get(reason)
-    return bool(phrases and phrases.search(_Doc(_normalize(diagnostic))))
-
-
 def _normalize(diagnostic: str) -> str:
     # Long texts are quoted messages or footers, not the reply: the reason is in the first lines.
     text = diagnostic[:MAX_TEXT].lower()

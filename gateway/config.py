@@ -13,6 +13,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
@@ -329,9 +330,8 @@ class OAuth2Config(_SecretHolder):
 
     @model_validator(mode="after")
     def _check(self) -> OAuth2Config:
-        scheme, _, rest = self.token_url.partition("://")
-        host = rest.split("/", 1)[0].rsplit(":", 1)[0].strip("[]")
-        if scheme != "https" and not (scheme == "http" and host in ("127.0.0.1", "::1", "localhost")):
+        url = urlsplit(self.token_url)
+        if url.scheme != "https" and not (url.scheme == "http" and url.hostname in ("127.0.0.1", "::1", "localhost")):
             raise ValueError("token_url must be https:// (http only to a loopback address)")
         if not self.has_refresh_token and not (self.client_secret_env or self.client_secret_file):
             raise ValueError("set refresh_token_env/_file (refresh_token grant) or client_secret_env/_file "

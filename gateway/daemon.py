@@ -208,9 +208,6 @@ class Daemon:
         finally:
             watchdog.cancel()
 
-    def request_stop(self) -> None:
-        self._stop.set()
-
     async def reload(self) -> None:
         """SIGHUP: re-read the config; keep the old one if the new one is invalid. Listeners are not rebound."""
         notify("RELOADING=1")

@@ -192,14 +192,6 @@ def split_plus(local: str, separator: str = "+") -> tuple[str, str | None]:
     return (base, tag) if sep else (local, None)
 
 
-def local_part(address: str) -> str:
-    return address.rpartition("@")[0] if "@" in address else address
-
-
-def domain_part(address: str) -> str:
-    return address.rpartition("@")[2] if "@" in address else ""
-
-
 def _charset(name: str | None) -> str:
     # iso-8859-8-i / -e (Hebrew logical/explicit ordering) are labels Python does not know, same bytes.
     cs = (name or "ascii").lower()

@@ -92,10 +92,6 @@ def plan_deliveries(decisions: Sequence[RouteDecision]) -> list[DeliveryPlan]:
     return plans
 
 
-def recipients_of(decisions: Iterable[RouteDecision], kind: str) -> list[str]:
-    return [d.recipient for d in decisions if d.route == kind]
-
-
 def is_discard(d: RouteDecision) -> bool:
     """A refusal whose answer is 2xx: accepted and dropped without DSN (Auto-Submitted discard, loop notices)."""
     return d.route == "refuse" and d.reply is not None and d.reply[0] < 300
