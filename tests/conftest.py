@@ -27,6 +27,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(autouse=True)
+def _no_logging_config_leaks() -> Iterator[None]:
+    """`mailgw` run in-process (cli.main, the daemon) configures structlog globally, e.g. at level warning; a
+    later test's capture_logs() would then see no info events at all. Every test starts from the defaults."""
+    import structlog
+
+    structlog.reset_defaults()
+    yield
+    structlog.reset_defaults()
+
+
 def shared_path(*parts: str) -> Path:
     """A path under ../shared, or skip the test with the reason when it is not there."""
     path = SHARED.joinpath(*parts)

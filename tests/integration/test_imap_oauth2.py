@@ -83,6 +83,7 @@ async def test_poller_logs_in_with_its_own_tokens_and_survives_a_revoked_one(
             oauth_dovecot.append(user, message(7, to=user.address))
             await wait_until(lambda: poller.stats["flagged"] == 4, timeout=30, what="reconnect with a new token")
             assert len(idp.requests) - before == 2  # the cached token was refused once, then a fresh one
+    assert any(e.get("event") == "imap.connected" for e in logs)  # captured: the next check means something
     text = repr(logs)
     assert idp.client_secret not in text and not any(t in text for t in idp.tokens)
 
