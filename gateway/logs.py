@@ -5,10 +5,12 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from typing import Any
 
 import orjson
 import structlog
+from structlog.typing import EventDict
 
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
@@ -35,6 +37,23 @@ def _dumps(obj: Any, **kw: Any) -> str:
         return json.dumps(obj, **kw)
 
 
+_stamp_second = -1
+_stamp_prefix = ""
+
+
+def _add_timestamp(_logger: Any, _method: str, event_dict: EventDict) -> EventDict:
+    """ISO 8601 UTC with microseconds, e.g. 2026-11-22T10:00:00.123456Z (structlog's TimeStamper(fmt="iso",
+    utc=True), at a fifth of its cost: the date and time of day are formatted once per second)."""
+    global _stamp_second, _stamp_prefix
+    now = time.time()
+    second = int(now)
+    if second != _stamp_second:
+        _stamp_prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _stamp_second = second
+    event_dict["timestamp"] = f"{_stamp_prefix}.{int((now - second) * 1e6):06d}Z"
+    return event_dict
+
+
 def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) -> None:
     stream = stream or _CurrentStderr()
     use_json = fmt == "json" or (fmt == "auto" and not stream.isatty())
@@ -46,7 +65,7 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         processors=[
             structlog.contextvars.merge_contextvars,
             structlog.processors.add_log_level,
-            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            _add_timestamp,
             structlog.processors.format_exc_info,
             renderer,
         ],
@@ -60,5 +79,32 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
 
 
+class _Logger:
+    """What `get_logger` returns. structlog's lazy proxy assembles a new bound logger (and a PrintLogger) for
+    every call, ~4 µs, and the spool logs a line per message; this one keeps what it assembled until structlog
+    is configured anew (setup_logging, tests resetting it). `bind()` returns structlog's own bound logger."""
+
+    __slots__ = ("_bound", "_config", "_proxy")
+
+    def __init__(self, name: str) -> None:
+        self._proxy = structlog.get_logger(name)
+        self._bound: Any = None
+        self._config: tuple[Any, ...] = ()
+
+    def _current(self) -> Any:
+        cfg = structlog.get_config()
+        key = (cfg["processors"], cfg["logger_factory"], cfg["wrapper_class"], cfg["context_class"])
+        if self._bound is None or any(a is not b for a, b in zip(key, self._config, strict=True)):
+            self._bound = self._proxy.bind()
+            self._config = key
+        return self._bound
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._current(), name)
+
+    def bind(self, **values: Any) -> Any:
+        return self._proxy.bind(**values)
+
+
 def get_logger(name: str = "mailgw") -> Any:
-    return structlog.get_logger(name)
+    return _Logger(name)
