@@ -19,18 +19,32 @@ def line_ending(raw: bytes) -> bytes:
     return b"\r\n" if nl > 0 and raw[nl - 1:nl] == b"\r" else b"\n"
 
 
+def _header_bounds(raw: bytes) -> tuple[int, int]:
+    """(end of the header block incl. its last line ending, start of the body). No empty line: (len, len)."""
+    if raw.startswith(b"\r\n"):
+        return 0, 2
+    if raw.startswith(b"\n"):
+        return 0, 1
+    # The first "\n\r\n" or "\n\n" (what `\r?\n\r?\n` finds, at memchr speed instead of a regex's); "\n\n" is
+    # only looked for before the first "\n\r\n", so a CRLF message is not scanned to its end for it.
+    crlf = raw.find(b"\n\r\n")
+    lf = raw.find(b"\n\n", 0, crlf + 1) if crlf >= 0 else raw.find(b"\n\n")
+    if lf >= 0:
+        return lf + 1, lf + 2
+    if crlf >= 0:
+        return crlf + 1, crlf + 3
+    return len(raw), len(raw)
+
+
 def split_message(raw: bytes) -> tuple[bytes, bytes, bytes]:
     """(header block incl. its last line ending, the empty line, body). No empty line: all header."""
-    if raw.startswith((b"\r\n", b"\n")):
-        eol = b"\r\n" if raw.startswith(b"\r\n") else b"\n"
-        return b"", eol, raw[len(eol):]
-    # The first "\n\r\n" or "\n\n" (what `\r?\n\r?\n` finds, at memchr speed instead of a regex's).
-    crlf, lf = raw.find(b"\n\r\n"), raw.find(b"\n\n")
-    if crlf < 0 and lf < 0:
-        return raw, b"", b""
-    if lf < 0 or 0 <= crlf < lf:
-        return raw[:crlf + 1], b"\r\n", raw[crlf + 3:]
-    return raw[:lf + 1], b"\n", raw[lf + 2:]
+    end, body = _header_bounds(raw)
+    return raw[:end], raw[end:body], raw[body:]
+
+
+def header_section(raw: bytes) -> bytes:
+    """`split_message(raw)[0]` without copying the body."""
+    return raw[:_header_bounds(raw)[0]]
 
 
 def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
@@ -47,7 +61,7 @@ def header_fields(head: bytes) -> list[tuple[bytes, bytes]]:
 
 def get_header(raw: bytes, name: str) -> str | None:
     """First value of header `name` (unfolded, stripped, decoded leniently), or None."""
-    head = split_message(raw)[0]
+    head = header_section(raw)
     m = _field_pattern(name).search(head)
     if m is None:
         return None
@@ -99,12 +113,17 @@ def address_domain(addr: str) -> str | None:
     return domain.strip().lower().rstrip(".") if at and local and domain else None
 
 
+_FIELD_KEYS = {name.encode(): name.lower() for name in ("Message-ID", "Return-Path", *RCPT_HEADERS)}
+
+
 def envelope_fields(head: bytes) -> dict[str, list[str]]:
     """Lower-cased name -> values (unfolded, in order) of RCPT_HEADERS, Message-ID and Return-Path."""
     out: dict[str, list[str]] = {}
-    for m in _ENVELOPE_FIELDS.finditer(head):
-        value = unfold(m.group(2)).strip().decode("utf-8", errors="replace")
-        out.setdefault(m.group(1).decode().lower(), []).append(value)
+    for name, value in _ENVELOPE_FIELDS.findall(head):
+        if b"\n" in value:
+            value = unfold(value)
+        key = _FIELD_KEYS.get(name) or name.decode().lower()
+        out.setdefault(key, []).append(value.strip().decode("utf-8", errors="replace"))
     return out
 
 
@@ -121,7 +140,7 @@ def addresses(values: list[str]) -> list[str]:
 
 def envelope_from_headers(raw: bytes, is_ours: Callable[[str], bool]) -> tuple[str, list[str], str]:
     """(sender from Return-Path or "", recipients in RCPT_HEADERS whose domain `is_ours`, Message-Id or "")."""
-    return envelope_from_head(split_message(raw)[0], is_ours)
+    return envelope_from_head(header_section(raw), is_ours)
 
 
 def envelope_from_head(head: bytes, is_ours: Callable[[str], bool]) -> tuple[str, list[str], str]:

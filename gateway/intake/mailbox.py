@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Config, MailboxBase
-from gateway.headers import address_domain, envelope_from_head, split_message
+from gateway.headers import address_domain, envelope_from_head, header_section
 from gateway.logs import get_logger
 from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State
 
@@ -53,10 +53,10 @@ def pop3_key(name: str, uidl: str) -> str:
 def broken_reason(raw: bytes, head: bytes | None = None) -> str | None:
     """Why this is not a message Odoo could parse, or None. Deliberately lenient: only what is hopeless.
     `head`: the header section, when the caller has split it off already."""
-    if not raw.strip():
+    if not raw or raw.isspace():  # `not raw.strip()` without copying the message
         return "empty message"
     if head is None:
-        head = split_message(raw)[0]
+        head = header_section(raw)
     first = head.split(b"\n", 1)[0]
     if not (_HEADER_LINE.match(first) or first.startswith(b"From ")):
         return "no header section (the first line is not a header field)"
@@ -65,7 +65,7 @@ def broken_reason(raw: bytes, head: bytes | None = None) -> str | None:
     return None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path, frozen costs a setattr per field
 class MailboxEnvelope:
     envelope: Envelope
     message_id: str
@@ -77,7 +77,7 @@ class MailboxEnvelope:
 def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: str,
                    source: dict[str, Any], received_at: float | None = None) -> MailboxEnvelope:
     """Envelope, Message-Id and initial state for one fetched message (pure: no I/O)."""
-    head = split_message(raw)[0]
+    head = header_section(raw)
     reason = broken_reason(raw, head)
     mail_from, rcpts, message_id = envelope_from_head(head, lambda d: config.instance_for_domain(d) is not None)
     generated = not message_id
@@ -105,7 +105,7 @@ def build_envelope(raw: bytes, mailbox: MailboxBase, config: Config, *, intake: 
     return MailboxEnvelope(env, message_id, generated, State.FAILED if reason else State.RECEIVED, reason)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path, frozen costs a setattr per field
 class FetchedMessage:
     """One message as a poller fetched it: its ledger key, bytes and protocol-specific source fields."""
 
@@ -114,7 +114,7 @@ class FetchedMessage:
     source: dict[str, Any]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message on the hot path, frozen costs a setattr per field
 class SpoolOutcome:
     key: str
     queue_id: str | None  # None only when `error` is set

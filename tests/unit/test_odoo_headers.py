@@ -10,7 +10,7 @@ from email.message import Message
 from hypothesis import given
 from hypothesis import strategies as st
 
-from gateway.headers import extract_message_id, get_header, line_ending, split_message
+from gateway.headers import extract_message_id, get_header, header_section, line_ending, split_message
 from gateway.odoo.headers import delivery_headers, json_safe_message, stable_message_id
 
 LATIN1 = (
@@ -138,3 +138,4 @@ def test_split_message_finds_the_first_blank_line(raw: bytes) -> None:
     assert split_message(raw) == _split_by_regex(raw)
     head, blank, body = split_message(raw)
     assert head + blank + body == raw
+    assert header_section(raw) == head
