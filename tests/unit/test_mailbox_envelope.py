@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.config import Config, parse_config
-from gateway.intake.imap import parse_fetch, parse_search, uid_set
+from gateway.intake.imap import parse_search, uid_set
+from gateway.intake.imap_pipeline import ResponseReader, fetch_item
 from gateway.intake.mailbox import broken_reason, build_envelope
 from gateway.spool import State
 
@@ -71,14 +72,15 @@ def test_broken_messages() -> None:
     assert p.state == State.FAILED and p.reason and "no header section" in p.reason
 
 
-def test_parse_fetch_uid_anywhere_and_unsolicited_updates() -> None:
-    lines = [b"1 FETCH (UID 10 RFC822.SIZE 5 BODY[] {5}", bytearray(b"abcde"), b")",
-             b"2 FETCH (FLAGS (\\Seen))",  # unsolicited flag update: no UID, ignored
-             b"3 FETCH (BODY[] {3}", bytearray(b"xyz"), b" UID 12 RFC822.SIZE 3)",
-             b"4 FETCH (UID 13 RFC822.SIZE 0 BODY[] {0}", b")",
-             b"Fetch completed."]
-    assert parse_fetch(lines) == {10: (5, b"abcde"), 12: (3, b"xyz"), 13: (0, b"")}
-    assert parse_fetch([b"1 FETCH (UID 7 RFC822.SIZE 99)", b"done"]) == {7: (99, None)}
+def test_fetch_responses_uid_anywhere_and_unsolicited_updates() -> None:
+    stream = (b"* 1 FETCH (UID 10 RFC822.SIZE 5 BODY[] {5}\r\nabcde)\r\n"
+              b"* 2 FETCH (FLAGS (\\Seen))\r\n"  # unsolicited flag update: no UID, ignored
+              b"* 3 FETCH (BODY[] {3}\r\nxyz UID 12 RFC822.SIZE 3)\r\n"
+              b"* 4 FETCH (UID 13 RFC822.SIZE 0 BODY[] {0}\r\n)\r\n"
+              b"* 5 FETCH (UID 14 RFC822.SIZE 0 BODY[] \"\")\r\n"
+              b"* 6 FETCH (UID 7 RFC822.SIZE 99)\r\n")
+    items = [fetch_item(texts, literals) for texts, literals in ResponseReader(100).feed(stream)]
+    assert items == [(10, 5, b"abcde"), None, (12, 3, b"xyz"), (13, 0, b""), (14, 0, b""), (7, 99, None)]
 
 
 def test_parse_search_and_uid_set() -> None:
