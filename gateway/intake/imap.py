@@ -253,11 +253,16 @@ class _WatchfulProtocol(IMAP4ClientProtocol):
     def send(self, line: str, scrub: str | None = None) -> None:
         self.transport.write(f"{line}\r\n".encode())
 
-    def _untagged_response(self, line: bytes) -> Any:
+    def note_untagged(self, line: bytes) -> None:
+        """Remember what the poller needs to know from an untagged line, whoever reads it (aioimaplib or a
+        `Pipeline`): new mail (EXISTS) and the server's parting words (BYE)."""
         if _EXISTS.match(line):
             self.exists_seen = True
         elif line.startswith(b"* BYE"):
             self.bye = line[2:].decode(errors="replace")
+
+    def _untagged_response(self, line: bytes) -> Any:
+        self.note_untagged(line)
         return super()._untagged_response(line)
 
 
@@ -294,17 +299,14 @@ class ImapClient(aioimaplib.IMAP4):
         return set(self.protocol.capabilities)
 
     async def call(self, aw: Awaitable[T], what: str, timeout: float | None = None) -> T:
-        """Await `aw` unless the connection drops or `timeout` (default: the client's) passes first.
-
-        timeout=0: no overall bound — for a FETCH of many megabytes on a slow link, which aioimaplib bounds by
-        inactivity instead (its command timer restarts with every piece of data).
-        """
+        """Await `aw` unless the connection drops or `timeout` (default: the client's) passes first. (A FETCH of
+        many megabytes is bounded by inactivity instead: it goes through `Pipeline.wait`.)"""
         if self.lost.is_set():
             raise ImapConnectionLost(f"connection lost before {what}: {self.lost_reason}")
         task = asyncio.ensure_future(aw)
         lost = asyncio.ensure_future(self.lost.wait())
         try:
-            done, _ = await asyncio.wait({task, lost}, timeout=None if timeout == 0 else (timeout or self.timeout),
+            done, _ = await asyncio.wait({task, lost}, timeout=timeout or self.timeout,
                                          return_when=asyncio.FIRST_COMPLETED)
         finally:
             lost.cancel()
@@ -650,7 +652,7 @@ class ImapPoller(MailboxPoller):
 
     @staticmethod
     def _send_fetch(pipe: Pipeline, uids: Sequence[int], items: str) -> asyncio.Future[Reply]:
-        return pipe.send(f"UID FETCH {uid_set(uids)} {items}", "UID FETCH", fetch_uids=uids)
+        return pipe.send(f"UID FETCH {uid_set(uids)} {items}", fetch_uids=uids)
 
     async def _fetched(self, pipe: Pipeline, future: asyncio.Future[Reply], uids: list[int], what: str
                        ) -> FetchItems:
@@ -716,15 +718,15 @@ class ImapPoller(MailboxPoller):
         for chunk in _chunks(sorted(uids), MAX_UIDS_PER_COMMAND):
             s = uid_set(chunk)
             if after == "seen":
-                sent = [(pipe.send(f"UID STORE {s} +FLAGS.SILENT (\\Seen)", "UID STORE"), "UID STORE \\Seen")]
+                sent = [(pipe.send(f"UID STORE {s} +FLAGS.SILENT (\\Seen)"), "UID STORE \\Seen")]
             elif target and "MOVE" in caps:
-                sent = [(pipe.send(f"UID MOVE {s} {target}", "UID MOVE"), "UID MOVE")]
+                sent = [(pipe.send(f"UID MOVE {s} {target}"), "UID MOVE")]
             else:
                 if target:
-                    await pipe.ok(pipe.send(f"UID COPY {s} {target}", "UID COPY"), "UID COPY")
-                sent = [(pipe.send(f"UID STORE {s} +FLAGS.SILENT (\\Deleted)", "UID STORE"), "UID STORE \\Deleted"),
+                    await pipe.ok(pipe.send(f"UID COPY {s} {target}"), "UID COPY")
+                sent = [(pipe.send(f"UID STORE {s} +FLAGS.SILENT (\\Deleted)"), "UID STORE \\Deleted"),
                         # Without UIDPLUS only a plain EXPUNGE exists; it also removes what others marked \Deleted.
-                        (pipe.send(f"UID EXPUNGE {s}" if "UIDPLUS" in caps else "EXPUNGE", "EXPUNGE"), "EXPUNGE")]
+                        (pipe.send(f"UID EXPUNGE {s}" if "UIDPLUS" in caps else "EXPUNGE"), "EXPUNGE")]
             for fut, what in sent:
                 await pipe.ok(fut, what)
         self.stats["flagged"] += len(uids)

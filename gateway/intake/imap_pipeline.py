@@ -6,7 +6,8 @@ messages that way left Dovecot idle between commands and cost ~40 µs of CPU per
 installed on the protocol it owns the connection: it writes commands without waiting for earlier ones (the
 caller decides how many are outstanding) and reads the answers itself — one `bytes.find` per line, a literal
 taken as one slice. Untagged FETCH data is collected by UID and handed to the FETCH command that asked for the
-UID when its tagged completion arrives; EXISTS and BYE are noted as aioimaplib's path notes them.
+UID when its tagged completion arrives; other untagged lines go to the protocol's `note_untagged` (EXISTS, BYE),
+as on aioimaplib's path.
 
 Only commands whose answers are plain (UID FETCH/STORE/COPY/MOVE/EXPUNGE) go through it; IDLE, SEARCH, LOGOUT
 stay with aioimaplib. `close()` hands the connection back at a response boundary.
@@ -47,7 +48,6 @@ _BODY_BEFORE_LITERAL = re.compile(rb"BODY\[(?:HEADER)?\](?:<\d+>)? $")
 _EMPTY_BODY = re.compile(rb"BODY\[(?:HEADER)?\](?:<\d+>)? (?:\"\"|NIL)")
 # What Dovecot, Gmail and Exchange send for `(UID RFC822.SIZE BODY.PEEK[])`, read in one match.
 _COMMON_FETCH = re.compile(rb"\* \d+ FETCH \(UID (\d+) RFC822\.SIZE (\d+) BODY\[\] $")
-_EXISTS = re.compile(rb"\* \d+ EXISTS")
 _FETCH = re.compile(rb"\* \d+ FETCH \(")
 
 FetchItems = dict[int, tuple[int | None, bytes | None]]  # UID -> (RFC822.SIZE, BODY[] or BODY[HEADER] literal)
@@ -155,8 +155,6 @@ class Reply:
 
 @dataclass(slots=True)
 class _Command:
-    tag: str
-    what: str
     future: asyncio.Future[Reply]
     uids: list[int] | None  # a FETCH's UIDs
 
@@ -182,7 +180,7 @@ class Pipeline:
 
     # -- the caller's side ---------------------------------------------------------------------------------
 
-    def send(self, command: str, what: str, *, fetch_uids: Iterable[int] | None = None) -> asyncio.Future[Reply]:
+    def send(self, command: str, *, fetch_uids: Iterable[int] | None = None) -> asyncio.Future[Reply]:
         """Write `command` (without tag) now; the future resolves with its tagged completion."""
         future: asyncio.Future[Reply] = self.loop.create_future()
         if self._failed is not None:
@@ -194,7 +192,7 @@ class Pipeline:
             self._wanted.update(uids)
         if not self._commands:
             self.last_data = self.loop.time()  # the silence clock starts with the first outstanding command
-        self._commands[tag] = _Command(tag, what, future, uids)
+        self._commands[tag] = _Command(future, uids)
         self.protocol.transport.write(f"{tag} {command}\r\n".encode())
         return future
 
@@ -214,17 +212,6 @@ class Pipeline:
         if reply.result != "OK":
             raise ImapError(f"{what}: {reply.result} {reply.text}")
         return reply
-
-    def oldest_fetch(self) -> list[int] | None:
-        """The UIDs of the oldest unanswered FETCH: the one the server was answering when it stopped."""
-        for cmd in self._commands.values():
-            if cmd.uids is not None:
-                return cmd.uids
-        return None
-
-    @property
-    def outstanding(self) -> int:
-        return len(self._commands)
 
     def fail(self, error: BaseException) -> None:
         """The connection is unusable (lost, timed out, protocol error): every outstanding command fails."""
@@ -265,10 +252,8 @@ class Pipeline:
                 item = fetch_item(texts, literals)
                 if item is not None and item[0] in self._wanted:
                     self._items[item[0]] = (item[1], item[2])
-            elif _EXISTS.match(head):
-                self.protocol.exists_seen = True
-            elif head.startswith(b"* BYE"):
-                self.protocol.bye = head[2:].decode(errors="replace")
+            else:
+                self.protocol.note_untagged(head)
             return
         if head[:1] == b"+":
             raise ImapError("the server asked for a continuation nothing here sent")
