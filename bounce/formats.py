@@ -382,8 +382,6 @@ _PLAIN_LEAD = re.compile(r"(?:original |final |failed )?(?:recipient(?:\(s\))?|a
                          r"e-?mail|user|mailbox|destination|addressee)[ \t]*:?", re.I)
 _PREAMBLE_ERROR = re.compile(r"^\s*(?:[45]\d\d[ -]|[45]\.\d{1,3}\.\d{1,3}\b|error:|reason:)", re.I)
 _HAS_CODE = re.compile(r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b")
-_CONTINUATION = re.compile(r"^(?:\d{3}[ -]|remote host said|host |smtp error|<<<|>>>|\(|\[|"
-                           r"[a-z0-9._-]+@|the error that|technical details|reason|diagnostic)", re.I)
 
 
 def _paragraph_start(lines: list[str], i: int) -> int:

@@ -23,7 +23,6 @@ import hmac
 import re
 from dataclasses import dataclass
 
-MAX_QUEUE_ID = 32
 _QUEUE_ID = re.compile(r"[A-Za-z0-9]{1,32}")
 _TOKEN = re.compile(r"([a-z0-9]{1,32})(?:_([a-z0-9]{1,8}))?\.([a-z0-9]{1,7})\.([a-z2-7]{8})")
 _LEGACY = re.compile(r"(\d+)(?:-([\w.]+?))?(?:-(\d+))?")

@@ -41,7 +41,7 @@ from gateway.odoo.transport import TransportError
 from gateway.retry import backoff_delay
 from gateway.routing_policy import policy_from_config
 from gateway.spool import Direction, Spool, SpoolEntry, State
-from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, plan_deliveries
+from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, is_deferral, is_discard, plan_deliveries
 from routing.directory import Directory
 from routing.message import MessageView
 from routing.replies import KnownMessage
@@ -104,10 +104,6 @@ def _instance_wide(exc: BaseException) -> bool:
     """Failures that hit every message of the instance alike (as opposed to one message's trouble)."""
     return isinstance(exc, TransportError | BreakerOpenError | ConfigProblem) or (
         isinstance(exc, OdooTempError) and exc.kind == "http")
-
-
-def _message_view(raw: bytes) -> MessageView:
-    return MessageView.from_bytes(raw)
 
 
 def _known_message(instance: str, row: Mapping[str, Any]) -> KnownMessage:
@@ -383,7 +379,7 @@ class InboundWorker:
         mid = own_mid or self._stable_id(entry)
         add_mid = None if own_mid else mid  # prepended only when the message has none
         log_id = entry.message_id or mid
-        view = _message_view(raw)
+        view = MessageView.from_bytes(raw)
         temp: list[tuple[str, TempFailure]] = []  # (instance, error) of transient failures
         failed: list[FailedRecipient] = []
         route: list[dict[str, Any]] = []
@@ -456,7 +452,7 @@ class InboundWorker:
             return []
         router = self._router
         known: dict[str, Any] = {}
-        refs = router.reference_ids(view) if view is not None else []
+        refs = router.reference_ids(view)
         if refs:
             owners = dict.fromkeys(o for r in recipients
                                    if (o := self._directory.owner_of(r.rpartition("@")[2])) in self.clients)
@@ -483,8 +479,10 @@ class InboundWorker:
                 if e.direction != Direction.OUTBOUND or mid in out:
                     continue
                 instance = self._directory.owner_of(e.envelope.mail_from.rpartition("@")[2])
-                objects = _message_view(await self.spool.raw(e.queue_id)).odoo_objects
-                if instance and objects:
+                if not instance:
+                    continue
+                objects = MessageView.from_bytes(await self.spool.raw(e.queue_id)).odoo_objects
+                if objects:
                     out[mid] = KnownMessage(instance=instance, model=objects[0], res_id=objects[1], message_id=mid,
                                             source="relayed")
         return out
@@ -492,9 +490,9 @@ class InboundWorker:
     def _refused(self, d: RouteDecision, status: dict[str, dict[str, Any]], failed: list[FailedRecipient],
                  temp: list[tuple[str, TempFailure]], now: float) -> None:
         code, enhanced, text = d.reply or (550, "5.1.1", d.reason or "No such recipient here")
-        if 200 <= code < 300:
+        if is_discard(d):
             status[d.recipient] = {"state": "discarded", "instance": d.instance, "detail": d.reason, "at": now}
-        elif 400 <= code < 500:
+        elif is_deferral(d):
             err = TempFailure(f"{code} {enhanced} {text}")
             temp.append((d.instance or "", err))
             status[d.recipient] = {"state": "deferred", "instance": d.instance, "detail": str(err), "at": now}
@@ -598,11 +596,10 @@ class InboundWorker:
             raise res
 
     def _record_loop(self, entry: SpoolEntry, view: Any, decisions: list[RouteDecision]) -> None:
-        record = getattr(self._router, "record", None)
-        if record is None or not decisions:
+        if not decisions:
             return
         with contextlib.suppress(Exception):
-            record(entry.envelope.mail_from, decisions, msg=view)
+            self._router.record(entry.envelope.mail_from, decisions, msg=view)
 
     async def _finish(self, entry: SpoolEntry, raw: bytes, status: dict[str, dict[str, Any]],
                       failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]],

@@ -49,10 +49,6 @@ class DeliveryPlan:
     recipients: tuple[str, ...]
     decisions: tuple[RouteDecision, ...] = field(default=())
 
-    @property
-    def kinds(self) -> set[str]:
-        return {d.route for d in self.decisions}
-
     def delivered_to(self, visible: Iterable[str]) -> tuple[str, ...]:
         """The recipients to write as Delivered-To: those absent from the message's own Delivered-To, To, Cc,
         Resent-To and Resent-Cc (`visible`, e.g. ``MessageView.odoo_recipients``).

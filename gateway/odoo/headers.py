@@ -69,10 +69,6 @@ def delivery_headers(*, mail_from: str, recipients: Sequence[str], queue_id: str
     return text.encode("utf-8")
 
 
-def prepend(raw: bytes, block: bytes) -> bytes:
-    return block + raw
-
-
 # -- JSON-2: keep every byte recoverable --------------------------------------------------------------------
 
 _CTE = re.compile(rb"^content-transfer-encoding[ \t]*:", re.IGNORECASE)

@@ -99,30 +99,21 @@ class HttpConnectionPool:
             self._ssl = ssl_context or ssl.create_default_context()
         self._host_header = parts.netloc.rsplit("@", 1)[-1]
         self.timeout = timeout
-        self.size = size
         self._idle: list[_Connection] = []
         self._slots = asyncio.Semaphore(size)
-        self._in_flight = 0
         self._closed = False
-
-    @property
-    def in_flight(self) -> int:
-        return self._in_flight
 
     async def request(self, method: str, path: str, body: bytes = b"", headers: Mapping[str, str] | None = None,
                       *, timeout: float | None = None) -> HttpResponse:
         """One request; raises TransportError on anything but a complete HTTP answer."""
         timeout = self.timeout if timeout is None else timeout
         async with self._slots:
-            self._in_flight += 1
             try:
                 async with asyncio.timeout(timeout):
                     return await self._request(method, path, body, headers or {})
             except TimeoutError:
                 raise TransportError(f"no answer from {self.host}:{self.port} within {timeout:g}s",
                                      kind="timeout") from None
-            finally:
-                self._in_flight -= 1
 
     async def _request(self, method: str, path: str, body: bytes, headers: Mapping[str, str]) -> HttpResponse:
         head = self._head(method, path, body, headers)
