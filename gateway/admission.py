@@ -23,7 +23,7 @@ class AdmissionPolicy:
     """Relay protection first, then the router's precheck (swappable at runtime, e.g. on directory refresh)."""
 
     def __init__(self, config: Config, precheck: Precheck | None = None):
-        self.domains = {d for inst in config.odoo for d in inst.domains}
+        self.domains = set(config.domain_owner)
         self.precheck = precheck
 
     def check_rcpt(self, rcpt: str, sender: str, peer: str) -> str | None:

@@ -9,6 +9,7 @@ that they never sit in a model that might be logged.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
@@ -465,12 +466,14 @@ class Config(_Model):
     def spool_path(self) -> Path:
         return self.spool.path or (self.state_dir / "spool.sqlite3")
 
+    @functools.cached_property
+    def domain_owner(self) -> dict[str, str]:
+        """Mail domain -> the name of the Odoo instance it belongs to (domains are stored lower-case)."""
+        return {dom: inst.name for inst in self.odoo for dom in inst.domains}
+
     def instance_for_domain(self, domain: str) -> OdooConfig | None:
-        domain = domain.lower().rstrip(".")
-        for inst in self.odoo:
-            if domain in inst.domains:
-                return inst
-        return None
+        name = self.domain_owner.get(domain.lower().rstrip("."))
+        return self.instance(name) if name is not None else None
 
     def instance(self, name: str) -> OdooConfig:
         for inst in self.odoo:

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway import __version__
 from gateway.admission import AdmissionPolicy
 from gateway.config import Config, ConfigError, load_config
+from gateway.exitcodes import EX_CONFIG, EX_OSERR
 from gateway.host import default_hostname
 from gateway.intake.smtp import SmtpListener
 from gateway.logs import get_logger, setup_logging
@@ -223,7 +224,7 @@ class Daemon:
         if [x.model_dump() for x in new.listeners] != [x.model_dump() for x in self.config.listeners]:
             log.warning("daemon.reload_listeners_unchanged", hint="listener changes need a restart")
         self.config = new
-        self.admission.domains = {d for inst in new.odoo for d in inst.domains}
+        self.admission.domains = set(new.domain_owner)
         for hook in self.reload_hooks:
             try:
                 await hook(new)
@@ -271,7 +272,7 @@ async def serve(config: Config, config_path: Path | None = None, ready: Callable
         except OSError as exc:
             log.error("daemon.start_failed", error=str(exc))
             await daemon.drain()
-            return 71  # EX_OSERR: e.g. the port is taken
+            return EX_OSERR  # e.g. the port is taken
         if ready is not None:
             ready(daemon)
         try:
@@ -290,7 +291,7 @@ def run(config_path: Path) -> int:
         setup_logging()
         for line in exc.errors:
             log.error("config.invalid", path=str(config_path), error=line)
-        return 78
+        return EX_CONFIG
     setup_logging(config.logging.level, config.logging.format)
     try:
         import uvloop

@@ -43,7 +43,7 @@ def policy_from_config(cfg: Config) -> RoutingPolicy:
 
 def empty_directory(cfg: Config) -> Directory:
     """No snapshot yet, but the relay check already knows our domains (every RCPT then answers 451)."""
-    return Directory.build([], {d: inst.name for inst in cfg.odoo for d in inst.domains})
+    return Directory.build([], cfg.domain_owner)
 
 
 def smtp_line(pre: Precheck) -> str | None:

@@ -19,9 +19,7 @@ from bounce.dsn import BounceReport, parse
 from bounce.scorecard import score
 from gateway.commands import SubParsers
 from gateway.config import ConfigError, load_config
-from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
-
-EX_NOINPUT = 66  # sysexits.h: cannot open input
+from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
 
 
 def register(sub: SubParsers) -> None:

@@ -57,7 +57,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config_or_report(args.config, prefix="mailgw pipe: ")
     if config is None:
         return EX_TEMPFAIL  # a broken config is an operator problem, not the sender's: keep the mail at the MTA
-    ours = {d for inst in config.odoo for d in inst.domains}
+    ours = config.domain_owner
     header_sender, header_rcpts, _ = envelope_from_headers(raw, ours.__contains__)
     # The MTA's envelope (--sender/--rcpt) wins; what it leaves out comes from the headers.
     if args.sender is None:

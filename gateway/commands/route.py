@@ -18,14 +18,12 @@ from typing import Any
 
 from gateway.commands import SubParsers, add_config_arg, load_config_or_report
 from gateway.config import Config, ConfigError
-from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
+from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
 from gateway.routing_policy import policy_from_config
 from routing.directory import Directory
 from routing.message import MessageView, parse_model_id
 from routing.replies import KnownMessage
 from routing.router import Router, explain, header_recipients
-
-EX_NOINPUT = 66  # sysexits.h: cannot open input
 
 
 def register(sub: SubParsers) -> None:
@@ -54,7 +52,7 @@ def _read_message(name: str) -> bytes:
 
 
 def _load_directory(cfg: Config, name: str | None) -> Directory:
-    owner = {d: inst.name for inst in cfg.odoo for d in inst.domains}
+    owner = cfg.domain_owner
     if name is None:
         from gateway.odoo.directory import load_cached
 

@@ -264,8 +264,7 @@ class Pop3Poller(MailboxPoller):
                     if client is not None:
                         client.abort()
                 if not self._stopping and delay > 0:
-                    with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._stop_event.wait(), delay)
+                    await self._sleep(delay)
         finally:
             self._finished.set()
             self.log.info("pop3.stopped")

@@ -44,10 +44,6 @@ def cache_path(config: Config) -> Path:
     return config.state_dir / CACHE_NAME
 
 
-def domain_owner(config: Config) -> dict[str, str]:
-    return {dom: inst.name for inst in config.odoo for dom in inst.domains}
-
-
 def load_cached(config: Config, path: Path | None = None) -> Directory:
     """The cached snapshot restricted to configured instances; domain ownership always from config."""
     path = path or cache_path(config)
@@ -60,7 +56,7 @@ def load_cached(config: Config, path: Path | None = None) -> Directory:
         pass
     except (OSError, ValueError, KeyError, TypeError) as exc:
         log.warning("directory.cache_unreadable", path=str(path), error=str(exc))
-    return Directory.build(instances, domain_owner(config))
+    return Directory.build(instances, config.domain_owner)
 
 
 def write_cache(directory: Directory, path: Path) -> None:
@@ -314,7 +310,7 @@ class DirectorySync:
                     log.info("directory.updated", instance=inst.instance, domains=len(inst.domains),
                              aliases=len(inst.aliases), server_version=inst.server_version)
                 new = new.with_instance(inst)
-            new = Directory.build(new.instances.values(), domain_owner(self.config))
+            new = Directory.build(new.instances.values(), self.config.domain_owner)
             self._current = new
             await asyncio.to_thread(write_cache, new, self.path)
         for cb in list(self._subscribers):

@@ -42,7 +42,7 @@ def strip_headers(raw: bytes) -> bytes:
 
 class OutboundWorker:
     def __init__(self, config: Config, spool: Spool, *, hostname: str, sender: SmtpSender | None = None,
-                 signer: DkimSigner | None = None, local_domains: Callable[[], set[str]] | None = None,
+                 signer: DkimSigner | None = None,
                  bounce_addresses: Callable[[], Mapping[str, tuple[str, str]]] | None = None,
                  verp_secret: bytes | None = None, clock: Callable[[], float] = time.time):
         self.config = config
@@ -51,7 +51,7 @@ class OutboundWorker:
         self.hostname = hostname
         self.sender = sender or SmtpSender(self.cfg, helo=self.cfg.helo_name or hostname)
         self.signer = signer if signer is not None else DkimSigner.from_config(self.cfg.dkim)
-        self.local_domains = local_domains or (lambda: {d for inst in config.odoo for d in inst.domains})
+        self.local_domains = set(config.domain_owner)
         # bounce address -> (bounce alias, domain): senders that get a VERP return path
         self.bounce_addresses = bounce_addresses or (lambda: {f"bounce@{d}": ("bounce", d)
                                                               for inst in config.odoo for d in inst.domains})
@@ -115,7 +115,7 @@ class OutboundWorker:
         status: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (entry.rcpt_status or {}).items()}
         rcpts = list(entry.envelope.rcpt_tos)
         pending = [r for r in rcpts if status.get(r, {}).get("state") not in DONE]
-        local = self.local_domains()
+        local = self.local_domains
         mine = [r for r in pending if r.rpartition("@")[2].lower() in local]
         if mine:
             await self._deliver_locally(entry, raw, mine, status)
