@@ -14,7 +14,7 @@ from email.utils import format_datetime
 from typing import Any
 
 from bounce.dsn import build_dsn
-from gateway.headers import get_header, split_message
+from gateway.headers import get_header, header_section
 from gateway.logs import get_logger
 from gateway.spool import Direction, Envelope, Spool, SpoolEntry
 
@@ -75,7 +75,7 @@ async def send_dsn(spool: Spool, entry: SpoolEntry, raw: bytes, failed: Sequence
     lines += ["", f"The message was received on {received}; its headers are attached."]
     dsn = build_dsn(
         reporting_mta=hostname, from_addr=f"MAILER-DAEMON@{hostname}", to_addr=sender,
-        original_headers=split_message(raw)[0],
+        original_headers=header_section(raw),
         recipients=[(f.address, "failed", f.status, f.diagnostic) for f in failed],
         message_id=message_id, human_text="\n".join(lines),
     )

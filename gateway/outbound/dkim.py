@@ -32,9 +32,15 @@ class DkimKey:
     algorithm: str
 
 
+def _head(raw: bytes) -> bytes:
+    """Up to the first CRLF blank line (all of it without one): `raw.split(b"\\r\\n\\r\\n", 1)[0]` without
+    copying the body."""
+    end = raw.find(b"\r\n\r\n")
+    return raw if end < 0 else raw[:end]
+
+
 def from_domain(raw: bytes) -> str | None:
-    head = raw.split(b"\r\n\r\n", 1)[0]
-    m = _FROM_RE.search(head)
+    m = _FROM_RE.search(_head(raw))
     if not m:
         return None
     addr = _ADDR_RE.search(m.group(1))
@@ -60,10 +66,11 @@ class DkimSigner:
 
     def sign(self, raw: bytes) -> bytes:
         """The message with a DKIM-Signature prepended, or unchanged when no key applies."""
-        key = self.key_for(from_domain(raw))
+        head = _head(raw)
+        key = self.key_for(from_domain(head))
         if key is None:
             return raw
-        present = {h.split(b":", 1)[0].strip().lower() for h in raw.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
+        present = {h.split(b":", 1)[0].strip().lower() for h in head.split(b"\r\n")
                    if b":" in h and not h[:1].isspace()}
         headers = [h for h in SIGNED_HEADERS if h in present or h == b"from"]
         try:

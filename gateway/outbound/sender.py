@@ -131,6 +131,12 @@ class SmtpSender:
         self.mx = mx_resolver or MxResolver.from_nameservers(cfg.nameservers)
         self.smtp_port = cfg.smtp_port
         self.timeout = cfg.timeout
+        # Built once: a default context loads the system CA store, which is not worth doing per connection.
+        self._relay_tls = ssl.create_default_context()
+        # MX delivery: opportunistic STARTTLS without certificate checks, as MTAs do without MTA-STS/DANE.
+        self._mx_tls = ssl.create_default_context()
+        self._mx_tls.check_hostname = False
+        self._mx_tls.verify_mode = ssl.CERT_NONE
         self._relay_password = (resolve_secret(cfg.relay.password_env, cfg.relay.password_file,
                                                what="outbound.relay.password")
                                 if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file) else None)
@@ -179,16 +185,11 @@ class SmtpSender:
     def _client(self, host: str, port: int) -> aiosmtplib.SMTP:
         relay: RelayConfig | None = self.relay
         if relay is not None:
-            ctx = ssl.create_default_context()
             return aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.helo, timeout=self.timeout,
                                    use_tls=relay.tls == "implicit", start_tls=relay.tls == "starttls",
-                                   tls_context=ctx, validate_certs=True)
-        # MX delivery: opportunistic STARTTLS without certificate checks, as MTAs do without MTA-STS/DANE.
-        ctx = ssl.create_default_context()
-        ctx.check_hostname = False
-        ctx.verify_mode = ssl.CERT_NONE
+                                   tls_context=self._relay_tls, validate_certs=True)
         return aiosmtplib.SMTP(hostname=host, port=port, local_hostname=self.helo, timeout=self.timeout,
-                               start_tls=None, tls_context=ctx, validate_certs=False)
+                               start_tls=None, tls_context=self._mx_tls, validate_certs=False)
 
     async def _session(self, host: str, port: int, transactions: Sequence[Transaction], message: bytes
                        ) -> dict[str, RcptResult]:
