@@ -10,7 +10,8 @@ from email import policy
 import pytest
 
 from bounce import dsn, verp
-from bounce.dsn import build_dsn, parse, parse_delivery_status
+from bounce.dsn import build_dsn, parse
+from bounce.rfc3464 import parse_delivery_status
 
 ORIGINAL = {
     "Message-Id": "<123456789012345.1718000000.000000000000000-openerp-7-crm.lead@odoo.example.com>",

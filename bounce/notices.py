@@ -1,0 +1,127 @@
+"""What kind of notice a mail is, before reading recipients: a bounce, an auto-reply, a feedback report.
+
+`read_feedback` reads ARF reports (RFC 5965) and Apple's unsubscribe notices; `is_auto_reply` knows RFC
+3834 auto-replies and the usual vacation markers; `looks_like_bounce` decides whether a mail that is not
+an RFC 3464 report is worth reading as a human-written bounce (sender, subject and wording together,
+never one of them alone, so that ordinary mail is not taken for a bounce); `is_delay_notice` knows a
+warning that delivery is still being tried (never a hard bounce).
+"""
+
+from __future__ import annotations
+
+import re
+
+from bounce.mail import ADDR_RE, Finding, Mail
+from bounce.message import parse_headers
+
+
+def read_feedback(mail: Mail) -> tuple[str, list[Finding]] | None:
+    report = None
+    for part in mail.parts:
+        if part.ctype == "message/feedback-report":
+            report = part
+            break
+    if report is None:
+        if mail.header("x-apple-unsubscribe").lower() == "true" and "@" in mail.from_addr:
+            return "opt-out", [Finding(mail.from_addr, reason="feedback", feedback_type="opt-out")]
+        return None
+    fields = parse_headers(report.text().strip("\n"))
+    first = dict(reversed(fields))
+    # Several Original-Rcpt-To fields: one per complaining recipient.
+    rcpts = [a.lower() for k, v in fields if k == "original-rcpt-to" for a in ADDR_RE.findall(v)]
+    if not rcpts:
+        rcpts = [a.lower() for a in ADDR_RE.findall(first.get("removal-recipient", ""))]
+    if not rcpts and mail.original is not None:
+        rcpts = [a.lower() for a in ADDR_RE.findall(mail.original.get("to"))][:1]
+    ftype = first.get("feedback-type", "").strip().lower() or "abuse"
+    return ftype, [Finding(a, reason="feedback", feedback_type=ftype) for a in dict.fromkeys(rcpts)]
+
+
+_AUTO_SUBJECT = re.compile(
+    r"^(?:auto(?:matic)?[ -]?(?:reply|response|antwort|respuesta)|out of (?:the )?office|"
+    r"autoreply|auto:|abwesenheit|r[ée]ponse automatique|absence|vacation|away from|"
+    r"自動応答|自動返信|不在)",
+    re.I,
+)
+
+
+def is_auto_reply(mail: Mail) -> bool:
+    if mail.from_local in ("mailer-daemon", "postmaster", "mail-daemon"):
+        return False
+    auto = mail.header("auto-submitted").lower()
+    if auto.startswith("auto-replied"):
+        return True
+    if mail.header("x-autoreply") or mail.header("x-autorespond") or mail.header("x-autoresponder"):
+        return True
+    if mail.header("precedence").lower() == "auto_reply":
+        return True
+    if mail.header("x-apple-action").upper() == "VACATION":
+        return True
+    return bool(_AUTO_SUBJECT.match(mail.subject.strip()))
+
+
+_BOUNCE_FROM = re.compile(r"^(?:mailer-daemon|post_?master|mail-daemon|mailer|mdaemon|bounce[s]?|"
+                          r"returned|majordomo|mail\.?delivery|no-?reply|administrator|"
+                          r"system ?administrator|root)$", re.I)
+_BOUNCE_SUBJECT = re.compile(
+    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report)|"
+    r"returned mail|mail delivery|failure notice|delivery has failed|could not be delivered|"
+    r"non remis|unzustellbar|nicht zustellbar|mail system error|message not delivered|"
+    r"rejected|bounce|warning: message|delayed mail|returned to sender|not delivered|"
+    r"non recapitabile|no entregado|niet bezorgd|error|failure|failed",
+    re.I,
+)
+
+
+_BOUNCE_TEXT = re.compile(
+    r"could ?n[o']t be delivered|undeliverable|delivery (?:has )?failed|failed permanently|"
+    r"(?:wasn'?t|was not|were not|unable|not) (?:able to )?deliver|permanent (?:fatal )?error|"
+    r"returned to (?:the )?sender|transcript of session|following address(?:es)? failed|"
+    r"delivery status notification|did not reach|not (?:be )?delivered|error (?:sending|delivering)|"
+    r"delivery (?:to the following|problem|failure)|message (?:was )?(?:rejected|bounced)|"
+    r"invalid (?:user|recipient) address|error message below",
+    re.I,
+)
+
+
+def looks_like_bounce(mail: Mail) -> bool:
+    if mail.root.ctype == "multipart/report" or "report-type=delivery-status" in mail.header(
+            "content-type").lower():
+        return True
+    if mail.failed:
+        return True
+    sender_like = bool(_BOUNCE_FROM.match(mail.from_local)) or mail.header("return-path").strip() in (
+        "<>", "")
+    subject_like = bool(_BOUNCE_SUBJECT.search(mail.subject))
+    text_like = bool(_BOUNCE_TEXT.search(mail.text[:4000]))
+    return (sender_like and (subject_like or text_like)) or (subject_like and text_like)
+
+
+# Subjects and sentences of "still trying" warnings (sendmail, Postfix, Exim, Exchange, Gmail, Windows).
+_DELAY_SUBJECT = re.compile(
+    r"^(?:warning:|delayed mail|delivery (?:status notification )?\(?delay|delivery delayed|"
+    r"message delayed|\[?postmaster\]? warning|mail delivery (?:warning|delayed))|\(delay\)|"
+    r"still being retried|delivery delayed|not yet been delivered|warning: message",
+    re.I,
+)
+_DELAY_TEXT = re.compile(
+    r"this is a warning (?:message )?only|you do not need to resend|will (?:be retried|retry|continue to try|"
+    r"keep trying|try again)|(?:still|continue) (?:trying|to try)|delivery attempts will continue|"
+    r"has not yet been delivered|has been delayed|not (?:yet )?been delivered yet|transient non-fatal",
+    re.I,
+)
+_FINAL_TEXT = re.compile(
+    r"permanent(?:ly)? (?:fatal )?(?:error|failure|failed)|failed permanently|giving up|i'?m not going to try "
+    r"again|could not be delivered to one or more of its recipients\. this is a permanent|"
+    r"has been (?:returned|bounced)|permanent fatal errors",
+    re.I,
+)
+
+
+def is_delay_notice(mail: Mail) -> bool:
+    """A warning that delivery is still being tried: the subject or the notice says so, and the
+    notice does not also say that it gave up."""
+    head = mail.text[:6000]
+    if _FINAL_TEXT.search(head):
+        return False
+    return bool(_DELAY_SUBJECT.search(mail.subject)) or bool(_DELAY_TEXT.search(head))
