@@ -67,7 +67,8 @@ _GENERIC_ORDER = (
 
 
 _AT_RCPT = re.compile(r"recipient address rejected|address (?:could ?n[o']t|cannot) be found|resolver\.adr\.|"
-                      r"recipient not found by smtp address lookup")
+                      r"recipient not found by smtp address lookup|not listed in (?:the )?(?:\w+ )?(?:directory|"
+                      r"address book)|no mailbox here by that name|receiver not found")
 # Commands sent before DATA: a content filter cannot have refused the message there.
 _BEFORE_DATA = frozenset({"CONN", "EHLO", "HELO", "STARTTLS", "AUTH", "MAIL", "RCPT"})
 def _rejected_text(doc: Doc) -> bool:

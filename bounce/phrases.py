@@ -60,7 +60,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"relay(?:ing)? (?:access )?(?:denied|prohibited|not (?:allowed|permitted|authori[sz]ed))",
         r"not (?:allowed|permitted|authori[sz]ed) to relay", r"unable to relay", r"we do not relay",
         r"no relaying", r"relay not permitted", r"relaying (?:mail )?(?:to .{0,80} )?(?:is )?(?:denied|refused)",
-        r"not a gateway", r"cannot relay", r"can'?t relay", r"relay access", r"open relay",
+        r"not a gateway", r"cannot relay", r"can'?t relay", r"relay access",
         r"(?:domain|host) isn'?t in my list of allowed rcpthosts", r"not configured to relay",
         r"email address is not verified",
     ),
@@ -194,6 +194,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"greylist", r"refused to talk to me", r"poor email", r"rejected (?:due to|because of) (?:your )?ip",
         r"mail server (?:at .{0,80} )?(?:is )?(?:rejected|blocked)", r"rejecting (?:connection|mail) from",
         r"too many invalid recipients", r"your (?:message|mail) has been rejected",
+        r"(?:is|an?|as) open relay",
     ),
     # Reasons looked for in the text only, after the ones above.
     "policyviolation": (

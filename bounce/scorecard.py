@@ -163,7 +163,7 @@ ALIASES: dict[str, frozenset[str]] = {
     "yahoo": frozenset({"yahooinc"}), "yahooinc": frozenset({"yahoo"}),
     "ezweb": frozenset({"kddi"}), "microsoft": frozenset({"outlook"}), "spectrum": frozenset({"cox"}),
     "exchange2007": frozenset({"exchange2003"}), "gsuite": frozenset({"gmail", "google"}),
-    "google": frozenset({"gmail"}),
+    "google": frozenset({"gmail"}), "v5sendmail": frozenset({"sendmail"}),
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
-from bounce.families import amazonses, exchange, intro, lists, localparts, transcript
+from bounce.families import amazonses, exchange, intro, lists, localparts, sendmail, transcript
 from bounce.families.generic import read_generic
 from bounce.mail import Finding, Mail
 
@@ -34,6 +34,7 @@ DETECTORS: tuple[Detector, ...] = (
     Detector("googlegroups", lists.read_google_groups, self_evident=True),
     Detector("postfix", transcript.read_smtp_transcript, self_evident=True),
     Detector("fml", lists.read_list_refusal, self_evident=True),
+    Detector("sendmail", sendmail.read_sendmail),
     Detector("exchange2003", exchange.read_exchange),
     Detector("groupwise", localparts.read_groupwise),
     Detector("compuserve", localparts.read_receiver_not_found),

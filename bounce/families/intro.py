@@ -1,11 +1,10 @@
 """Families known by their introduction sentence, read by the general address-then-reason reader.
 
 Each MTA opens its notice with its own sentence ("This is the qmail-send program at …", "This message
-was created automatically by mail delivery software.", "----- The following addresses had permanent
-fatal errors -----" …) and then lists the recipients in the common structure `bounce.families.generic`
+was created automatically by mail delivery software." …) and then lists the recipients in the common structure `bounce.families.generic`
 reads. Knowing the family names the report, starts the reading at the sentence (the preamble above it
 says nothing about recipients) and tells a delay warning from a failure: a family's warning sentence
-("has not yet been delivered … after more than 24 hours", "THIS IS A WARNING MESSAGE ONLY") makes every
+("has not yet been delivered … after more than 24 hours", "THIS IS A WARNING ONLY") makes every
 recipient `delayed`, never hard.
 
 The sentences are the MTAs' fixed texts (from their sources and documentation), not a sample's wording.
@@ -40,10 +39,6 @@ INTROS: tuple[Intro, ...] = (
                       r"could not be delivered to one or more of its\s+recipients"),
           _re(r"has not yet been delivered to one or more of its\s+recipients after more than",
               r"delivery attempts will continue to be made")),
-    Intro("sendmail", _re(r"-{2,} ?the following addresses? ha(?:d|s|ve) permanent fatal errors",
-                          r"the original message was received at .{0,120}\n\s*from "),
-          _re(r"-{2,} ?the following addresses? ha(?:d|s|ve) transient non-fatal errors",
-              r"warning: could not send message for past", r"this is a warning message only")),
     Intro("postfix", _re(r"this is the (?:postfix program|mail system) at host",
                          r"i'm sorry to have to inform you that your message could not\s+be delivered"),
           _re(r"this is a warning only\.?\s+you do not need to resend your message",
