@@ -1,11 +1,11 @@
 """Families known by their introduction sentence, read by the general address-then-reason reader.
 
 Each MTA opens its notice with its own sentence ("This is the qmail-send program at …", "This message
-was created automatically by mail delivery software." …) and then lists the recipients in the common structure `bounce.families.generic`
-reads. Knowing the family names the report, starts the reading at the sentence (the preamble above it
-says nothing about recipients) and tells a delay warning from a failure: a family's warning sentence
-("has not yet been delivered … after more than 24 hours", "THIS IS A WARNING ONLY") makes every
-recipient `delayed`, never hard.
+was created automatically by mail delivery software." …) and then lists the recipients in the common
+structure `bounce.families.generic` reads. Knowing the family names the report, starts the reading at
+the sentence (the preamble above it says nothing about recipients) and tells a delay warning from a
+failure: a family's warning sentence ("has not yet been delivered … after more than 24 hours", "THIS IS
+A WARNING ONLY") makes every recipient `delayed`, never hard.
 
 The sentences are the MTAs' fixed texts (from their sources and documentation), not a sample's wording.
 """
