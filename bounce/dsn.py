@@ -25,7 +25,7 @@ from typing import Any
 from bounce import classify as cls
 from bounce import families, notices, verp
 from bounce.families.generic import read_generic
-from bounce.mail import ADDR_RE, Finding, Mail, build_mail, find_command
+from bounce.mail import ADDR_RE, Finding, Mail, build_mail, find_command, unquote
 from bounce.message import Part, decode_words, parse_message, to_bytes
 from bounce.phrases import MAX_TEXT
 from bounce.rfc3464 import read_delivery_status
@@ -117,9 +117,15 @@ def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0, *,
     if findings:
         _enrich_from_text(findings, mail)
     else:
-        bounce_like = notices.looks_like_bounce(mail)
-        family, findings = families.detect(mail, disabled, bounce_like)
-        if not findings and bounce_like:
+        signs = notices.bounce_signs(mail)
+        if signs == notices.STRUCTURE_NEEDED:  # a forwarded bounce: read what was forwarded
+            mail.text, mail.full_text = unquote(mail.text), unquote(mail.full_text)
+            findings, reporting_mta = read_delivery_status(mail)
+        if findings:
+            _enrich_from_text(findings, mail)
+        else:
+            family, findings = families.detect(mail, disabled, signs)
+        if not findings and signs == notices.BOUNCE_LIKE:
             findings = _original_recipient(mail)
 
     if not findings and _depth < 2:

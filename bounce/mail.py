@@ -253,3 +253,16 @@ def unique(findings: list[Finding]) -> list[Finding]:
         seen[key] = f
         out.append(f)
     return out
+
+
+_QUOTE = re.compile(r"^[ \t]?>[ \t]?", re.M)
+
+
+def unquote(text: str) -> str:
+    """A bounce forwarded inline as a quote ("> " before every line), with one level of quoting removed.
+    Text that is not mostly quoted is returned as it is."""
+    lines = [ln for ln in text.split("\n") if ln.strip()]
+    quoted = sum(1 for ln in lines if ln.lstrip(" \t").startswith(">"))
+    if not lines or quoted * 2 < len(lines):
+        return text
+    return _QUOTE.sub("", text)

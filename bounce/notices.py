@@ -60,15 +60,19 @@ def is_auto_reply(mail: Mail) -> bool:
     return bool(_AUTO_SUBJECT.match(mail.subject.strip()))
 
 
-_BOUNCE_FROM = re.compile(r"^(?:mailer-daemon|post_?master|mail-daemon|mailer|mdaemon|bounce[s]?|"
-                          r"returned|majordomo|mail\.?delivery|no-?reply|administrator|"
-                          r"system ?administrator|root)$", re.I)
+# Senders MTAs write bounces as (RFC 5321 §4.5.5: the envelope sender is null; the From is the daemon).
+_DAEMON = re.compile(r"^(?:mailer[-_.]?daemon|post_?master|mail-?daemon|mailer|mdaemon|majordomo|"
+                     r"mail\.?delivery(?:\.?system|\.?subsystem)?)$", re.I)
+# Senders some notifiers use that ordinary mail uses too: they need the subject and the wording as well.
+_WEAK_SENDER = re.compile(r"^(?:no-?reply|bounces?|returned|administrator|system ?administrator|root|"
+                          r"mail(?:er)?|daemon)$", re.I)
+_REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|fwd?|aw|wg|tr|rv|sv|vs)\s*(?:\[\d+\])?\s*:", re.I)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report)|"
     r"returned mail|mail delivery|failure notice|delivery has failed|could not be delivered|"
     r"non remis|unzustellbar|nicht zustellbar|mail system error|message not delivered|"
     r"rejected|bounce|warning: message|delayed mail|returned to sender|not delivered|"
-    r"non recapitabile|no entregado|niet bezorgd|error|failure|failed",
+    r"non recapitabile|no entregado|niet bezorgd|error|failure|failed|エラー|不達|配信不能|未達|退信|失败",
     re.I,
 )
 
@@ -84,17 +88,42 @@ _BOUNCE_TEXT = re.compile(
 )
 
 
-def looks_like_bounce(mail: Mail) -> bool:
-    if mail.root.ctype == "multipart/report" or "report-type=delivery-status" in mail.header(
-            "content-type").lower():
-        return True
+NOT_A_BOUNCE, STRUCTURE_NEEDED, BOUNCE_LIKE = 0, 1, 2
+
+
+def bounce_signs(mail: Mail) -> int:
+    """How much a mail that is not an RFC 3464 report looks like a bounce:
+
+    BOUNCE_LIKE: failed recipients named in a header, or a daemon sender (or a null Return-Path) with a
+    bounce's subject or wording, or a notifier's sender (no-reply …) with both: any reader may read it.
+    STRUCTURE_NEEDED: a person's mail with a bounce's subject and wording (a forwarded bounce, or a
+    question about one): only a family's own structure (its introduction sentence, sendmail's blocks)
+    makes it a bounce, never the general reader.
+    NOT_A_BOUNCE: anything else, and mail with the non-null Return-Path of someone who is not a daemon
+    (an MTA sends bounces with a null envelope sender, RFC 5321 §4.5.5)."""
+    if mail.root.ctype == "multipart/report" and "delivery-status" in mail.root.params.get(
+            "report-type", "").lower():
+        return BOUNCE_LIKE
     if mail.failed:
-        return True
-    sender_like = bool(_BOUNCE_FROM.match(mail.from_local)) or mail.header("return-path").strip() in (
-        "<>", "")
+        return BOUNCE_LIKE
+    return_path = mail.header("return-path").strip()
+    rp_addr = ADDR_RE.search(return_path)
+    daemon = bool(_DAEMON.match(mail.from_local)) or return_path == "<>" or (
+        rp_addr is not None and bool(_DAEMON.match(rp_addr.group(0).split("@", 1)[0])))
+    if not daemon and rp_addr is not None:
+        return NOT_A_BOUNCE
     subject_like = bool(_BOUNCE_SUBJECT.search(mail.subject))
     text_like = bool(_BOUNCE_TEXT.search(mail.text[:4000]))
-    return (sender_like and (subject_like or text_like)) or (subject_like and text_like)
+    if daemon:
+        return BOUNCE_LIKE if subject_like or text_like else NOT_A_BOUNCE
+    if not (subject_like and text_like):
+        return NOT_A_BOUNCE
+    person = "@" in mail.from_addr and not _WEAK_SENDER.match(mail.from_local)
+    return STRUCTURE_NEEDED if person or _REPLY_OR_FORWARD.match(mail.subject) else BOUNCE_LIKE
+
+
+def looks_like_bounce(mail: Mail) -> bool:
+    return bounce_signs(mail) == BOUNCE_LIKE
 
 
 # Subjects and sentences of "still trying" warnings (sendmail, Postfix, Exim, Exchange, Gmail, Windows).

@@ -44,13 +44,14 @@ DETECTORS: tuple[Detector, ...] = (
 FAMILIES = frozenset(d.family for d in DETECTORS)
 
 
-def detect(mail: Mail, disabled: Collection[str] = (), bounce_like: bool = True) -> tuple[str, list[Finding]]:
+def detect(mail: Mail, disabled: Collection[str] = (), signs: int = 2) -> tuple[str, list[Finding]]:
     """(family, findings) from the first detector that reads the mail, else the general reader.
-    Unless `bounce_like`, only the self-evident detectors are tried."""
+    `signs` (bounce.notices.bounce_signs) says which may: 0 only the self-evident detectors, 1 every
+    family detector, 2 the general reader too."""
     for detector in DETECTORS:
-        if detector.family in disabled or not (bounce_like or detector.self_evident):
+        if detector.family in disabled or not (signs or detector.self_evident):
             continue
         found = detector.read(mail)
         if found:
             return detector.family, found
-    return GENERIC, read_generic(mail) if bounce_like else []
+    return GENERIC, read_generic(mail) if signs >= 2 else []
