@@ -266,6 +266,8 @@ def _finish(f: Finding, disabled: frozenset[str] = frozenset()) -> BouncedRecipi
         low = diag.lower()
         temporary = reply[:1] == "4" or f.action == "delayed" or " temporar" in low or " persistent" in low
         status = cls.pseudo_status(reason, temporary)
+    if f.action == "delayed" and status.startswith("5"):
+        status = "4" + status[1:]  # still being tried: whatever was said, it is not final yet
     kind = cls.kind_of(reason, status, f.action, reply)
     action = f.action or ("delivered" if reason == "delivered" else
                           "delayed" if status.startswith("4") else "failed")

@@ -27,6 +27,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"would exceed (?:the |their )?(?:mailbox )?quota", r"too much mail data",
         r"user has exhausted allowed storage space", r"maildir (?:has )?over", r"quota violation",
         r"space (?:is )?not enough", r"mailbox (?:has )?exceeded", r"holding more than",
+        r"mailbox exceeds (?:its |the )?(?:allowed |maximum )?(?:size|storage|quota)",
     ),
     "mesgtoobig": (
         r"message (?:is )?too (?:big|large)", r"message size exceeds",

@@ -28,6 +28,11 @@ _RCPT_LINE = re.compile(
 # sendmail: "550 5.1.1 <a@b>... User unknown"
 _SENDMAIL_LINE = re.compile(r"^[ \t]*(?:<<< )?[245]\d\d[ -](?:[245]\.\d{1,3}\.\d{1,3} )?<?(" + ADDR
                             + r")>?(\.\.\.)[ \t]*(.*)$")
+# The reason, then the address: "User mailbox exceeds allowed size: a@b" (IMail, SMTP32 and the like).
+_REASON_THEN_ADDR = re.compile(
+    r"^[ \t]*((?=[^:\n]*(?:unknown|invalid|exceed|fail|full|not |denied|reject|unavailable|error|no such|"
+    r"quota|disabled|suspend))[A-Za-z][^:\n]{3,80}):[ \t]*<?(" + ADDR + r")>?[ \t]*$", re.I)
+_COMMAND_ECHO = re.compile(r"^[ \t]*(?:>>>|in:|out:)[ \t]*rcpt to:", re.I)
 # A recipient named inside a sentence: "There was an error delivering your mail to <a@b>."
 _RCPT_SENTENCE = re.compile(
     r"(?:deliver(?:ing|ed|y)? (?:of )?(?:your |the )?(?:mail|message|e-?mail) to|could not be delivered to|"
@@ -67,6 +72,10 @@ def read_generic(mail: Mail, text: str | None = None) -> list[Finding]:
             if rest and not colon and not _TRAILING_OK.match(rest) and not _lead_in_used(line):
                 m = None
         if not m:
+            m = _REASON_THEN_ADDR.match(line)
+            if m:
+                addr, rest, style = m.group(2), "", "line"  # the lead before the address is the reason
+        if not m:
             m = _RCPT_SENTENCE.search(line)
             if not m:
                 continue
@@ -77,7 +86,13 @@ def read_generic(mail: Mail, text: str | None = None) -> list[Finding]:
         lead = line[: line.lower().find(addr)].strip(" \t<\"([:-*#>")
         if lead and not _PLAIN_LEAD.fullmatch(lead):
             rest = (lead + ": " + rest).strip()
+        if _COMMAND_ECHO.match(line):
+            style = "command"
         marks.append((i, addr, rest, style))
+    if any(mark[3] != "command" for mark in marks):
+        # ">>> RCPT TO:<a@b>" echoes what was sent (an alias may have been expanded): the recipient is the
+        # one the notice names.
+        marks = [mark for mark in marks if mark[3] != "command"]
     skip = _skip_addresses(mail) if marks else set()
     if any(mark[1] not in skip for mark in marks):
         marks = [mark for mark in marks if mark[1] not in skip]

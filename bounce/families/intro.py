@@ -46,7 +46,7 @@ INTROS: tuple[Intro, ...] = (
     Intro("opensmtpd", _re(r"an error has occurred while attempting to deliver a message for\s+the following",
                            r"this is the mailer-daemon, please do not reply"),
           _re(r"delivery of this message has been delayed", r"this is just a warning")),
-    Intro("courier", _re(r"this is a delivery status notification from .{0,200}running the courier")),
+    Intro("courier", _re(r"this is a delivery status notification from [\s\S]{0,200}running the courier")),
     Intro("domino", _re(r"was not delivered to:\s*\n(?:.*\n){1,8}?\s*because:")),
     Intro("gmail", _re(r"delivery to the following recipients? failed permanently",
                        r"technical details of permanent failure", r"your message wasn'?t delivered to",
@@ -56,8 +56,8 @@ INTROS: tuple[Intro, ...] = (
               r"will retry for \d+ more")),
     Intro("yahoo", _re(r"message from yahoo", r"sorry, we were unable to deliver your message to the following",
                        r"unable to deliver message to the following address")),
-    Intro("imailserver", _re(r"^(?:unknown user|invalid final delivery userid|user mailbox exceeds allowed "
-                             r"size|delivery failed \d+ attempts|requested action not taken)[^\n]*:\s*\S+@")),
+    Intro("imailserver", _re(r"(?m)^(?:unknown user|invalid final delivery userid|user mailbox exceeds "
+                             r"allowed size|delivery failed \d+ attempts|requested action not taken)[^\n]*:\s*\S+@")),
     Intro("windows", _re(r"this is an automatically generated delivery status notification",
                          r"delivery to the following recipients failed"),
           _re(r"delivery to the following recipients has been delayed")),
