@@ -140,10 +140,10 @@ def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0, *,
                                 family="rfc3834")
         return BounceReport(False, False, False, "", message_id, original, (), None, token)
 
-    if notices.is_delay_notice(mail):
-        for f in findings:
-            if not f.action or (f.action == "failed" and not f.status.startswith("5")):
-                f.action = "delayed"
+    undecided = [f for f in findings if not f.action or (f.action == "failed" and not f.status.startswith("5"))]
+    if undecided and notices.is_delay_notice(mail):
+        for f in undecided:
+            f.action = "delayed"
     recipients = tuple(_finish(f, disabled) for f in findings[:MAX_RECIPIENTS] if f.address)
     if recipients and all(r.reason == "feedback" for r in recipients):
         ftype = findings[0].feedback_type or "abuse"

@@ -48,6 +48,7 @@ class Mail:
     full_text: str  # the whole first text part (or body), original included
     original: Part | None  # the returned original (headers at least), when there is one
     failed: list[str] = field(default_factory=list)  # X-Failed-Recipients
+    cache: dict[str, object] = field(default_factory=dict)  # what detectors computed once per mail
 
     def header(self, name: str) -> str:
         return self.root.get(name)

@@ -133,24 +133,21 @@ _DELAY_SUBJECT = re.compile(
     r"still being retried|delivery delayed|not yet been delivered|warning: message",
     re.I,
 )
-_DELAY_TEXT = re.compile(
-    r"this is a warning (?:message )?only|you do not need to resend|will (?:be retried|retry|continue to try|"
-    r"keep trying|try again)|(?:still|continue) (?:trying|to try)|delivery attempts will continue|"
-    r"has not yet been delivered|has been delayed|not (?:yet )?been delivered yet|transient non-fatal",
-    re.I,
-)
-_FINAL_TEXT = re.compile(
-    r"permanent(?:ly)? (?:fatal )?(?:error|failure|failed)|failed permanently|giving up|i'?m not going to try "
-    r"again|could not be delivered to one or more of its recipients\. this is a permanent|"
-    r"has been (?:returned|bounced)|permanent fatal errors",
-    re.I,
-)
+# Literal phrases (searched in the lower-cased notice, no regex: this runs on every bounce).
+_DELAY_TEXT = ("this is a warning message only", "this is a warning only", "you do not need to resend",
+               "will be retried", "will retry", "will continue to try", "will keep trying", "will try again",
+               "still trying", "continue trying", "continue to try", "delivery attempts will continue",
+               "has not yet been delivered", "has been delayed", "not been delivered yet",
+               "not yet been delivered", "transient non-fatal")
+_FINAL_TEXT = ("permanent error", "permanent fatal", "permanently failed", "failed permanently",
+               "permanent failure", "giving up", "given up", "not going to try again",
+               "has been returned", "has been bounced")
 
 
 def is_delay_notice(mail: Mail) -> bool:
     """A warning that delivery is still being tried: the subject or the notice says so, and the
     notice does not also say that it gave up."""
-    head = mail.text[:6000]
-    if _FINAL_TEXT.search(head):
+    head = mail.text[:6000].lower()
+    if any(phrase in head for phrase in _FINAL_TEXT):
         return False
-    return bool(_DELAY_SUBJECT.search(mail.subject)) or bool(_DELAY_TEXT.search(head))
+    return bool(_DELAY_SUBJECT.search(mail.subject)) or any(phrase in head for phrase in _DELAY_TEXT)

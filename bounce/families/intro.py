@@ -56,7 +56,7 @@ INTROS: tuple[Intro, ...] = (
               r"will retry for \d+ more")),
     Intro("yahoo", _re(r"message from yahoo", r"sorry, we were unable to deliver your message to the following",
                        r"unable to deliver message to the following address")),
-    Intro("imailserver", _re(r"(?m)^(?:unknown user|invalid final delivery userid|user mailbox exceeds "
+    Intro("imailserver", _re(r"(?:^|\n)(?:unknown user|invalid final delivery userid|user mailbox exceeds "
                              r"allowed size|delivery failed \d+ attempts|requested action not taken)[^\n]*:\s*\S+@")),
     Intro("windows", _re(r"this is an automatically generated delivery status notification",
                          r"delivery to the following recipients failed"),
@@ -64,6 +64,30 @@ INTROS: tuple[Intro, ...] = (
     Intro("mdaemon", _re(r"the following message was undeliverable", r"session transcript follows")),
 )
 _INDEX = {intro.family: intro for intro in INTROS}
+# All the sentences in one regex, so that one pass over a notice finds every family that speaks in it.
+_ALL = re.compile("|".join(
+    f"(?P<{kind}{n}>{pattern.pattern})"
+    for n, intro in enumerate(INTROS)
+    for kind, pattern in (("f", intro.failure), ("d", intro.delay)) if pattern is not None), re.I)
+
+
+def _sentences(mail: Mail) -> dict[str, tuple[int, int]]:
+    """Per family, where its failure and its delay sentence first occur (-1: nowhere); once per mail."""
+    cached = mail.cache.get("intro")
+    if isinstance(cached, dict):
+        return cached
+    found: dict[str, tuple[int, int]] = {}
+    for m in _ALL.finditer(mail.text):
+        name = m.lastgroup or ""
+        family = INTROS[int(name[1:])].family
+        failure, delay = found.get(family, (-1, -1))
+        if name[0] == "f" and failure < 0:
+            failure = m.start()
+        elif name[0] == "d" and delay < 0:
+            delay = m.start()
+        found[family] = (failure, delay)
+    mail.cache["intro"] = found
+    return found
 
 
 def _start_of_line(text: str, pos: int) -> int:
@@ -72,16 +96,15 @@ def _start_of_line(text: str, pos: int) -> int:
 
 def read_intro(mail: Mail, intro: Intro) -> list[Finding] | None:
     """The recipients after the family's sentence; all `delayed` when it is the warning sentence."""
-    text = mail.text
-    failure = intro.failure.search(text)
-    delay = intro.delay.search(text) if intro.delay is not None else None
-    if failure is None and delay is None:
+    failure, delay = _sentences(mail).get(intro.family, (-1, -1))
+    if failure < 0 and delay < 0:
         return None
-    first = min((m for m in (failure, delay) if m is not None), key=lambda m: m.start())
-    findings = read_generic(mail, text[_start_of_line(text, first.start()):])
+    first = min(pos for pos in (failure, delay) if pos >= 0)
+    text = mail.text
+    findings = read_generic(mail, text[_start_of_line(text, first):])
     if not findings:
         return None
-    if delay is not None and (failure is None or delay.start() <= failure.start()):
+    if delay >= 0 and (failure < 0 or delay <= failure):
         for f in findings:
             f.action = f.action or "delayed"
     return findings
