@@ -20,6 +20,15 @@ MAX_TEXT = 4000
 # "x@x" and links are reduced to their host name. Written from the wording of real MTAs and providers.
 PHRASES: dict[str, tuple[str, ...]] = {
     "mailboxfull": (
+        r"out of storage space",
+        r"(?:account|user|recipient|mailbox|inbox) (?:is |has )?(?:temporarily )?"
+        r"(?:over|exceed(?:ed|ing|s)?) (?:the |its |their )?"
+        r"(?:disk |storage |mailbox |allowed )?(?:quota|space|storage)",
+        r"(?:disk|disc|storage|mail|mailbox) quota",
+        r"not enough (?:storage |disk )?space", r"(?:does not|doesn'?t) have enough space", r"space has been used up",
+        r"storage (?:allocation|space) (?:exceeded|used up|full)",
+        r"too many messages (?:on the server|in (?:the |this )?mailbox)",
+        r"reached (?:its |the |their )?(?:disk |storage |mailbox )?(?:quota|capacity)",
         r"mail ?box (?:is )?(?:full|over ?quota|exceeded|size limit exceeded)", r"quota (?:exceeded|full)",
         r"over ?quota", r"exceeded (?:the |his |her |their )?(?:storage|quota|mailbox)", r"disk quota",
         r"(?:mailbox|mail box|inbox|mailfolder|account|user) (?:is )?(?:full|over)", r"box (?:is )?full",
@@ -43,6 +52,10 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"message too large for this recipient",
     ),
     "suspend": (
+        r"inactive (?:account|user|mailbox)", r"(?:user|account) (?:is )?terminated", r"archived (?:recipient|mailbox)",
+        r"no longer accepts (?:e-?)?mail",
+        r"(?:mailbox|account|user|recipient) (?:is )?currently (?:suspended|disabled|inactive)",
+        r"mailbox (?:is )?(?:disabled|frozen)",
         r"(?:account|mailbox|address|user|recipient)(?: account)? (?:has been |is |was )?(?:temporarily )?"
         r"(?:disabled|suspended|deactivated|locked|frozen|on hold|expired|discontinued)",
         r"(?:disabled|suspended|inactive|deactivated|locked) (?:account|mailbox|user)",
@@ -66,13 +79,14 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"email address is not verified",
     ),
     "authfailure": (
+        r"sender is unauthenticated", r"requires? all senders to authenticate",
         r"spf (?:check |validation |verification )?(?:failed|failure|fail|softfail|error)",
         r"(?:bad|invalid|failed|broken) spf", r"spf[:=] ?(?:fail|softfail|permerror)",
         r"sender policy framework", r"\bdkim\b.{0,40}(?:fail|invalid|bad|missing|required)",
         r"(?:fail|invalid|bad|missing|no)\w* \bdkim\b", r"\bdmarc\b", r"domainkeys",
         r"does not designate .{0,80} as permitted sender", r"unauthenticated (?:e-?mail|message)",
         r"authentication (?:check|checks|results?) (?:failed|fail)", r"sender (?:is )?not authenticated",
-        r"\bbatv\b", r"fails? to pass authentication", r"does not have authentication information",
+        r"fails? to pass authentication", r"does not have authentication information",
         r"required authentication level",
     ),
     "userunknown": (
@@ -103,6 +117,10 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"recipient not found by smtp address lookup",
     ),
     "filtered": (
+        r"only accept(?:s|ing) (?:mail|messages|e-?mail) from (?:specific|selected|certain|approved|known)",
+        r"refuses? to (?:receive|accept) (?:mail|messages|e-?mail)",
+        r"recipient'?s? (?:preferences|settings|filters?|rules)",
+        r"new mail is not currently being accepted", r"resolver\.rst\.notauthorized",
         r"message filtered", r"rejected due to user rules", r"user refuses to receive",
         r"refused due to recipient preferences", r"blocked by the recipient",
         r"recipient is only accepting mail from", r"is not accepting any mail", r"user reject",
@@ -119,6 +137,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"ip name (?:lookup|possibly forged)", r"(?:client|host) (?:name|ip) (?:does not|doesn'?t) resolve",
     ),
     "notcompliantrfc": (
+        r"missing a valid (?:message-id|date|from)",
         r"rfc ?(?:2822|5322|822|5321|1123)", r"not (?:rfc|standard)[- ]compliant", r"non[- ]compliant",
         r"multiple (?:from|to|subject|date|message-id|sender) (?:headers|fields)", r"duplicate header",
         r"multiple addresses in (?:the )?from", r"message (?:is )?not (?:rfc|in compliance)",
@@ -135,6 +154,10 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"invalid (?:mime|header|charset|encoding)", r"mime (?:error|type)", r"line too long",
     ),
     "rejected": (
+        r"sender (?:address )?(?:verify|verification) failed",
+        r"(?:empty|null) (?:envelope )?senders? (?:is |are )?not allowed",
+        r"no third-party dsns?", r"\bbatv\b", r"backscatter", r"(?:isn'?t|not) on the recipient'?s list of senders",
+        r"delivery not authorized, message refused", r"unroutable sender", r"without a valid sender domain",
         r"sender (?:e-?mail )?(?:address )?(?:rejected|denied|blocked|blacklisted|refused|is invalid"
         r"|invalid|verify failed|not allowed|unknown|not pre-approved|domain (?:is )?(?:empty|invalid"
         r"|must exist|not found))",
@@ -152,6 +175,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"fully qualified (?:e-?mail )?address required",
     ),
     "hostunknown": (
+        r"mx records? points? to non-?existent hosts?",
+        r"name or service not known", r"mail domain .{0,80} (?:is )?unknown", r"unknown domain",
         r"host (?:or domain )?(?:name )?(?:not found|unknown|does not exist|lookup failed)",
         r"unknown (?:host|domain)",
         r"(?:recipient |destination )?domain (?:name )?(?:does not exist|not found|unknown|is invalid|"
@@ -166,6 +191,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:^|\b\d{3} )(?:[a-z0-9-]+\.)+[a-z]{2,} does not exist",
     ),
     "spamdetected": (
+        r"(?:probable|probably|likely) (?:spam|junk)", r"anti-?spam", r"mass mailer", r"unacceptable content",
         r"spam(?!haus|cop|trap|-?rl)", r"junk ?mail", r"\bube\b", r"message content rejected", r"unsolicited",
         r"bulk ?mail", r"blacklisted url", r"uribl", r"surbl", r"message (?:content )?(?:looks|appears) like",
         r"classified as (?:bulk|junk)", r"considered (?:as )?(?:spam|junk|bulk)",
@@ -173,6 +199,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"rejected by (?:the )?content filter",
     ),
     "speeding": (
+        r"receiving mail (?:too quickly|at a rate)",
         r"(?<!connection )rate limit", r"ratelimit", r"too fast", r"sending rate", r"throttl",
         r"too many (?:messages|mails|emails) (?:in|per|sent)", r"message rate",
         r"exceeded (?:the )?(?:sending |message )?rate",
@@ -184,6 +211,12 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"too much (?:load|traffic)",
     ),
     "blocked": (
+        r"traffic not accepted from this ip",
+        r"(?:dynamic|zombie|dial-?up) (?:ip|hosts?|pool)", r"helo command rejected", r"open proxy",
+        r"not (?:currently )?accepting (?:mail|connections) from your ip", r"listed as abusive",
+        r"(?:is|are) (?:listed )?(?:in|on) (?:a|an|our|the) (?:black|block) ?list",
+        r"bad (?:sender )?ip (?:address|profile)",
+        r"you are not allowed to connect",
         r"block(?:ed|ing|list)", r"black ?list", r"\bdnsbl\b", r"\brbl\b", r"spamhaus", r"spamcop",
         r"barracuda", r"sorbs", r"listed (?:at|on|in|by)", r"banned", r"client host .{0,80}rejected",
         r"(?:your|the sending|sender|sending|client) (?:ip|host|server|network|mail server)(?: address)? "
@@ -199,6 +232,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
     ),
     # Reasons looked for in the text only, after the ones above.
     "policyviolation": (
+        r"(?:attachment|file type|extension)s? (?:is |are )?(?:not allowed|not permitted|prohibited|blocked|forbidden)",
         r"policy (?:violation|reasons|rejection|restriction)", r"violat\w* (?:\w+ )?polic",
         r"against (?:our |the )?polic", r"prohibited (?:attachment|content|file|by policy)",
         r"rejected by (?:\w+ )?policy", r"content policy",
@@ -216,6 +250,9 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"service (?:currently |temporarily )?(?:unavailable|not available)", r"could not load",
     ),
     "networkerror": (
+        r"exceeded \d+ hops",
+        r"loops back to myself", r"(?:dns|mx) records? for the destination", r"malformed (?:name ?server|dns) reply",
+        r"forwarding loop", r"message looping",
         r"network error", r"connection (?:reset|lost|dropped)", r"no route to host",
         r"dns (?:lookup )?(?:error|problem|timeout)", r"name ?server (?:timeout|failure|error)",
         r"bad connection", r"host (?:is )?unreachable", r"lost connection", r"(?:routing|mail) loop",
@@ -233,6 +270,9 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"accepts no mail", r"no mx found",
     ),
     "expired": (
+        r"(?:has|have) been failing for a long time", r"(?:has|have) been in the queue too long",
+        r"after (?:multiple|several|repeated) (?:retries|attempts)", r"server did not respond", r"not been collected",
+        r"within the allowed queue period",
         r"retry time(?:out)? (?:exceeded|not reached)", r"(?:delivery|message) (?:time )?(?:has )?expired",
         r"giving up", r"(?:too long|been) in (?:the )?queue", r"message expired", r"expired:",
         r"(?:could not|couldn'?t|was not|not) (?:be )?delivered (?:within|for|after|in)",
@@ -257,6 +297,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"mail delivery to .{0,80}program",
     ),
     "syntaxerror": (
+        r"improper use of smtp command pipelining",
         r"syntax error", r"command (?:unrecognized|not recognized|not implemented)",
         r"bad sequence of commands", r"parameter not implemented", r"malformed (?:address|command)",
         r"unrecognized command", r"invalid command",
