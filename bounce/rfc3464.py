@@ -45,9 +45,8 @@ def parse_delivery_status(text: str) -> tuple[dict[str, str], list[dict[str, str
     last_key = ""
     for line in text.split("\n"):
         if not line.strip():
-            if current.get("final-recipient") or current.get("original-recipient"):
-                blocks.append(current)
-                current = {}
+            # Blocks are told apart by their Final-Recipient (below), not by blank lines: IIS writes a
+            # blank line after every field.
             last_key = ""
             continue
         if line[:1] in " \t":
