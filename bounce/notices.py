@@ -72,7 +72,9 @@ _BOUNCE_SUBJECT = re.compile(
     r"returned mail|mail delivery|failure notice|delivery has failed|could not be delivered|"
     r"non remis|unzustellbar|nicht zustellbar|mail system error|message not delivered|"
     r"rejected|bounce|warning: message|delayed mail|returned to sender|not delivered|"
-    r"non recapitabile|no entregado|niet bezorgd|error|failure|failed|エラー|不達|配信不能|未達|退信|失败",
+    r"non recapitabile|no entregado|niet bezorgd|error|failure|failed|エラー|不達|配信不能|未達|退信|失败|"
+    r"niedostarcz|nie dostarcz|nicht zugestellt|zustellung fehlgeschlagen|non consegn|no se pudo entregar|"
+    r"n[ãa]o (?:foi )?entregue|onbestelbaar|olevererbar|ikke levert|kan ikke leveres",
     re.I,
 )
 

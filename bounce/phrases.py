@@ -264,8 +264,9 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"disk (?:is )?full", r"mail system (?:is )?full", r"file system full", r"out of (?:disk )?space",
     ),
     "notaccept": (
-        r"does not accept (?:e-?)?mail", r"no smtp service", r"null mx",
-        r"not accepting (?:network )?(?:mail|messages)", r"indicated no smtp service",
+        # A domain that takes no mail at all; "… from <sender>" is a block of one sender, not this.
+        r"does not accept (?:e-?)?mail(?! from)", r"no smtp service", r"null mx",
+        r"not accepting (?:network )?(?:mail|messages)(?! from)", r"indicated no smtp service",
         r"couldn'?t find a mail exchanger", r"no mx (?:record|host)", r"does not receive (?:e-?)?mail",
         r"accepts no mail", r"no mx found",
     ),

@@ -140,3 +140,14 @@ def test_anchored_phrases_still_match_what_they_matched() -> None:
             for text in samples:
                 if pattern.search(text):
                     assert anchor in text, (anchor, pattern.pattern, text)
+
+
+def test_a_block_of_one_sender_is_not_a_domain_that_takes_no_mail() -> None:
+    assert cls.classify("", "550", "550 they are not accepting mail from x@example.com", command="RCPT")[1] != "hard"
+    assert cls.classify("", "550", "550 this domain does not accept mail", command="RCPT") == ("notaccept", "hard")
+
+
+def test_delayed_and_temporary_never_hard() -> None:
+    assert cls.classify("5.1.1", "550", "550 5.1.1 user unknown", command="RCPT", action="delayed")[1] != "hard"
+    assert cls.classify("", "450", "450 user unknown", command="RCPT")[1] != "hard"
+    assert not cls.is_hard("userunknown", "5.0.911", "", "450")
