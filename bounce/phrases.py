@@ -39,6 +39,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"mailbox exceeds (?:its |the )?(?:allowed |maximum )?(?:size|storage|quota)",
     ),
     "mesgtoobig": (
+        r"(?:mail|message|e-?mail) size limit (?:exceeded|reached)",
         r"message (?:is )?too (?:big|large)", r"message size exceeds",
         r"exceeds? (?:the )?(?:maximum |max )?(?:message |mail )?size",
         r"size (?:of (?:the )?message )?(?:is )?(?:too large|exceeds)",

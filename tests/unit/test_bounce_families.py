@@ -23,6 +23,9 @@ SAMPLES = Path(__file__).parent / "bounce_samples"
 # sample: (family, [(address, action, status, reason, kind), ...])
 EXPECTED: dict[str, tuple[str, list[tuple[str, str, str, str, str]]]] = {
     "aol": ("aol", [("jdoe@aol.example", "failed", "5.0.910", "filtered", "policy")]),
+    "biglobe": ("generic", [("jdoe@isp.example.jp", "failed", "5.0.922", "mailboxfull", "soft")]),
+    "einsundeins": ("exim", [("jdoe@example.de", "failed", "5.0.934", "mesgtoobig", "policy")]),
+    "mailmarshal": ("generic", [("jdoe@example.net", "failed", "5.1.1", "userunknown", "hard")]),
     "compuserve": ("compuserve", [("jdoe@compuserve.example", "failed", "5.0.911", "userunknown", "hard")]),
     "courier": ("courier", [("jdoe@example.net", "failed", "5.1.1", "userunknown", "hard")]),
     "domino": ("domino", [("jdoe@corp.example.net", "failed", "5.0.911", "userunknown", "hard")]),
