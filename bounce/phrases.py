@@ -233,6 +233,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
     ),
     # Reasons looked for in the text only, after the ones above.
     "policyviolation": (
+        r"(?:a|its|their) policy that prohibit",
         r"(?:attachment|file type|extension)s? (?:is |are )?(?:not allowed|not permitted|prohibited|blocked|forbidden)",
         r"policy (?:violation|reasons|rejection|restriction)", r"violat\w* (?:\w+ )?polic",
         r"against (?:our |the )?polic", r"prohibited (?:attachment|content|file|by policy)",

@@ -151,3 +151,30 @@ def test_delayed_and_temporary_never_hard() -> None:
     assert cls.classify("5.1.1", "550", "550 5.1.1 user unknown", command="RCPT", action="delayed")[1] != "hard"
     assert cls.classify("", "450", "450 user unknown", command="RCPT")[1] != "hard"
     assert not cls.is_hard("userunknown", "5.0.911", "", "450")
+
+
+@pytest.mark.parametrize(("status", "reply", "text", "command", "reason"), [
+    # Gmail's SMTP error reference.
+    ("5.2.2", "552", "552-5.2.2 The recipient's inbox is out of storage space.", "RCPT", "mailboxfull"),
+    ("4.2.1", "450", "450-4.2.1 The user you are trying to contact is receiving mail too quickly.", "RCPT",
+     "speeding"),
+    ("5.7.26", "550", "550-5.7.26 This mail has been blocked because the sender is unauthenticated.", "DATA",
+     "authfailure"),
+    ("5.7.1", "550", "550-5.7.1 The user or domain that you are sending to (or from) has a policy that "
+     "prohibited the mail that you sent.", "DATA", "policyviolation"),
+    ("5.7.1", "550", "550-5.7.1 Messages missing a valid Message-ID header are not accepted.", "DATA",
+     "notcompliantrfc"),
+    # Microsoft 365's non-delivery report codes.
+    ("5.7.1", "550", "550 5.7.1 Delivery not authorized, message refused", "RCPT", "rejected"),
+    ("5.7.509", "550", "550 5.7.509 Access denied, sending domain example.com does not pass DMARC verification",
+     "DATA", "authfailure"),
+    ("5.4.14", "554", "554 5.4.14 Hop count exceeded - possible mail loop", "", "networkerror"),
+    # Yahoo's and Apple's published replies.
+    ("4.7.0", "421", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or "
+     "user complaints", "CONN", "badreputation"),
+    ("5.7.1", "553", "553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in "
+     "Spamhaus's list", "", "blocked"),
+    ("5.7.1", "554", "554 5.7.1 [HM08] Message rejected due to local policy", "DATA", "policyviolation"),
+])
+def test_providers_published_replies(status: str, reply: str, text: str, command: str, reason: str) -> None:
+    assert cls.classify(status, reply, text, command=command)[0] == reason
