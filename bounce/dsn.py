@@ -125,13 +125,13 @@ def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0, *,
             _enrich_from_text(findings, mail)
         else:
             family, findings = families.detect(mail, disabled, signs)
+        if not findings and _depth < 2:
+            forwarded = _forwarded_report(mail)
+            if forwarded is not None:
+                return _parse(to_bytes(forwarded), verp_secret, _depth + 1, disabled=disabled)
         if not findings and signs == notices.BOUNCE_LIKE:
             findings = _original_recipient(mail)
 
-    if not findings and _depth < 2:
-        forwarded = _forwarded_report(mail)
-        if forwarded is not None:
-            return _parse(to_bytes(forwarded), verp_secret, _depth + 1, disabled=disabled)
     if not findings:
         if notices.is_auto_reply(mail):
             addr = mail.from_addr if "@" in mail.from_addr else ""
@@ -166,13 +166,17 @@ _SMTP_ERROR_LINE = re.compile(r"^[ \t]*(?:<<< )?[45]\d\d[ -]", re.M)
 
 
 def _original_recipient(mail: Mail) -> list[Finding]:
-    """Last resort for a bounce naming no recipient but quoting an SMTP error: the original's To."""
-    if mail.original is None or not _SMTP_ERROR_LINE.search(mail.text):
+    """Last resort for a bounce that names no recipient: the returned original's only To, with the SMTP
+    errors the notice quotes, or else the notice's first lines, as the diagnostic."""
+    if mail.original is None:
         return []
     addrs = ADDR_RE.findall(mail.original.get("to"))
     if len(addrs) != 1:
         return []
-    diag = " ".join(line.strip() for line in mail.text.split("\n") if _SMTP_ERROR_LINE.match(line))
+    lines = mail.text.split("\n")
+    diag = " ".join(line.strip() for line in lines if _SMTP_ERROR_LINE.match(line))
+    if not diag:
+        diag = " ".join(line.strip() for line in lines if line.strip())[:1000]
     return [Finding(addrs[0].lower(), diagnostic=diag, command=find_command(mail.text))]
 
 

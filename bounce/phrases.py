@@ -20,6 +20,7 @@ MAX_TEXT = 4000
 # "x@x" and links are reduced to their host name. Written from the wording of real MTAs and providers.
 PHRASES: dict[str, tuple[str, ...]] = {
     "mailboxfull": (
+        r"(?:mailbox|inbox)\b[^.]{0,40}\bis (?:full|over quota)",
         r"out of storage space",
         r"(?:account|user|recipient|mailbox|inbox) (?:is |has )?(?:temporarily )?"
         r"(?:over|exceed(?:ed|ing|s)?) (?:the |its |their )?"

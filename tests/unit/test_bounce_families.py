@@ -26,6 +26,8 @@ EXPECTED: dict[str, tuple[str, list[tuple[str, str, str, str, str]]]] = {
     "biglobe": ("generic", [("jdoe@isp.example.jp", "failed", "5.0.922", "mailboxfull", "soft")]),
     "einsundeins": ("exim", [("jdoe@example.de", "failed", "5.0.934", "mesgtoobig", "policy")]),
     "mailmarshal": ("generic", [("jdoe@example.net", "failed", "5.1.1", "userunknown", "hard")]),
+    "sentence": ("generic", [("jdoe@example.net", "failed", "5.1.1", "userunknown", "hard")]),
+    "no_recipient": ("generic", [("jdoe@example.net", "failed", "5.0.922", "mailboxfull", "soft")]),
     "compuserve": ("compuserve", [("jdoe@compuserve.example", "failed", "5.0.911", "userunknown", "hard")]),
     "courier": ("courier", [("jdoe@example.net", "failed", "5.1.1", "userunknown", "hard")]),
     "domino": ("domino", [("jdoe@corp.example.net", "failed", "5.0.911", "userunknown", "hard")]),
