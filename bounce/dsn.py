@@ -2,8 +2,10 @@
 
 `parse(raw)` reads any mail and says whether it is a bounce, an auto-reply (RFC 3834) or a feedback
 report (ARF, RFC 5965), which recipients failed and why, and which outbound message it was about. It
-reads RFC 3464 reports field by field and falls back on `bounce.formats` for the many MTAs that write
-bounces for humans. It never raises: a mail it cannot read is "not a bounce".
+reads, in this order: feedback reports (`bounce.notices`), RFC 3464 reports field by field
+(`bounce.rfc3464`), then the families of bounces written for humans, each known by its structure
+(`bounce.families`), and last the general address-then-reason reader. Every recipient's reason and kind
+come from `bounce.classify`. It never raises: a mail it cannot read is "not a bounce".
 
 `build_dsn(...)` writes a well-formed RFC 3464 report, shaped so that Odoo 17+ recognises it (its
 second delivery-status block carries the Final-Recipient) and so that it can also go back to a sender
@@ -15,24 +17,18 @@ from __future__ import annotations
 import datetime
 import hashlib
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from email.utils import format_datetime
 from typing import Any
 
 from bounce import classify as cls
-from bounce import verp
-from bounce.formats import (
-    ADDR_RE,
-    SPECIFIC_READERS,
-    Finding,
-    Mail,
-    build_mail,
-    find_command,
-    read_generic,
-    unique,
-)
-from bounce.message import Part, decode_words, parse_headers, parse_message, to_bytes
+from bounce import families, notices, verp
+from bounce.families.generic import read_generic
+from bounce.mail import ADDR_RE, Finding, Mail, build_mail, find_command, unquote
+from bounce.message import Part, decode_words, parse_message, to_bytes
+from bounce.phrases import MAX_TEXT
+from bounce.rfc3464 import read_delivery_status
 
 MAX_RECIPIENTS = 1000  # a report naming more is not a real bounce; do not spend time on it
 ORIGINAL_HEADERS = ("message-id", "x-odoo-message-id", "x-microsoft-original-message-id", "from", "to",
@@ -71,6 +67,7 @@ class BounceReport:
     recipients: tuple[BouncedRecipient, ...] = ()
     reporting_mta: str | None = None
     verp: verp.VerpToken | None = field(default=None, compare=False)
+    family: str = ""  # which reader understood it: rfc3464, a family detector, generic, arf, rfc3834
 
     def to_dict(self) -> dict[str, Any]:
         token = None
@@ -90,58 +87,71 @@ class BounceReport:
 NOT_A_BOUNCE = BounceReport()
 
 
-def parse(raw: bytes, *, verp_secret: bytes | None = None) -> BounceReport:
-    """Read one mail; never raises. `verp_secret` checks the MAC of a VERP address it was sent to."""
+def parse(raw: bytes, *, verp_secret: bytes | None = None, disabled: Collection[str] = ()) -> BounceReport:
+    """Read one mail; never raises. `verp_secret` checks the MAC of a VERP address it was sent to.
+    `disabled` names families whose own detectors and provider rules are not used (for scoring how the
+    general rules alone read a family: see bounce.scorecard)."""
     try:
-        return _parse(raw, verp_secret)
+        return _parse(raw, verp_secret, disabled=frozenset(disabled))
     except Exception:  # the contract is "never raises": a mail we cannot read is not a bounce
         return NOT_A_BOUNCE
 
 
-def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0) -> BounceReport:
+def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0, *,
+           disabled: frozenset[str] = frozenset()) -> BounceReport:
     root = parse_message(raw)
     mail = build_mail(root)
     original = _original_headers(mail)
     message_id = _original_message_id(original)
     token = _verp_token(root, verp_secret)
-    reporting_mta: str | None = None
 
-    feedback = _read_feedback(mail)
+    feedback = notices.read_feedback(mail)
     if feedback is not None:
         ftype, complaints = feedback
-        recipients = tuple(_finish(f) for f in complaints)
-        return BounceReport(False, False, True, ftype, message_id, original, recipients, None, token)
+        recipients = tuple(_finish(f, disabled) for f in complaints)
+        return BounceReport(False, False, True, ftype, message_id, original, recipients, None, token,
+                            family="arf")
 
-    findings: list[Finding] = []
-    for reader in SPECIFIC_READERS:
-        got = reader(mail)
-        if got:
-            findings = got
-            break
-    if not findings:
-        findings, reporting_mta = _read_delivery_status(mail)
-    if not findings and _looks_like_bounce(mail):
-        findings = read_generic(mail) or _original_recipient(mail)
-    elif findings:
+    findings, reporting_mta = read_delivery_status(mail)
+    family = "rfc3464"
+    if findings:
         _enrich_from_text(findings, mail)
+    else:
+        signs = notices.bounce_signs(mail)
+        if signs == notices.STRUCTURE_NEEDED:  # a forwarded bounce: read what was forwarded
+            mail.text, mail.full_text = unquote(mail.text), unquote(mail.full_text)
+            findings, reporting_mta = read_delivery_status(mail)
+        if findings:
+            _enrich_from_text(findings, mail)
+        else:
+            family, findings = families.detect(mail, disabled, signs)
+        if not findings and _depth < 2:
+            forwarded = _forwarded_report(mail)
+            if forwarded is not None:
+                return _parse(to_bytes(forwarded), verp_secret, _depth + 1, disabled=disabled)
+        if not findings and signs == notices.BOUNCE_LIKE:
+            findings = _original_recipient(mail)
 
-    if not findings and _depth < 2:
-        forwarded = _forwarded_report(mail)
-        if forwarded is not None:
-            return _parse(to_bytes(forwarded), verp_secret, _depth + 1)
     if not findings:
-        if _is_auto_reply(mail):
+        if notices.is_auto_reply(mail):
             addr = mail.from_addr if "@" in mail.from_addr else ""
-            recipients = (_finish(Finding(addr, reason="vacation")),) if addr else ()
-            return BounceReport(False, True, False, "", message_id, original, recipients, None, token)
+            recipients = (_finish(Finding(addr, reason="vacation"), disabled),) if addr else ()
+            return BounceReport(False, True, False, "", message_id, original, recipients, None, token,
+                                family="rfc3834")
         return BounceReport(False, False, False, "", message_id, original, (), None, token)
 
-    recipients = tuple(_finish(f) for f in findings[:MAX_RECIPIENTS] if f.address)
+    undecided = [f for f in findings if not f.action or (f.action == "failed" and not f.status.startswith("5"))]
+    if undecided and notices.is_delay_notice(mail):
+        for f in undecided:
+            f.action = "delayed"
+    recipients = tuple(_finish(f, disabled) for f in findings[:MAX_RECIPIENTS] if f.address)
     if recipients and all(r.reason == "feedback" for r in recipients):
         ftype = findings[0].feedback_type or "abuse"
-        return BounceReport(False, False, True, ftype, message_id, original, recipients, None, token)
+        return BounceReport(False, False, True, ftype, message_id, original, recipients, None, token,
+                            family=family)
     is_bounce = any(r.kind != "none" for r in recipients)
-    return BounceReport(is_bounce, False, False, "", message_id, original, recipients, reporting_mta, token)
+    return BounceReport(is_bounce, False, False, "", message_id, original, recipients, reporting_mta, token,
+                        family=family)
 
 
 def _forwarded_report(mail: Mail) -> str | None:
@@ -152,119 +162,21 @@ def _forwarded_report(mail: Mail) -> str | None:
     return None
 
 
-# --- RFC 3464 --------------------------------------------------------------------------------------
-_FIELD = re.compile(r"^([A-Za-z][A-Za-z0-9-]*)[ \t]*:[ \t]*(.*)$")
-_PER_RECIPIENT = {"original-recipient", "final-recipient", "action", "status", "remote-mta",
-                  "diagnostic-code", "last-attempt-date", "final-log-id", "will-retry-until",
-                  "x-actual-recipient", "x-display-name"}
-
-
-def _delivery_status_text(mail: Mail) -> str:
-    for part in mail.parts:
-        if part.ctype in ("message/delivery-status", "message/global-delivery-status"):
-            text = part.text()
-            if "recipient" in text.lower():
-                return text
-    # Some MTAs put the fields in a text part ("Technical report:"), or send them without MIME.
-    text = mail.full_text
-    if _FINAL_RECIPIENT.search(text) and _ACTION_OR_STATUS.search(text):
-        return text
-    return ""
-
-
-_FINAL_RECIPIENT = re.compile(r"^Final-Recipient:", re.I | re.M)
-_ACTION_OR_STATUS = re.compile(r"^(?:Status|Action):", re.I | re.M)
-_STATUS_FIELD = re.compile(r"([245]\.\d{1,3}\.\d{1,3})")
-
-
-def parse_delivery_status(text: str) -> tuple[dict[str, str], list[dict[str, str]]]:
-    """The per-message fields and one dict of fields per recipient, from a delivery-status body."""
-    per_message: dict[str, str] = {}
-    blocks: list[dict[str, str]] = []
-    current: dict[str, str] = {}
-    last_key = ""
-    for line in text.split("\n"):
-        if not line.strip():
-            if current.get("final-recipient") or current.get("original-recipient"):
-                blocks.append(current)
-                current = {}
-            last_key = ""
-            continue
-        if line[:1] in " \t":
-            if last_key:
-                target = current if last_key in _PER_RECIPIENT else per_message
-                target[last_key] = (target.get(last_key, "") + " " + line.strip()).strip()
-            continue
-        m = _FIELD.match(line)
-        if not m:
-            last_key = ""
-            continue
-        key, value = m.group(1).lower(), m.group(2).strip()
-        if key in _PER_RECIPIENT:
-            # Original-Recipient usually precedes Final-Recipient (RFC 3464) but Postfix writes it after.
-            starts_new = (key == "final-recipient" and "final-recipient" in current) or (
-                key == "original-recipient" and ("original-recipient" in current or (
-                    "final-recipient" in current and ("status" in current or "action" in current))))
-            if starts_new:
-                blocks.append(current)
-                current = {}
-            current.setdefault(key, value)
-        else:
-            per_message.setdefault(key, value)
-        last_key = key
-    if current.get("final-recipient") or current.get("original-recipient"):
-        blocks.append(current)
-    return per_message, blocks
-
-
-def _address_of(value: str) -> str:
-    """`rfc822; <a@b>` → a@b."""
-    if ";" in value:
-        value = value.split(";", 1)[1]
-    m = ADDR_RE.search(value)
-    if m:
-        return m.group(0).lower()
-    return value.strip().strip("<>").strip().lower()
-
-
-def _read_delivery_status(mail: Mail) -> tuple[list[Finding], str | None]:
-    text = _delivery_status_text(mail)
-    if not text:
-        return [], None
-    per_message, blocks = parse_delivery_status(text)
-    reporting = per_message.get("reporting-mta", "")
-    reporting_mta = reporting.split(";", 1)[-1].strip() or None if reporting else None
-    findings = []
-    for block in blocks:
-        final = _address_of(block.get("final-recipient", ""))
-        if "@" not in final and "x-actual-recipient" in block:
-            final = _address_of(block["x-actual-recipient"])
-        orig = _address_of(block.get("original-recipient", ""))
-        address = final if "@" in final else orig
-        if "@" not in address:
-            continue
-        diag = block.get("diagnostic-code", "")
-        dtype, _, diag = diag.partition(";") if ";" in diag[:12] else ("", "", diag)
-        m = _STATUS_FIELD.match(block.get("status", "").strip())
-        action = block.get("action", "").split()
-        findings.append(Finding(address, original_recipient=orig if orig != address else "",
-                                action=action[0].lower() if action else "", status=m.group(1) if m else "",
-                                diagnostic=diag.strip(), diagnostic_type=dtype.strip().lower(),
-                                remote_mta=block.get("remote-mta", "").split(";", 1)[-1].strip()))
-    return unique(findings), reporting_mta
-
-
 _SMTP_ERROR_LINE = re.compile(r"^[ \t]*(?:<<< )?[45]\d\d[ -]", re.M)
 
 
 def _original_recipient(mail: Mail) -> list[Finding]:
-    """Last resort for a bounce naming no recipient but quoting an SMTP error: the original's To."""
-    if mail.original is None or not _SMTP_ERROR_LINE.search(mail.text):
+    """Last resort for a bounce that names no recipient: the returned original's only To, with the SMTP
+    errors the notice quotes, or else the notice's first lines, as the diagnostic."""
+    if mail.original is None:
         return []
     addrs = ADDR_RE.findall(mail.original.get("to"))
     if len(addrs) != 1:
         return []
-    diag = " ".join(line.strip() for line in mail.text.split("\n") if _SMTP_ERROR_LINE.match(line))
+    lines = mail.text.split("\n")
+    diag = " ".join(line.strip() for line in lines if _SMTP_ERROR_LINE.match(line))
+    if not diag:
+        diag = " ".join(line.strip() for line in lines if line.strip())[:1000]
     return [Finding(addrs[0].lower(), diagnostic=diag, command=find_command(mail.text))]
 
 
@@ -297,89 +209,6 @@ def _command_near(text: str, address: str) -> str:
     if i < 0:
         return ""
     return find_command(text[max(0, i - 300) : i + 600])
-
-
-# --- feedback reports and auto-replies -------------------------------------------------------------
-def _read_feedback(mail: Mail) -> tuple[str, list[Finding]] | None:
-    report = None
-    for part in mail.parts:
-        if part.ctype == "message/feedback-report":
-            report = part
-            break
-    if report is None:
-        if mail.header("x-apple-unsubscribe").lower() == "true" and "@" in mail.from_addr:
-            return "opt-out", [Finding(mail.from_addr, reason="feedback", feedback_type="opt-out")]
-        return None
-    fields = parse_headers(report.text().strip("\n"))
-    first = dict(reversed(fields))
-    # Several Original-Rcpt-To fields: one per complaining recipient.
-    rcpts = [a.lower() for k, v in fields if k == "original-rcpt-to" for a in ADDR_RE.findall(v)]
-    if not rcpts:
-        rcpts = [a.lower() for a in ADDR_RE.findall(first.get("removal-recipient", ""))]
-    if not rcpts and mail.original is not None:
-        rcpts = [a.lower() for a in ADDR_RE.findall(mail.original.get("to"))][:1]
-    ftype = first.get("feedback-type", "").strip().lower() or "abuse"
-    return ftype, [Finding(a, reason="feedback", feedback_type=ftype) for a in dict.fromkeys(rcpts)]
-
-
-_AUTO_SUBJECT = re.compile(
-    r"^(?:auto(?:matic)?[ -]?(?:reply|response|antwort|respuesta)|out of (?:the )?office|"
-    r"autoreply|auto:|abwesenheit|r[ée]ponse automatique|absence|vacation|away from|"
-    r"自動応答|自動返信|不在)",
-    re.I,
-)
-
-
-def _is_auto_reply(mail: Mail) -> bool:
-    if mail.from_local in ("mailer-daemon", "postmaster", "mail-daemon"):
-        return False
-    auto = mail.header("auto-submitted").lower()
-    if auto.startswith("auto-replied"):
-        return True
-    if mail.header("x-autoreply") or mail.header("x-autorespond") or mail.header("x-autoresponder"):
-        return True
-    if mail.header("precedence").lower() == "auto_reply":
-        return True
-    if mail.header("x-apple-action").upper() == "VACATION":
-        return True
-    return bool(_AUTO_SUBJECT.match(mail.subject.strip()))
-
-
-_BOUNCE_FROM = re.compile(r"^(?:mailer-daemon|post_?master|mail-daemon|mailer|mdaemon|bounce[s]?|"
-                          r"returned|majordomo|mail\.?delivery|no-?reply|administrator|"
-                          r"system ?administrator|root)$", re.I)
-_BOUNCE_SUBJECT = re.compile(
-    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report)|"
-    r"returned mail|mail delivery|failure notice|delivery has failed|could not be delivered|"
-    r"non remis|unzustellbar|nicht zustellbar|mail system error|message not delivered|"
-    r"rejected|bounce|warning: message|delayed mail|returned to sender|not delivered|"
-    r"non recapitabile|no entregado|niet bezorgd|error|failure|failed",
-    re.I,
-)
-
-
-_BOUNCE_TEXT = re.compile(
-    r"could ?n[o']t be delivered|undeliverable|delivery (?:has )?failed|failed permanently|"
-    r"(?:wasn'?t|was not|were not|unable|not) (?:able to )?deliver|permanent (?:fatal )?error|"
-    r"returned to (?:the )?sender|transcript of session|following address(?:es)? failed|"
-    r"delivery status notification|did not reach|not (?:be )?delivered|error (?:sending|delivering)|"
-    r"delivery (?:to the following|problem|failure)|message (?:was )?(?:rejected|bounced)|"
-    r"invalid (?:user|recipient) address|error message below",
-    re.I,
-)
-
-
-def _looks_like_bounce(mail: Mail) -> bool:
-    if mail.root.ctype == "multipart/report" or "report-type=delivery-status" in mail.header(
-            "content-type").lower():
-        return True
-    if mail.failed:
-        return True
-    sender_like = bool(_BOUNCE_FROM.match(mail.from_local)) or mail.header("return-path").strip() in (
-        "<>", "")
-    subject_like = bool(_BOUNCE_SUBJECT.search(mail.subject))
-    text_like = bool(_BOUNCE_TEXT.search(mail.text[:4000]))
-    return (sender_like and (subject_like or text_like)) or (subject_like and text_like)
 
 
 # --- the original message ---------------------------------------------------------------------------
@@ -418,11 +247,11 @@ def _verp_token(root: Part, secret: bytes | None) -> verp.VerpToken | None:
 
 
 # --- one recipient, finished ------------------------------------------------------------------------
-def _finish(f: Finding) -> BouncedRecipient:
+def _finish(f: Finding, disabled: frozenset[str] = frozenset()) -> BouncedRecipient:
     if f.reason in ("feedback", "vacation"):
         return BouncedRecipient(f.address, f.original_recipient, f.action or "", "", "", f.diagnostic,
                                 f.remote_mta, f.reason, False, "none")
-    diag = " ".join(f.diagnostic[: 4 * cls.MAX_TEXT].split())[: cls.MAX_TEXT]
+    diag = " ".join(f.diagnostic[: 4 * MAX_TEXT].split())[: MAX_TEXT]
     klass = f.status[:1] if f.status else ""
     in_text = cls.find_status(diag)
     reply = f.reply_code or cls.find_reply_code(diag, klass)
@@ -434,14 +263,16 @@ def _finish(f: Finding) -> BouncedRecipient:
     command = f.command or find_command(diag)
     host = f"{f.remote_mta} {f.address.rpartition('@')[2]}"
     reason, _ = cls.classify(status, reply, diag, command=command, action=f.action, preset=f.reason,
-                             host=host)
+                             host=host, disabled=disabled)
     if reason in ("onhold", "undefined") and f.diagnostic_type.startswith("x-unix"):
         reason = "mailererror"
     if not status:
         low = diag.lower()
         temporary = reply[:1] == "4" or f.action == "delayed" or " temporar" in low or " persistent" in low
         status = cls.pseudo_status(reason, temporary)
-    kind = cls.kind_of(reason, status)
+    if f.action == "delayed" and status.startswith("5"):
+        status = "4" + status[1:]  # still being tried: whatever was said, it is not final yet
+    kind = cls.kind_of(reason, status, f.action, reply)
     action = f.action or ("delivered" if reason == "delivered" else
                           "delayed" if status.startswith("4") else "failed")
     return BouncedRecipient(f.address, f.original_recipient, action, status, reply, diag, f.remote_mta,

@@ -8,6 +8,8 @@ that must not be taken for a bounce. For each row the recipient at that index is
 
 from __future__ import annotations
 
+import hashlib
+import re
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -97,8 +99,12 @@ def _detected(category: str, report: BounceReport) -> bool:
     return report.is_bounce
 
 
+Parser = Callable[[bytes], BounceReport]
+
+
 def score(files: Mapping[str, bytes], answers: Iterable[Mapping[str, Any]],
-          parser: Callable[[bytes], BounceReport] = parse) -> Scorecard:
+          parser: Parser = parse, *, parser_for: Callable[[str], Parser] | None = None) -> Scorecard:
+    """Score `parser` (or, per file name, `parser_for(name)`) against the answer rows."""
     by_file: dict[str, list[Mapping[str, Any]]] = defaultdict(list)
     for row in answers:
         if isinstance(row, Mapping) and row.get("file") and str(row.get("index", "")).isdigit():
@@ -108,7 +114,7 @@ def score(files: Mapping[str, bytes], answers: Iterable[Mapping[str, Any]],
         if name not in files:
             continue
         rows = by_file[name]
-        report = parser(files[name])
+        report = (parser_for(name) if parser_for is not None else parser)(files[name])
         category = _category(rows)
         card.files += 1
         if category == "negative":
@@ -147,3 +153,74 @@ def score(files: Mapping[str, bytes], answers: Iterable[Mapping[str, Any]],
                 card.misses.append(f"{name}#{idx + 1}: want {want_status}/{want_reason} "
                                    f"got {got.status}/{got.reason}")
     return card
+
+
+# --- generalisation: per family, leave one family out, held-out split --------------------------------
+_NUMBERED = re.compile(r"-\d+$")
+# Corpus engine names that other names in the parser stand for (Lotus Notes is Domino, and so on).
+ALIASES: dict[str, frozenset[str]] = {
+    "notes": frozenset({"domino"}), "domino": frozenset({"notes"}),
+    "yahoo": frozenset({"yahooinc"}), "yahooinc": frozenset({"yahoo"}),
+    "ezweb": frozenset({"kddi"}), "microsoft": frozenset({"outlook"}), "spectrum": frozenset({"cox"}),
+    "exchange2007": frozenset({"exchange2003"}), "gsuite": frozenset({"gmail", "google"}),
+    "google": frozenset({"gmail"}), "v5sendmail": frozenset({"sendmail"}),
+}
+
+
+def family_of(name: str) -> str:
+    """The family a corpus file belongs to, from its name: `lhost-postfix-01.eml` → `lhost-postfix`."""
+    stem = _NUMBERED.sub("", name.removesuffix(".eml"))
+    parts = stem.split("-")
+    return "-".join(parts[:2]) if parts[0] in ("lhost", "rhost") and len(parts) > 1 else stem
+
+
+def engine_of(family: str) -> str:
+    """The engine a family names (`lhost-postfix` → `postfix`), as the parser's detectors name it."""
+    kind, _, engine = family.partition("-")
+    return engine if kind in ("lhost", "rhost") and engine else family
+
+
+def disabled_for(family: str) -> frozenset[str]:
+    engine = engine_of(family)
+    return frozenset({engine}) | ALIASES.get(engine, frozenset())
+
+
+def leave_one_out_parser(name: str) -> Parser:
+    """A parser that reads `name` with its own family's detectors and provider rules switched off."""
+    off = disabled_for(family_of(name))
+    return lambda raw: parse(raw, disabled=off)
+
+
+def held_out(name: str, share: int = 30) -> bool:
+    """Whether `name` is in the held-out part (`share` per cent of files, fixed by a hash of the name)."""
+    return hashlib.sha256(name.encode()).digest()[0] * 100 < share * 256
+
+
+def by_family(files: Mapping[str, bytes], answers: list[Mapping[str, Any]],
+              parser_for: Callable[[str], Parser] | None = None) -> dict[str, Scorecard]:
+    """One scorecard per family (negatives: the mail that is not a bounce, together)."""
+    groups: dict[str, dict[str, bytes]] = defaultdict(dict)
+    for name, raw in files.items():
+        groups[family_of(name)][name] = raw
+    return {family: score(group, answers, parser_for=parser_for) for family, group in sorted(groups.items())}
+
+
+def family_table(cards: Mapping[str, Scorecard], baseline: Mapping[str, Scorecard] | None = None) -> str:
+    """Per family: files, detected, recipients, status, reason, hard/soft (and the leave-one-out
+    figures beside them when `baseline`, the plain cards, is given)."""
+    metrics = ("detected", "count", "status", "reason", "hard")
+    head = f"{'family':<22}{'files':>6}" + "".join(f"{m:>10}" for m in metrics)
+    if baseline is not None:
+        head += "   (leave-one-family-out, plain in brackets)"
+    lines = [head]
+    for family, card in cards.items():
+        cells = []
+        for m in metrics:
+            cell = f"{card.pct(m):.0f}"
+            if baseline is not None and family in baseline and round(baseline[family].pct(m)) != round(
+                    card.pct(m)):
+                cell += f"({baseline[family].pct(m):.0f})"
+            cells.append(f"{cell:>10}")
+        fp = f"  false positives {len(card.false_positives)}" if card.false_positives else ""
+        lines.append(f"{family:<22}{card.files:>6}" + "".join(cells) + fp)
+    return "\n".join(lines)

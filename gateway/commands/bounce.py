@@ -5,7 +5,10 @@ recipients failed, why (Sisimai's reasons) and whether the address is dead (hard
 the VERP token of the address the bounce came back to is checked against the configured secret.
 
 `score` runs the parser over a corpus of .eml files with an answer key (`answers.json`, see
-docs/bounces.md), prints the score table and exits 1 when a score is below its floor.
+docs/bounces.md), prints the score table and exits 1 when a score is below its floor. `--by-family`
+adds a table per MTA family (from the file names), `--lofo` scores every file again with the detectors
+and provider rules of its own family switched off (how the general rules alone do on a family they
+were not written for), `--split dev|held` scores only one part of a fixed 70/30 split of the files.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ import sys
 from pathlib import Path
 
 from bounce.dsn import BounceReport, parse
-from bounce.scorecard import score
+from bounce.scorecard import by_family, family_table, held_out, leave_one_out_parser, score
 from gateway.commands import SubParsers
 from gateway.config import ConfigError, load_config
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
@@ -40,6 +43,14 @@ def register(sub: SubParsers) -> None:
     ps.add_argument("dir", metavar="DIR")
     ps.add_argument("--misses", action="store_true", help="also list every row that was not right")
     ps.add_argument("--reasons", action="store_true", help="also print the score per reason")
+    ps.add_argument("--by-family", action="store_true",
+                    help="also print the scores per MTA family (the file name's <kind>-<engine> part)")
+    ps.add_argument("--lofo", action="store_true",
+                    help="also score leave-one-family-out: each file with its own family's detectors and "
+                    "provider rules switched off")
+    ps.add_argument("--split", choices=("dev", "held"), default=None,
+                    help="score only one part of a fixed split of the files (held: 30%% chosen by a hash "
+                    "of the file name; dev: the rest)")
     ps.set_defaults(func=run_score)
     p.set_defaults(func=lambda args: _usage(p))
 
@@ -120,8 +131,22 @@ def run_score(args: argparse.Namespace) -> int:
     if not isinstance(answers, list) or not files:
         print("mailgw bounce score: need answers.json (a list of rows) and .eml files", file=sys.stderr)
         return EX_DATAERR
+    if args.split is not None:
+        files = {name: raw for name, raw in files.items() if held_out(name) == (args.split == "held")}
+        print(f"split: {args.split} ({len(files)} files)")
     card = score(files, answers)
     print(card.table())
+    lofo = score(files, answers, parser_for=leave_one_out_parser) if args.lofo else None
+    if lofo is not None:
+        print("\nleave one family out (each family without its own detectors and provider rules):")
+        print(lofo.table())
+    if args.by_family:
+        plain = by_family(files, answers)
+        print("\nper family (per cent):")
+        if args.lofo:
+            print(family_table(by_family(files, answers, leave_one_out_parser), plain))
+        else:
+            print(family_table(plain))
     if args.reasons:
         print("per reason:")
         print(card.reason_table())

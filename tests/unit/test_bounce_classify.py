@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from bounce import classify as cls
+from bounce import phrases
 
 
 @pytest.mark.parametrize(("status", "reply", "text", "command", "reason", "kind"), [
@@ -119,14 +120,14 @@ def test_every_reason_has_a_kind() -> None:
 
 
 def test_anchor_extraction() -> None:
-    assert cls._anchor(r"over ?quota") == "quota"
-    assert cls._anchor(r"quota (?:exceeded|full)") == "quota "
-    assert cls._anchor(r"(?:a|b) c") is None
-    assert cls._anchor(r"x|y") is None
-    assert cls._anchor(r"5\.7\.1") == "5.7.1"
-    assert cls._anchor(r"spam(?!haus)") == "spam"
-    assert cls._anchor(r"\bdkim\b.{0,40}fail") == "dkim"
-    assert cls._anchor(r"too many hops?") == "too many hop"
+    assert phrases.anchor(r"over ?quota") == "quota"
+    assert phrases.anchor(r"quota (?:exceeded|full)") == "quota "
+    assert phrases.anchor(r"(?:a|b) c") is None
+    assert phrases.anchor(r"x|y") is None
+    assert phrases.anchor(r"5\.7\.1") == "5.7.1"
+    assert phrases.anchor(r"spam(?!haus)") == "spam"
+    assert phrases.anchor(r"\bdkim\b.{0,40}fail") == "dkim"
+    assert phrases.anchor(r"too many hops?") == "too many hop"
 
 
 def test_anchored_phrases_still_match_what_they_matched() -> None:
@@ -134,8 +135,46 @@ def test_anchored_phrases_still_match_what_they_matched() -> None:
     samples = ["550 5.2.2 mailbox is full", "over quota", "user unknown", "no such user here",
                "relay access denied", "spf check failed", "message too large", "host not found",
                "connection timed out", "blocked using spamhaus", "reverse dns failed", "too many hops"]
-    for phrases in cls._TEXT.values():
-        for anchor, pattern in phrases.anchored:
+    for table in phrases.TEXT.values():
+        for anchor, pattern in table.anchored:
             for text in samples:
                 if pattern.search(text):
                     assert anchor in text, (anchor, pattern.pattern, text)
+
+
+def test_a_block_of_one_sender_is_not_a_domain_that_takes_no_mail() -> None:
+    assert cls.classify("", "550", "550 they are not accepting mail from x@example.com", command="RCPT")[1] != "hard"
+    assert cls.classify("", "550", "550 this domain does not accept mail", command="RCPT") == ("notaccept", "hard")
+
+
+def test_delayed_and_temporary_never_hard() -> None:
+    assert cls.classify("5.1.1", "550", "550 5.1.1 user unknown", command="RCPT", action="delayed")[1] != "hard"
+    assert cls.classify("", "450", "450 user unknown", command="RCPT")[1] != "hard"
+    assert not cls.is_hard("userunknown", "5.0.911", "", "450")
+
+
+@pytest.mark.parametrize(("status", "reply", "text", "command", "reason"), [
+    # Gmail's SMTP error reference.
+    ("5.2.2", "552", "552-5.2.2 The recipient's inbox is out of storage space.", "RCPT", "mailboxfull"),
+    ("4.2.1", "450", "450-4.2.1 The user you are trying to contact is receiving mail too quickly.", "RCPT",
+     "speeding"),
+    ("5.7.26", "550", "550-5.7.26 This mail has been blocked because the sender is unauthenticated.", "DATA",
+     "authfailure"),
+    ("5.7.1", "550", "550-5.7.1 The user or domain that you are sending to (or from) has a policy that "
+     "prohibited the mail that you sent.", "DATA", "policyviolation"),
+    ("5.7.1", "550", "550-5.7.1 Messages missing a valid Message-ID header are not accepted.", "DATA",
+     "notcompliantrfc"),
+    # Microsoft 365's non-delivery report codes.
+    ("5.7.1", "550", "550 5.7.1 Delivery not authorized, message refused", "RCPT", "rejected"),
+    ("5.7.509", "550", "550 5.7.509 Access denied, sending domain example.com does not pass DMARC verification",
+     "DATA", "authfailure"),
+    ("5.4.14", "554", "554 5.4.14 Hop count exceeded - possible mail loop", "", "networkerror"),
+    # Yahoo's and Apple's published replies.
+    ("4.7.0", "421", "421 4.7.0 [TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or "
+     "user complaints", "CONN", "badreputation"),
+    ("5.7.1", "553", "553 5.7.1 [BL21] Connections will not be accepted from 192.0.2.1, because the ip is in "
+     "Spamhaus's list", "", "blocked"),
+    ("5.7.1", "554", "554 5.7.1 [HM08] Message rejected due to local policy", "DATA", "policyviolation"),
+])
+def test_providers_published_replies(status: str, reply: str, text: str, command: str, reason: str) -> None:
+    assert cls.classify(status, reply, text, command=command)[0] == reason

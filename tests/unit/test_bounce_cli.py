@@ -67,3 +67,33 @@ def test_score_needs_an_answer_key(tmp_path: Path) -> None:
     assert main(["bounce", "score", str(tmp_path)]) == 66
     (tmp_path / "answers.json").write_text("{not json")
     assert main(["bounce", "score", str(tmp_path)]) == 65
+
+
+def test_score_per_family_and_leave_one_family_out(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _write_dsn(tmp_path / "lhost-exampled-01.eml", "gone@example.net", "5.1.1", "550 5.1.1 User unknown")
+    (tmp_path / "lhost-qmail-01.eml").write_bytes(
+        b"From: MAILER-DAEMON@mx.example.net\nTo: sales@example.com\nSubject: failure notice\n\n"
+        b"Hi. This is the qmail-send program at mx.example.net.\n"
+        b"I'm afraid I wasn't able to deliver your message to the following addresses.\n\n"
+        b"<full@example.net>:\n552 5.2.2 Mailbox full\n")
+    answers = [
+        {"file": "lhost-exampled-01.eml", "index": 1, "status": "5.1.1", "reply_code": "550",
+         "reason": "userunknown", "hard_bounce": True, "feedback_type": ""},
+        {"file": "lhost-qmail-01.eml", "index": 1, "status": "5.2.2", "reply_code": "552",
+         "reason": "mailboxfull", "hard_bounce": False, "feedback_type": ""},
+    ]
+    (tmp_path / "answers.json").write_text(json.dumps(answers))
+    assert main(["bounce", "score", str(tmp_path), "--by-family", "--lofo"]) == 0
+    out = capsys.readouterr().out
+    assert "leave one family out" in out and "lhost-qmail" in out and "lhost-exampled" in out
+    main(["bounce", "score", str(tmp_path), "--split", "held"])
+    assert "split: held" in capsys.readouterr().out
+
+
+def test_family_names_from_corpus_file_names() -> None:
+    from bounce.scorecard import disabled_for, engine_of, family_of
+
+    assert family_of("lhost-postfix-01.eml") == "lhost-postfix"
+    assert family_of("rfc3464-07.eml") == "rfc3464"
+    assert engine_of("rhost-franceptt") == "franceptt"
+    assert disabled_for("lhost-notes") == {"notes", "domino"}

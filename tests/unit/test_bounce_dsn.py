@@ -10,7 +10,8 @@ from email import policy
 import pytest
 
 from bounce import dsn, verp
-from bounce.dsn import build_dsn, parse, parse_delivery_status
+from bounce.dsn import build_dsn, parse
+from bounce.rfc3464 import parse_delivery_status
 
 ORIGINAL = {
     "Message-Id": "<123456789012345.1718000000.000000000000000-openerp-7-crm.lead@odoo.example.com>",
@@ -179,3 +180,19 @@ def test_never_raises_even_if_the_implementation_does(monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(dsn, "_parse", broken)
     assert parse(b"x") == dsn.NOT_A_BOUNCE
+
+
+def test_delivery_status_with_a_blank_line_after_every_field() -> None:
+    """IIS's SMTP service separates every field with a blank line: the blocks are still per recipient."""
+    _, blocks = parse_delivery_status(
+        "Reporting-MTA: dns;mail.example.net\n\nArrival-Date: now\n\n\n"
+        "Final-Recipient: rfc822;a@x.example\n\nAction: failed\n\nStatus: 5.1.1\n\n\n"
+        "Final-Recipient: rfc822;b@x.example\n\nAction: failed\n\nStatus: 5.2.2\n")
+    assert [(b["final-recipient"], b["action"], b["status"]) for b in blocks] == [
+        ("rfc822;a@x.example", "failed", "5.1.1"), ("rfc822;b@x.example", "failed", "5.2.2")]
+
+
+def test_broken_xdelivery_status_type_is_read_as_delivery_status() -> None:
+    raw = _dsn().replace(b"Content-Type: message/delivery-status", b"Content-Type: message/xdelivery-status")
+    (r,) = parse(raw).recipients
+    assert (r.address, r.status, r.reason) == ("customer@example.net", "5.1.1", "userunknown")
