@@ -312,12 +312,14 @@ class DirectorySync:
                 new = new.with_instance(inst)
             new = Directory.build(new.instances.values(), self.config.domain_owner)
             self._current = new
+            # Subscribers (the router) first: the cache file on disk then means "the gateway routes with it",
+            # which is what an operator or a test waiting for the file expects.
+            for cb in list(self._subscribers):
+                try:
+                    cb(new)
+                except Exception:
+                    log.exception("directory.subscriber_failed")
             await asyncio.to_thread(write_cache, new, self.path)
-        for cb in list(self._subscribers):
-            try:
-                cb(new)
-            except Exception:
-                log.exception("directory.subscriber_failed")
 
     async def start(self) -> None:
         """Timer per instance. Call after the clients were created (the first refresh runs at once)."""
