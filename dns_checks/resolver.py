@@ -1,9 +1,10 @@
 """DNS lookups for the checks: one `Answer` type that keeps "missing" apart from "could not tell".
 
 Checks depend on the `DnsLookup` protocol only, so the daemon, the CLI and the tests can hand them any
-source of answers. `DnsClient` is the real one (dnspython's async resolver): it never uses dnspython's
-cache (answers must be fresh on every run) and remembers answers for the duration of one run only, so
-SPF analysis and SPF evaluation do not query the same name twice.
+source of answers. `DnsClient` is the real one (dnspython's async resolver). For dns-check it uses no cache
+(answers must be fresh on every run) and remembers answers for the duration of one run only, so SPF analysis
+and SPF evaluation do not query the same name twice. Sender authentication at intake (gateway/auth) creates
+it with dnspython's LRU cache, which keeps answers, negative ones included, for their TTL across messages.
 """
 
 from __future__ import annotations
@@ -125,15 +126,16 @@ class DnsClient:
         self._memo: dict[tuple[str, str], asyncio.Future[Answer]] = {}
 
     @classmethod
-    def create(cls, nameservers: Sequence[tuple[str, int]] = (), *,
-               lifetime: float = DEFAULT_LIFETIME) -> DnsClient:
-        """Explicit (ip, port) servers; with none, the system's resolver configuration (operators only)."""
+    def create(cls, nameservers: Sequence[tuple[str, int]] = (), *, lifetime: float = DEFAULT_LIFETIME,
+               cache: dns.resolver.LRUCache | None = None) -> DnsClient:
+        """Explicit (ip, port) servers; with none, the system's resolver configuration (operators only).
+        `cache`: keep answers for their TTL (None: every query goes to the server)."""
         if nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
         else:
             r = dns.asyncresolver.Resolver()
-        r.cache = None
+        r.cache = cache
         r.lifetime = lifetime
         r.timeout = min(r.timeout, lifetime)
         # EDNS avoids a TCP retry for every DKIM key (an RSA-2048 TXT does not fit 512 bytes).
