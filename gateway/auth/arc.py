@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,7 +71,7 @@ def _run_arc(raw: bytes, dnsfunc: Any) -> tuple[Any, list[dict[Any, Any]], str]:
         return dkim.CV_Fail, [], f"cannot verify: {exc}"
 
 
-async def verify_arc(raw: bytes, dns: DnsLookup, trusted: Iterable[str] = ()) -> ArcVerdict:
+async def verify_arc(raw: bytes, dns: DnsLookup, trusted: Sequence[str] = ()) -> ArcVerdict:
     headers = parsed_headers(raw)
     arc = [(n.lower(), v) for n, v in headers
            if n.lower() in (b"arc-seal", b"arc-message-signature", b"arc-authentication-results")]
@@ -86,7 +86,12 @@ async def verify_arc(raw: bytes, dns: DnsLookup, trusted: Iterable[str] = ()) ->
     keys = await fetch_keys(dns, names)
     failed = next((a for a in keys.values() if a.is_error), None)
     if failed is not None:
-        return ArcVerdict("fail", f"key lookup failed: {failed.describe()}", instances=top, temporary=True)
+        # Temporary only when a trusted sealer is involved: a sender whose own DNS does not answer must not
+        # turn a failed authentication into a temporary one.
+        seals = [normalize(t.get(b"d", b"").decode("ascii", "replace")) for t in signature_tags(headers, b"ARC-Seal")
+                 if not isinstance(t, str)]
+        return ArcVerdict("fail", f"key lookup failed: {failed.describe()}", instances=top,
+                          temporary=any(is_trusted(d, trusted) for d in seals))
     dnsfunc = key_lookup(keys)
     if len(raw) > THREAD_ABOVE:
         cv, data, why = await asyncio.to_thread(_run_arc, raw, dnsfunc)

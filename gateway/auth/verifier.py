@@ -85,7 +85,7 @@ class AuthVerdict:
         return {"spf": self.spf.to_dict(), "dkim": [d.to_dict() for d in self.dkim], "dmarc": self.dmarc.to_dict(),
                 "arc": {**self.arc.to_dict(), "override": self.arc_override or None},
                 "authenticated": self.authenticated, "temporary": self.temporary,
-                "authentication_results": self.header_value()}
+                "authentication_results": " ".join(self.header_value().split())}
 
     def summary(self) -> dict[str, Any]:
         """What the spool keeps with the message: enough for the worker's decision and for `queue show`."""
