@@ -8,6 +8,7 @@ does not DKIM-sign, p=reject makes receivers refuse every notification. `check_a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -59,6 +60,7 @@ class DmarcLookup:
         return self.policy.p
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
     """RFC 7489 §3.2: the public suffix plus one label (``mail.example.co.uk`` -> ``example.co.uk``). The whole
     list is used, private section included: names under a hosting suffix (``x.github.io``) are separate
@@ -82,6 +84,7 @@ def is_dmarc_record(text: str) -> bool:
     return re.match(r"\s*v\s*=\s*DMARC1\s*(;|\Z)", text) is not None
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the daemon reads the same few records for every message
 def parse_dmarc(text: str) -> DmarcPolicy:
     if not is_dmarc_record(text):
         raise DmarcRecordError("must start with v=DMARC1")

@@ -12,14 +12,13 @@ from __future__ import annotations
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from email.utils import getaddresses
 from typing import Any
 
 from dns_checks.dmarc import is_aligned, lookup_dmarc
 from dns_checks.resolver import DnsLookup, normalize
 from gateway.auth.dkim import DkimVerdict
 from gateway.auth.spf import SpfVerdict
-from gateway.headers import header_fields, header_section, unfold
+from gateway.headers import addresses, header_fields, header_section, unfold
 
 _DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
@@ -55,7 +54,7 @@ def from_domain(raw: bytes) -> tuple[str, str]:
         return "", "no From header"
     if len(values) > 1:
         return "", f"{len(values)} From headers"
-    domains = {normalize(addr.rpartition("@")[2]) for _name, addr in getaddresses(values) if "@" in addr}
+    domains = {normalize(addr.rpartition("@")[2]) for addr in addresses(values) if "@" in addr}
     if not domains or "" in domains:
         return "", "no address with a domain in From"
     if len(domains) > 1:

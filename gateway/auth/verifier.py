@@ -25,6 +25,7 @@ from gateway.auth.dkim import DkimVerdict, key_name, parsed_headers, signature_t
 from gateway.auth.dmarc import DmarcVerdict, evaluate_dmarc, from_domain
 from gateway.auth.results import build_value, resinfo
 from gateway.auth.spf import SpfVerdict, check_spf
+from gateway.headers import header_section
 from gateway.logs import get_logger
 
 log = get_logger("mailgw.auth")
@@ -163,7 +164,8 @@ class AuthSession:
             org = organizational_domain(domain)
             if org != domain:
                 names.append((f"_dmarc.{org}", "TXT"))
-        headers = parsed_headers(header)
+        lower = header.lower()
+        headers = parsed_headers(header) if b"dkim-signature" in lower or b"arc-" in lower else []
         for kind in (b"DKIM-Signature", b"ARC-Seal", b"ARC-Message-Signature"):
             for tags in signature_tags(headers, kind)[:10]:
                 if not isinstance(tags, str) and (name := key_name(tags)):
@@ -186,10 +188,15 @@ class AuthSession:
             self.start_spf(*self._spf_args)
         assert self._spf is not None
         spf_task = self._spf
-        dkim_task = asyncio.ensure_future(verify_dkim(raw, self.dns))
-        arc_task = asyncio.ensure_future(verify_arc(raw, self.dns, self.verifier.trusted_sealers))
+        head = header_section(raw).lower()
+        # Unsigned mail (most of it) needs no task for DKIM or ARC.
+        dkim_task: asyncio.Future[list[DkimVerdict]] = asyncio.ensure_future(verify_dkim(raw, self.dns)) \
+            if b"dkim-signature" in head else _done([])
+        arc_task = asyncio.ensure_future(verify_arc(raw, self.dns, self.verifier.trusted_sealers)) \
+            if b"\narc-" in head or head.startswith(b"arc-") else _done(NO_ARC)
         tasks: list[asyncio.Future[Any]] = [spf_task, dkim_task, arc_task]
-        await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
+        if not all(t.done() for t in tasks):
+            await asyncio.wait(tasks, timeout=max(0.0, deadline - time.monotonic()))
         ip, helo, mail_from = self._spf_args
         spf = _result(spf_task, SpfVerdict("temperror", "", mail_from, helo or "", "none",
                                            reason="SPF evaluation timed out", ip=ip or ""))
@@ -197,11 +204,21 @@ class AuthSession:
         dkim_list = _result(dkim_task, timed_out)
         dkims = tuple(dkim_list)
         arc = _result(arc_task, ArcVerdict("fail", "ARC validation timed out", temporary=True))
-        dmarc = await _bounded(evaluate_dmarc(self.dns, raw, spf, dkims, self.verifier.rng), deadline,
-                               DmarcVerdict("temperror", from_domain(raw)[0], reason="DMARC evaluation timed out"))
+        dmarc = await _bounded(evaluate_dmarc(self.dns, raw, spf, dkims, self.verifier.rng), deadline)
+        if dmarc is None:
+            dmarc = DmarcVerdict("temperror", from_domain(raw)[0], reason="DMARC evaluation timed out")
         override = "" if dmarc.aligned else _arc_override(arc, dmarc.from_domain)
         return AuthVerdict(self.verifier.authserv_id, spf, dkims, dmarc, arc, override,
                            elapsed=time.monotonic() - started)
+
+
+NO_ARC = ArcVerdict("none", "no ARC headers")
+
+
+def _done(value: T) -> asyncio.Future[T]:
+    fut: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+    fut.set_result(value)
+    return fut
 
 
 def _consume(task: asyncio.Future[Any]) -> None:
@@ -221,9 +238,10 @@ def _result(task: asyncio.Future[T], fallback: T) -> T:
     return fallback
 
 
-async def _bounded(coro: Awaitable[T], deadline: float, fallback: T) -> T:
-    task = asyncio.ensure_future(coro)
+async def _bounded(coro: Awaitable[T], deadline: float) -> T | None:
+    """The result, or None when `deadline` passed first."""
     with contextlib.suppress(TimeoutError):
-        return await asyncio.wait_for(task, max(0.001, deadline - time.monotonic()))
-    return fallback
+        async with asyncio.timeout_at(asyncio.get_running_loop().time() + max(0.001, deadline - time.monotonic())):
+            return await coro
+    return None
 
