@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.commands import DEFAULT_CONFIG, SubParsers, add_config_arg, report_config_error
+from gateway.commands import DEFAULT_CONFIG, SubParsers, add_config_arg, read_message, report_config_error
 from gateway.config import Config, ConfigError, load_config
 from gateway.exitcodes import EX_CONFIG, EX_NOINPUT, EX_USAGE
 
@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"mailgw auth check: --ip {args.ip!r} is not an IP address", file=sys.stderr)
         return EX_USAGE
     try:
-        raw = sys.stdin.buffer.read() if args.file == "-" else Path(args.file).read_bytes()
+        raw = read_message(args.file)
     except OSError as exc:
         print(f"mailgw auth check: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
         return EX_NOINPUT

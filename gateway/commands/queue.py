@@ -141,32 +141,29 @@ def _held_note(entry: SpoolEntry) -> str:
     return "\n".join(lines)
 
 
-async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _move(queue_id: str, verb: str, move: Awaitable[SpoolEntry], done: Callable[[SpoolEntry], str]) -> int:
     try:
-        entry = await spool.requeue(args.queue_id)
+        entry = await move
     except UnknownEntry:
-        print(f"no entry {args.queue_id}", file=sys.stderr)
+        print(f"no entry {queue_id}", file=sys.stderr)
         return EX_DATAERR
     except InvalidTransition as exc:
-        print(f"cannot retry: {exc}", file=sys.stderr)
+        print(f"cannot {verb}: {exc}", file=sys.stderr)
         return EX_DATAERR
-    print(f"{entry.queue_id}: {entry.state}, due now (the daemon re-routes and redelivers it)")
+    print(f"{entry.queue_id}: {done(entry)}")
     return 0
+
+
+async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    return await _move(args.queue_id, "retry", spool.requeue(args.queue_id),
+                       lambda e: f"{e.state}, due now (the daemon re-routes and redelivers it)")
 
 
 async def _release(spool: SqliteSpool, args: argparse.Namespace) -> int:
     from gateway.auth.held import release
 
-    try:
-        entry = await release(spool, args.queue_id)
-    except UnknownEntry:
-        print(f"no entry {args.queue_id}", file=sys.stderr)
-        return EX_DATAERR
-    except InvalidTransition as exc:
-        print(f"cannot release: {exc}", file=sys.stderr)
-        return EX_DATAERR
-    print(f"{entry.queue_id}: released, due now (the daemon delivers it as if it had passed)")
-    return 0
+    return await _move(args.queue_id, "release", release(spool, args.queue_id),
+                       lambda e: "released, due now (the daemon delivers it as if it had passed)")
 
 
 async def _delete(spool: SqliteSpool, args: argparse.Namespace) -> int:

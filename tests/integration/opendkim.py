@@ -18,7 +18,7 @@ import re
 import shutil
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +131,17 @@ def _user() -> str:
     import getpass
 
     return getpass.getuser()
+
+
+
+SIGNER_KEYS = (("origin.test", "odk"), ("example.com", "odk"))
+
+
+def signer_or_none(workdir: Path) -> Iterator[tuple[OpenDkimSigner | None, dict[str, dict[str, str]]]]:
+    """For a fixture: (a running signer for SIGNER_KEYS, its keys as extra zone data {domain: {selector: txt}}),
+    or (None, {}) where OpenDKIM is not installed (the tests that need it then skip with `missing()`)."""
+    if missing():
+        yield None, {}
+        return
+    with OpenDkimSigner(workdir, SIGNER_KEYS) as signer:
+        yield signer, {d: {s: signer.txt(d, s)} for d, s in SIGNER_KEYS}

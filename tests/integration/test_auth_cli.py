@@ -10,13 +10,8 @@ import pytest
 import yaml
 
 from gateway.cli import main
-from tests.integration.auth_zone import STRANGER_IP, Keys, make_keys, message, zones
+from tests.integration.auth_zone import STRANGER_IP, Keys, message, zones
 from tests.integration.dnsserver import DnsTestServer
-
-
-@pytest.fixture(scope="module")
-def keys() -> Keys:
-    return make_keys()
 
 
 @pytest.fixture(scope="module")

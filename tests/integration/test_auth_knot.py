@@ -10,7 +10,8 @@ import pytest
 from gateway.auth import Verifier
 from gateway.auth.resolver import build_resolver
 from tests.integration import opendkim
-from tests.integration.auth_zone import FORWARDER_IP, ORIGIN_IP, STRANGER_IP, Keys, make_keys, message, zones
+from tests.integration.auth_zone import FORWARDER_IP, ORIGIN_IP, STRANGER_IP, Keys, message, zones
+from tests.integration.conftest import ZoneData
 from tests.integration.knot import KNOTD, MISSING, by_origin, knot_server
 from tests.integration.test_auth_verify import forwarded
 
@@ -18,23 +19,10 @@ pytestmark = pytest.mark.skipif(KNOTD is None, reason=MISSING)
 
 
 @pytest.fixture(scope="module")
-def keys() -> Keys:
-    return make_keys()
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[opendkim.OpenDkimSigner | None]:
-    if opendkim.missing():
-        yield None
-        return
-    with opendkim.OpenDkimSigner(tmp_path_factory.mktemp("odk"), [("example.com", "odk")]) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def knot_auth(tmp_path_factory: pytest.TempPathFactory, keys: Keys, signer: opendkim.OpenDkimSigner | None
+def knot_auth(tmp_path_factory: pytest.TempPathFactory, keys: Keys,
+              opendkim_key: tuple[opendkim.OpenDkimSigner | None, ZoneData]
               ) -> Iterator[tuple[Verifier, Keys]]:
-    extra = {"example.com": {"odk": signer.txt("example.com", "odk")}} if signer else {}
+    extra = opendkim_key[1]
     with knot_server(by_origin(zones(keys, extra)), tmp_path_factory.mktemp("knot-auth")) as (host, port):
         resolver = build_resolver([f"{host}:{port}"], timeout=2)
         yield Verifier(resolver, authserv_id="mx.example.com", trusted_sealers=["fwd.test"]), keys

@@ -19,32 +19,19 @@ from tests.integration.auth_zone import (
     ORIGIN_IP,
     STRANGER_IP,
     Keys,
-    make_keys,
     message,
     zones,
 )
+from tests.integration.conftest import ZoneData
 from tests.integration.dnsserver import DnsTestServer
 
 AUTHSERV = "mx.example.com"
 
 
 @pytest.fixture(scope="module")
-def keys() -> Keys:
-    return make_keys()
-
-
-@pytest.fixture(scope="module")
-def signer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[opendkim.OpenDkimSigner | None]:
-    if opendkim.missing():
-        yield None
-        return
-    with opendkim.OpenDkimSigner(tmp_path_factory.mktemp("opendkim"), [("origin.test", "odk")]) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def dns_server(keys: Keys, signer: opendkim.OpenDkimSigner | None) -> Iterator[DnsTestServer]:
-    extra = {"origin.test": {"odk": signer.txt("origin.test", "odk")}} if signer else {}
+def dns_server(keys: Keys, opendkim_key: tuple[opendkim.OpenDkimSigner | None, ZoneData]
+               ) -> Iterator[DnsTestServer]:
+    extra = opendkim_key[1]
     with DnsTestServer(*zones(keys, extra), drop=DROP) as srv:
         yield srv
 
