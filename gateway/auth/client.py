@@ -21,6 +21,7 @@ Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 _FROM = re.compile(r"^\s*from\s+(\S+)(.*?)(?:\sby\s|;|$)", re.I | re.S)
 _IP = re.compile(r"\[(?:IPv6:)?([0-9A-Fa-f:.]+)\]")
 _EXIM_HELO = re.compile(r"\bhelo=([^\s)]+)", re.I)
+_UNKNOWN = ("[UNAVAILABLE]", "[TEMPUNAVAIL]")
 MAX_RECEIVED = 10  # relays in front are few; never walk a long (forged) trace
 
 
@@ -59,13 +60,11 @@ def from_xforward(attrs: Mapping[str, str] | None) -> Client | None:
     """Postfix's XFORWARD attributes (ADDR, HELO, ...): "[UNAVAILABLE]" and "[TEMPUNAVAIL]" mean unknown."""
     if not attrs:
         return None
-    values = {k.upper(): v for k, v in attrs.items()}
+    values = {k.upper(): v for k, v in attrs.items() if v and v.upper() not in _UNKNOWN}
     addr = values.get("ADDR", "")
-    if not addr or (addr.startswith("[") and addr.endswith("AVAIL]")):
+    if not addr:
         return None
     helo = values.get("HELO") or None
-    if helo and helo.upper() in ("[UNAVAILABLE]", "[TEMPUNAVAIL]"):
-        helo = None
     return Client(addr.removeprefix("IPV6:").removeprefix("IPv6:"), helo, "xforward")
 
 
@@ -83,7 +82,7 @@ def from_received(raw_or_head: bytes, trusted: Iterable[Network]) -> Client | No
         m = _FROM.match(text)
         if m is None:
             return None  # a relay we trust always says where it got the message from
-        ip_m = _IP.search(m.group(2))
+        ip_m = _IP.search(m.group(2)) or _IP.search(m.group(1))
         helo_m = _EXIM_HELO.search(m.group(2))
         ip = ip_m.group(1) if ip_m else None
         if ip is not None and is_in(ip, nets):

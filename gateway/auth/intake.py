@@ -71,11 +71,15 @@ class IntakeAuth:
             tx.session.start_spf(client.ip, client.helo, mail_from)
 
     def on_headers(self, envelope: Any, header: bytes) -> None:
+        """Only starts lookups early: a failure here costs time at the end of DATA, never the session."""
         tx: _Transaction | None = getattr(envelope, _ATTR, None)
         if tx is None:
             return
-        tx.session.prefetch(header)
-        self._client_from_header(tx, header)
+        try:
+            tx.session.prefetch(header)
+            self._client_from_header(tx, header)
+        except Exception as exc:
+            log.error("auth.prefetch_failed", error=repr(exc))
 
     async def on_data(self, session: Any, envelope: Any, raw: bytes, rcpts: Sequence[str]) -> IntakeVerdict:
         tx: _Transaction | None = getattr(envelope, _ATTR, None)

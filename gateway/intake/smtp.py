@@ -429,10 +429,11 @@ class IntakeHandler:
         auth = await self.auth.on_data(session, envelope, raw, [r for r in rcpts if r not in refusals]) \
             if self.auth is not None else None
         if auth is not None and auth.refusals:
+            # LMTP answers each recipient; SMTP has one answer, so one refusal refuses the message (a 5xx before
+            # a 4xx) rather than silently dropping some recipients after a 250.
             refusals.update(auth.refusals)
-            temp = next((line for line in auth.refusals.values() if line.startswith("4")), None)
-            if len(refusals) == len(rcpts) or (temp is not None and not self.lmtp):
-                line = temp or next(iter(refusals.values()))
+            line = min(auth.refusals.values(), key=lambda x: x[0] != "5")
+            if len(refusals) == len(rcpts) or not self.lmtp:
                 log.info("intake.auth_refused", peer=_peer_str(session.peer), reply=line)
                 return "\r\n".join(refusals.get(r, line) for r in rcpts) if self.lmtp else line
         accepted = tuple(r for r in rcpts if r not in refusals)
@@ -458,6 +459,8 @@ class IntakeHandler:
             log.error("intake.spool_failed", error=str(exc), peer=env.peer)
             return self._per_rcpt(rcpts, "451 4.3.0 Temporary failure, message not stored; try again later")
         self.accepted += 1
+        if held is not None:
+            log.warning("auth.held", queue_id=queue_id, rule=held.rule, reason=held.reason, sender=env.mail_from)
         if hold is not None:
             hold.spooled(queue_id)
         if self.on_stored is not None:
