@@ -27,7 +27,8 @@ def test_internal_relays_are_skipped_and_exim_helo_is_read() -> None:
 def test_xforward_attributes() -> None:
     assert from_xforward({"ADDR": "192.0.2.25", "HELO": "mail.customer.test", "NAME": "x"}) == \
         Client("192.0.2.25", "mail.customer.test", "xforward")
-    assert from_xforward({"ADDR": "IPV6:2001:db8::1", "HELO": "[UNAVAILABLE]"}) == Client("2001:db8::1", None, "xforward")
+    assert from_xforward({"ADDR": "IPV6:2001:db8::1", "HELO": "[UNAVAILABLE]"}) == \
+        Client("2001:db8::1", None, "xforward")
     assert from_xforward({"ADDR": "[UNAVAILABLE]"}) is None and from_xforward(None) is None
 
 
