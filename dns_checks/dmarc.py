@@ -8,18 +8,18 @@ does not DKIM-sign, p=reject makes receivers refuse every notification. `check_a
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from publicsuffixlist import PublicSuffixList
+
 from dns_checks.resolver import Answer, DnsLookup, normalize
 from dns_checks.result import CheckResult, Problem, Status
 
-# Second-level labels under which ccTLDs register names (co.uk, com.au, ...). Without the Public Suffix
-# List this heuristic is what decides the organizational domain; good enough for alignment of an
-# operator's own domains, and it errs towards "not aligned" only for rare registries.
-_PUBLIC_SECOND_LEVEL = frozenset({"co", "com", "net", "org", "gov", "edu", "ac", "ltd", "plc", "ne",
-                                  "or", "go", "gob", "nic", "mil", "sch", "nhs", "police", "gv", "me"})
+# The Public Suffix List, bundled with the package (nothing is fetched at run time). Loaded on first use.
+_PSL: PublicSuffixList | None = None
 
 
 class DmarcRecordError(ValueError):
@@ -48,6 +48,7 @@ class DmarcLookup:
     answer: Answer | None = None  # set when the lookup failed (DNS error)
     records: list[str] = field(default_factory=list)
     problem: str = ""  # why there is no usable policy
+    invalid: bool = False  # a record was found but cannot be used (syntax, several records): DMARC permerror
 
     @property
     def effective_p(self) -> str | None:
@@ -59,11 +60,16 @@ class DmarcLookup:
         return self.policy.p
 
 
+@functools.lru_cache(maxsize=4096)
 def organizational_domain(domain: str) -> str:
-    labels = normalize(domain).split(".")
-    if len(labels) >= 3 and len(labels[-1]) == 2 and labels[-2] in _PUBLIC_SECOND_LEVEL:
-        return ".".join(labels[-3:])
-    return ".".join(labels[-2:])
+    """RFC 7489 §3.2: the public suffix plus one label (``mail.example.co.uk`` -> ``example.co.uk``). The whole
+    list is used, private section included: names under a hosting suffix (``x.github.io``) are separate
+    organisations. A name that is itself a public suffix is its own organizational domain."""
+    global _PSL
+    if _PSL is None:
+        _PSL = PublicSuffixList()
+    name = normalize(domain)
+    return _PSL.privatesuffix(name) or name
 
 
 def is_aligned(domain: str, from_domain: str, mode: str) -> bool:
@@ -78,6 +84,7 @@ def is_dmarc_record(text: str) -> bool:
     return re.match(r"\s*v\s*=\s*DMARC1\s*(;|\Z)", text) is not None
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the daemon reads the same few records for every message
 def parse_dmarc(text: str) -> DmarcPolicy:
     if not is_dmarc_record(text):
         raise DmarcRecordError("must start with v=DMARC1")
@@ -134,11 +141,13 @@ async def lookup_dmarc(dns: DnsLookup, domain: str) -> DmarcLookup:
             continue
         if len(texts) > 1:
             out.problem = f"{len(texts)} DMARC records at _dmarc.{name}: receivers ignore them all"
+            out.invalid = True
             return out
         try:
             out.policy = parse_dmarc(texts[0])
         except DmarcRecordError as exc:
             out.problem = f"invalid DMARC record at _dmarc.{name} ({exc}): receivers ignore it"
+            out.invalid = True
             return out
         out.found_at = name
         return out

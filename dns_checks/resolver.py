@@ -1,9 +1,11 @@
 """DNS lookups for the checks: one `Answer` type that keeps "missing" apart from "could not tell".
 
 Checks depend on the `DnsLookup` protocol only, so the daemon, the CLI and the tests can hand them any
-source of answers. `DnsClient` is the real one (dnspython's async resolver): it never uses dnspython's
-cache (answers must be fresh on every run) and remembers answers for the duration of one run only, so
-SPF analysis and SPF evaluation do not query the same name twice.
+source of answers. `DnsClient` is the real one (dnspython's async resolver). For dns-check it uses no cache
+(answers must be fresh on every run) and remembers answers for the duration of one run only, so SPF analysis
+and SPF evaluation do not query the same name twice. Sender authentication at intake (gateway/auth) creates
+it with an `AnswerCache`, which keeps answers for their TTL across messages (negative ones for the negative TTL
+of RFC 2308), so a cached answer costs a dict lookup, not a resolver call.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
@@ -117,17 +120,52 @@ def parse_nameserver(text: str) -> tuple[str, int]:
     return host, port
 
 
-class DnsClient:
-    """dnspython's async resolver, without a cache, answering in `Answer`s."""
+class AnswerCache:
+    """Answers by (name, type) until their TTL runs out; bounded (the oldest entries go first)."""
 
-    def __init__(self, resolver: dns.asyncresolver.Resolver):
+    def __init__(self, size: int):
+        self.size = max(1, size)
+        self._data: dict[tuple[str, str], tuple[Answer, float]] = {}
+
+    def get(self, key: tuple[str, str]) -> Answer | None:
+        hit = self._data.get(key)
+        if hit is None:
+            return None
+        if hit[1] > time.monotonic():
+            return hit[0]
+        del self._data[key]
+        return None
+
+    def put(self, key: tuple[str, str], answer: Answer, ttl: float) -> None:
+        if ttl <= 0:
+            return
+        if len(self._data) >= self.size:
+            for old in list(self._data)[: max(1, self.size // 10)]:
+                del self._data[old]
+        self._data[key] = (answer, time.monotonic() + ttl)
+
+
+def _negative_ttl(response: Any) -> float:
+    """RFC 2308: the SOA's TTL, at most its MINIMUM field; 0 (do not keep) without an SOA."""
+    for rrset in getattr(response, "authority", ()) or ():
+        if rrset.rdtype == dns.rdatatype.SOA and len(rrset):
+            return float(min(rrset.ttl, rrset[0].minimum))
+    return 0.0
+
+
+class DnsClient:
+    """dnspython's async resolver answering in `Answer`s; dnspython's own cache is never used."""
+
+    def __init__(self, resolver: dns.asyncresolver.Resolver, cache: AnswerCache | None = None):
         self._resolver = resolver
+        self._cache = cache
         self._memo: dict[tuple[str, str], asyncio.Future[Answer]] = {}
 
     @classmethod
-    def create(cls, nameservers: Sequence[tuple[str, int]] = (), *,
-               lifetime: float = DEFAULT_LIFETIME) -> DnsClient:
-        """Explicit (ip, port) servers; with none, the system's resolver configuration (operators only)."""
+    def create(cls, nameservers: Sequence[tuple[str, int]] = (), *, lifetime: float = DEFAULT_LIFETIME,
+               cache_size: int = 0) -> DnsClient:
+        """Explicit (ip, port) servers; with none, the system's resolver configuration (operators only).
+        `cache_size` > 0 keeps that many answers for their TTL (0: every query goes to the server)."""
         if nameservers:
             r = dns.asyncresolver.Resolver(configure=False)
             r.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in nameservers]
@@ -138,14 +176,16 @@ class DnsClient:
         r.timeout = min(r.timeout, lifetime)
         # EDNS avoids a TCP retry for every DKIM key (an RSA-2048 TXT does not fit 512 bytes).
         r.use_edns(0, 0, 1232)
-        return cls(r)
+        return cls(r, AnswerCache(cache_size) if cache_size > 0 else None)
 
     def session(self) -> DnsClient:
-        """The same servers with an empty per-run memo (one per `run_checks`)."""
-        return DnsClient(self._resolver)
+        """The same servers (and cache) with an empty per-run memo (one per `run_checks`, one per message)."""
+        return DnsClient(self._resolver, self._cache)
 
     async def query(self, name: str, rdtype: str) -> Answer:
         key = (normalize(name), rdtype.upper())
+        if self._cache is not None and (hit := self._cache.get(key)) is not None:
+            return hit
         fut = self._memo.get(key)
         if fut is None:
             fut = asyncio.ensure_future(self._query(*key))
@@ -153,26 +193,35 @@ class DnsClient:
         return await asyncio.shield(fut)
 
     async def _query(self, name: str, rdtype: str) -> Answer:
+        answer, ttl = await self._resolve(name, rdtype)
+        if self._cache is not None:
+            self._cache.put((name, rdtype), answer, ttl)
+        return answer
+
+    async def _resolve(self, name: str, rdtype: str) -> tuple[Answer, float]:
+        """The answer and how long it may be kept (0 for errors)."""
         try:
             qname = dns.name.from_text(name)
         except dns.exception.DNSException as exc:
-            return Answer(name, rdtype, "error", error=f"bad name: {exc}")
+            return Answer(name, rdtype, "error", error=f"bad name: {exc}"), 0.0
         try:
             ans = await self._resolver.resolve(qname, rdtype, search=False)
-        except dns.resolver.NXDOMAIN:
-            return Answer(name, rdtype, "nxdomain")
-        except dns.resolver.NoAnswer:
-            return Answer(name, rdtype, "nodata")
+        except dns.resolver.NXDOMAIN as exc:
+            responses = exc.kwargs.get("responses") or {}
+            return Answer(name, rdtype, "nxdomain"), _negative_ttl(next(iter(responses.values()), None))
+        except dns.resolver.NoAnswer as exc:
+            return Answer(name, rdtype, "nodata"), _negative_ttl(exc.kwargs.get("response"))
         except dns.exception.Timeout:
-            return Answer(name, rdtype, "timeout")
+            return Answer(name, rdtype, "timeout"), 0.0
         except dns.resolver.NoNameservers as exc:
-            return Answer(name, rdtype, *_servfail_or_error(exc))
+            return Answer(name, rdtype, *_servfail_or_error(exc)), 0.0
         except dns.exception.DNSException as exc:
-            return Answer(name, rdtype, "error", error=str(exc) or type(exc).__name__)
+            return Answer(name, rdtype, "error", error=str(exc) or type(exc).__name__), 0.0
         except OSError as exc:  # e.g. no route to an IPv6 server: the server could not tell us
-            return Answer(name, rdtype, "error", error=exc.strerror or str(exc))
+            return Answer(name, rdtype, "error", error=exc.strerror or str(exc)), 0.0
         canonical = normalize(ans.canonical_name.to_text())
-        return Answer(name, rdtype, "ok", tuple(ans), canonical if canonical != name else None)
+        ttl = float(ans.rrset.ttl) if ans.rrset is not None else 0.0
+        return Answer(name, rdtype, "ok", tuple(ans), canonical if canonical != name else None), ttl
 
 
 def _servfail_or_error(exc: dns.resolver.NoNameservers) -> tuple[Outcome, tuple[Any, ...], None, str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import urllib.parse
@@ -71,6 +72,7 @@ def is_spf_record(text: str) -> bool:
     return low == "v=spf1" or low.startswith("v=spf1 ")
 
 
+@functools.lru_cache(maxsize=4096)  # pure; the daemon parses the same few records for every message
 def parse_spf(text: str) -> SpfRecord:
     if not is_spf_record(text):
         raise SpfSyntaxError("not an SPF record (must start with 'v=spf1')")

@@ -20,6 +20,7 @@ COMMANDS = {
     "route": "route",
     "bounce": "bounce",
     "dns-check": "dns",
+    "auth": "auth",
     "imap": "imap",
 }
 COMMAND_MODULES = tuple(COMMANDS.values())

@@ -74,6 +74,7 @@ class Daemon:
         self.outbound: Any = None  # gateway.outbound.worker.OutboundWorker
         self.bounces: Any = None  # gateway.bounces.BounceForwarder
         self.dns_status: dict[str, int] = {}
+        self.intake_auth: Any = None  # gateway.auth.intake.IntakeAuth when auth.enabled
 
     # -- lifecycle ------------------------------------------------------------------------------------
 
@@ -95,7 +96,8 @@ class Daemon:
             listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname,
                                     on_stored=self._kick,
                                     message_check=self._check_message if lcfg.kind != "submission" else None,
-                                    hold_check=self._intake_hold)
+                                    hold_check=self._intake_hold,
+                                    auth=self.intake_auth if lcfg.kind in cfg.auth.intakes else None)
             await listener.start()
             self.listeners.append(listener)
         settle_garbage_collector()
@@ -130,6 +132,8 @@ class Daemon:
             self.admission.precheck = rcpt_precheck(lambda: worker.router)
             self.reload_hooks.append(self.inbound.reload)
             services.append(self.inbound)
+            if cfg.auth.enabled:
+                services += self._build_auth(worker, directory)
         self.outbound = OutboundWorker(cfg, self.spool, hostname=self.hostname, verp_secret=verp_secret,
                                        bounce_addresses=self._bounce_addresses)
         services.append(self.outbound)
@@ -142,6 +146,25 @@ class Daemon:
 
             services.append(DnsWatch(self))
         return services
+
+    def _build_auth(self, worker: Any, directory: Any) -> list[Service]:
+        """Sender authentication: one verifier (resolver and cache) for the intake hooks and the worker."""
+        from gateway.auth.held import HeldExpiry
+        from gateway.auth.intake import IntakeAuth
+        from gateway.auth.resolver import build_resolver
+        from gateway.auth.verifier import Verifier
+
+        auth = self.config.auth
+        assert self.spool is not None
+        verifier = Verifier(build_resolver(auth.nameservers, timeout=auth.dns_timeout, cache_size=auth.dns_cache_size),
+                            authserv_id=auth.authserv_id or self.hostname, trusted_sealers=auth.trusted_arc_sealers,
+                            timeout=auth.timeout)
+        worker.auth_gate.verifier = verifier
+        self.intake_auth = IntakeAuth(lambda: self.config, verifier, lambda: worker.router, lambda: directory.current,
+                                      reply_lookup=worker.known_replies)
+        log.info("auth.enabled", authserv_id=verifier.authserv_id, intakes=auth.intakes,
+                 trusted_relays=auth.trusted_relays, trusted_arc_sealers=auth.trusted_arc_sealers)
+        return [HeldExpiry(self.spool, auth.held_lifetime)]
 
     def _check_message(self, raw: bytes, rcpts: tuple[str, ...]) -> list[str | None]:
         """End of DATA: the router's message rules (today only `routing.auto_submitted: refuse`)."""

@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
+from gateway.auth.gate import AuthGate
 from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
 from gateway.errors import ConfigProblem, PermFailure, TempFailure
@@ -132,6 +133,9 @@ class InboundWorker:
         else:
             self._directory = directory
         self._router = Router(self._directory, policy_from_config(config))
+        # Sender authentication between routing and delivery (the daemon gives it a verifier when auth is on);
+        # without one it still removes forged Authentication-Results claiming our authserv-id.
+        self.auth_gate = AuthGate(config, lambda: self._directory, hostname=self.hostname)
         self._kick = asyncio.Event()
         self._stopping = False
         self._running: asyncio.Task[None] | None = None
@@ -394,6 +398,13 @@ class InboundWorker:
             temp.append((instance, exc))
             decisions = []
         route = [d.to_dict() for d in decisions]
+        if decisions:
+            held = await self.auth_gate.check(entry, raw, view, decisions)
+            if held is not None and held.action == "hold":
+                return await self.auth_gate.hold(self.spool, entry, held, route, status)
+            if held is not None:  # a temporary error of a check made here: check again later
+                await self._safe_defer(entry, f"sender authentication: {held.reason}")
+                return None
 
         deliver: list[RouteDecision] = []
         bounces: list[RouteDecision] = []
@@ -451,6 +462,12 @@ class InboundWorker:
         if not recipients:
             return []
         router = self._router
+        return list(router.route(view, recipients, await self.known_replies(view, recipients)))
+
+    async def known_replies(self, view: MessageView, recipients: Sequence[str]) -> dict[str, Any]:
+        """The message's References that Odoo (or the outbound spool) knows: what makes it a reply. Raises
+        TempFailure (with `.instance`) when an owning instance cannot be asked."""
+        router = self._router
         known: dict[str, Any] = {}
         refs = router.reference_ids(view)
         if refs:
@@ -468,7 +485,7 @@ class InboundWorker:
                     known[row["message_id"]] = _known_message(instance, row)
             for mid, relayed in (await self._relayed(refs)).items():
                 known.setdefault(mid, relayed)
-        return list(router.route(view, recipients, known))
+        return known
 
     async def _relayed(self, refs: Sequence[str]) -> dict[str, Any]:
         """Message-Ids of mail the gateway relayed for Odoo (outbound spool), with the record from its
@@ -556,7 +573,8 @@ class InboundWorker:
             received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,
             message_id=add_mid, eol=line_ending(raw),
             delivered_to=plan.delivered_to(view.odoo_recipients))
-        return await client.message_process(block + raw, model=plan.model, thread_id=plan.thread_id)
+        return await client.message_process(block + self.auth_gate.prepare(entry, raw), model=plan.model,
+                                             thread_id=plan.thread_id)
 
     def _apply(self, entry: SpoolEntry, plan: DeliveryPlan, res: Any, status: dict[str, dict[str, Any]],
                failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]], now: float, log_id: str) -> None:

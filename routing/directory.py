@@ -76,6 +76,9 @@ class InstanceDirectory:
     loop_minutes: int = 120
     loop_threshold: int = 20
     loop_allowed: tuple[str, ...] = ()  # mail.gateway.allowed, normalised addresses
+    # Addresses of active internal users (res.users with share=False), normalised: Odoo creates records as the
+    # user whose address is the From (sender authentication protects them, gateway/auth).
+    internal_users: tuple[str, ...] = ()
     server_version: str = ""
     fetched_at: float = 0.0
 
@@ -95,6 +98,7 @@ class InstanceDirectory:
             loop_minutes=int(data.get("loop_minutes", 120)),
             loop_threshold=int(data.get("loop_threshold", 20)),
             loop_allowed=tuple(data.get("loop_allowed", ())),
+            internal_users=tuple(data.get("internal_users", ())),
             server_version=str(data.get("server_version", "")),
             fetched_at=float(data.get("fetched_at", 0.0)),
         )

@@ -58,7 +58,7 @@ MODEL_FIELDS: dict[str, set[str]] = {
     "ir.config_parameter": {"id", "key", "value"},
     "res.partner": {"id", "name", "email", "email_normalized", "user_ids", "active", "partner_share",
                     "company_id", "message_bounce"},
-    "res.users": {"id", "login", "name", "partner_id"},
+    "res.users": {"id", "login", "name", "partner_id", "email", "share", "active"},
     "mail.gateway.allowed": {"id", "email", "email_normalized"},
 }
 LEGACY_ALIAS_FIELDS = {"id", "alias_name", "alias_model_id", "alias_defaults", "alias_force_thread_id",
@@ -212,7 +212,8 @@ class OdooStandin:
                            (5, "mail.thread")):
             self.db["ir.model"].append({"id": mid, "model": model, "name": model})
         self.db["res.users"].append({"id": self.uid, "login": self.login, "name": "Mail Gateway",
-                                     "partner_id": [3, "Mail Gateway"]})
+                                     "partner_id": [3, "Mail Gateway"], "email": False, "share": False,
+                                     "active": True})
         if self.legacy:
             del self.db["mail.alias.domain"]
             del self.db["mail.gateway.allowed"]
@@ -266,6 +267,14 @@ class OdooStandin:
                 })
             self.db["mail.alias"].append(row)
             return aid
+
+    def add_user(self, login: str, email: str | None = None, *, share: bool = False, name: str = "") -> int:
+        """A res.users row: internal (share=False, Odoo's base.group_user) unless `share` (portal)."""
+        with self.lock:
+            uid = max(int(r["id"]) for r in self.db["res.users"]) + 1
+            self.db["res.users"].append({"id": uid, "login": login, "name": name or login, "email": email or login,
+                                         "partner_id": [uid + 100, name or login], "share": share, "active": True})
+            return uid
 
     def set_param(self, key: str, value: str) -> None:
         with self.lock:

@@ -32,3 +32,12 @@ def load_config_or_report(path: str, *, prefix: str = "") -> Config | None:
 def report_config_error(path: str, exc: ConfigError, *, prefix: str = "") -> None:
     for line in exc.errors:
         print(f"{prefix}{path}: {line}", file=sys.stderr)
+
+
+def read_message(name: str) -> bytes:
+    """A message file, or stdin for "-" (raises OSError)."""
+    if name == "-":
+        return sys.stdin.buffer.read()
+    from pathlib import Path
+
+    return Path(name).read_bytes()

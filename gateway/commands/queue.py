@@ -35,6 +35,7 @@ def register(sub: SubParsers) -> None:
         ("show", "show one entry with its headers", _show),
         ("retry", "requeue a failed/deferred entry now (re-routed and redelivered)", _retry),
         ("delete", "delete an entry and its message", _delete),
+        ("release", "deliver a held entry (sender authentication) as if it had passed", _release),
     ):
         sp = qsub.add_parser(name, help=helptext)
         add_config_arg(sp)
@@ -117,22 +118,52 @@ async def _show(spool: SqliteSpool, args: argparse.Namespace) -> int:
         if key in ("received_at", "updated_at", "next_attempt_at"):
             value = _when(value)
         print(f"{key:>22}: {value}")
+    if entry.state == State.HELD:
+        print(_held_note(entry))
     print()
     print(head.decode("utf-8", "replace"))
     return 0
 
 
-async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+def _held_note(entry: SpoolEntry) -> str:
+    """Why a held entry is held and what the operator can do (docs/authentication.md)."""
+    auth = (entry.envelope.source or {}).get("auth") or {}
+    lines = ["", "HELD by sender authentication: the From domain did not authenticate this message and its",
+             "Odoo instance's policy (odoo[].auth) holds such mail instead of delivering it.",
+             f"  reason: {entry.last_error or '-'}"]
+    if auth:
+        lines.append(f"  verdict: dmarc={auth.get('dmarc')} spf={auth.get('spf')} dkim={auth.get('dkim')} "
+                     f"arc={auth.get('arc')} from_domain={auth.get('from_domain')}")
+        lines.append(f"  Authentication-Results: {' '.join(str(auth.get('ar', '')).split())}")
+    lines += [f"  release: mailgw queue release {entry.queue_id}   (delivered to Odoo as if it had passed)",
+              f"  delete:  mailgw queue delete {entry.queue_id}",
+              "  unreleased, it is deleted once auth.held_lifetime has passed (logged as auth.held_expired)"]
+    return "\n".join(lines)
+
+
+async def _move(queue_id: str, verb: str, move: Awaitable[SpoolEntry], done: Callable[[SpoolEntry], str]) -> int:
     try:
-        entry = await spool.requeue(args.queue_id)
+        entry = await move
     except UnknownEntry:
-        print(f"no entry {args.queue_id}", file=sys.stderr)
+        print(f"no entry {queue_id}", file=sys.stderr)
         return EX_DATAERR
     except InvalidTransition as exc:
-        print(f"cannot retry: {exc}", file=sys.stderr)
+        print(f"cannot {verb}: {exc}", file=sys.stderr)
         return EX_DATAERR
-    print(f"{entry.queue_id}: {entry.state}, due now (the daemon re-routes and redelivers it)")
+    print(f"{entry.queue_id}: {done(entry)}")
     return 0
+
+
+async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    return await _move(args.queue_id, "retry", spool.requeue(args.queue_id),
+                       lambda e: f"{e.state}, due now (the daemon re-routes and redelivers it)")
+
+
+async def _release(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    from gateway.auth.held import release
+
+    return await _move(args.queue_id, "release", release(spool, args.queue_id),
+                       lambda e: "released, due now (the daemon delivers it as if it had passed)")
 
 
 async def _delete(spool: SqliteSpool, args: argparse.Namespace) -> int:

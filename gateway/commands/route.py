@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.commands import SubParsers, add_config_arg, load_config_or_report
+from gateway.commands import SubParsers, add_config_arg, load_config_or_report, read_message
 from gateway.config import Config, ConfigError
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_USAGE
 from gateway.routing_policy import policy_from_config
@@ -43,12 +43,6 @@ def register(sub: SubParsers) -> None:
                    help="treat a Message-Id as known to Odoo, e.g. '<a@b>=odoo:crm.lead-7' (repeatable)")
     p.add_argument("--json", action="store_true", help='print {"recipients": [...]} as JSON')
     p.set_defaults(func=run)
-
-
-def _read_message(name: str) -> bytes:
-    if name == "-":
-        return sys.stdin.buffer.read()
-    return Path(name).read_bytes()
 
 
 def _load_directory(cfg: Config, name: str | None) -> Directory:
@@ -129,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     if cfg is None:
         return EX_CONFIG
     try:
-        raw = _read_message(args.file)
+        raw = read_message(args.file)
     except OSError as exc:
         print(f"mailgw route: {args.file}: {exc.strerror}", file=sys.stderr)
         return EX_NOINPUT

@@ -21,7 +21,7 @@ import re
 import ssl
 import stat
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, AnyStr, Protocol
 
@@ -57,6 +57,16 @@ class Hold(Protocol):
 
 # (envelope sender, accepted recipients) -> a Hold, or None to spool the message as received.
 HoldCheck = Callable[[str, tuple[str, ...]], Hold | None]
+
+
+class AuthHooks(Protocol):
+    """Sender authentication run alongside the session (gateway/auth/intake.py)."""
+
+    def on_mail(self, session: Session, envelope: SmtpEnvelope, mail_from: str) -> None: ...
+
+    def on_headers(self, envelope: SmtpEnvelope, header: bytes) -> None: ...
+
+    async def on_data(self, session: Session, envelope: SmtpEnvelope, raw: bytes, rcpts: Sequence[str]) -> Any: ...
 _TERMINATOR = b"\r\n.\r\n"
 _CHUNK = 256 * 1024
 
@@ -303,6 +313,7 @@ class GatewaySMTP(SMTP):
         buf = bytearray(b"\r\n")
         search_from = 0
         discarded = 0
+        on_headers = getattr(self.event_handler, "data_headers", None)
         while True:
             idx = buf.find(_TERMINATOR, search_from)
             if idx >= 0:
@@ -320,6 +331,9 @@ class GatewaySMTP(SMTP):
                 return None
             self._reset_timeout()
             buf += chunk
+            if on_headers is not None and (end := buf.find(b"\r\n\r\n", 0, 256 * 1024)) >= 0:
+                on_headers(self.envelope, bytes(buf[2:end + 2]))  # the header section is in (sender auth)
+                on_headers = None
         leftover = bytes(buf[idx + len(_TERMINATOR):])
         if leftover:
             # Pipelined commands after the terminator go back to the reader for _handle_client.
@@ -355,8 +369,12 @@ class IntakeHandler:
 
     def __init__(self, *, spool: Spool, listener: ListenerConfig, hostname: str, rcpt_check: RcptCheck,
                  direction: Direction = Direction.INBOUND, on_stored: Callable[[Direction], None] | None = None,
-                 message_check: MessageCheck | None = None, hold_check: HoldCheck | None = None):
+                 message_check: MessageCheck | None = None, hold_check: HoldCheck | None = None,
+                 auth: AuthHooks | None = None):
         self.spool = spool
+        self.auth = auth
+        if auth is not None:
+            self.data_headers = auth.on_headers
         self.on_stored = on_stored
         self.message_check = message_check
         self.hold_check = hold_check
@@ -380,6 +398,8 @@ class IntakeHandler:
         # The null sender stays "<>" in the session (aiosmtpd reads "" as "no MAIL yet"); the spool gets "".
         envelope.mail_from = address or "<>"
         envelope.mail_options.extend(mail_options)
+        if self.auth is not None:
+            self.auth.on_mail(session, envelope, _sender(envelope.mail_from))
         return "250 2.1.0 Ok"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
@@ -406,6 +426,16 @@ class IntakeHandler:
             if len(refusals) == len(rcpts):
                 log.info("intake.data_refused", peer=_peer_str(session.peer), reply=next(iter(refusals.values())))
                 return "\r\n".join(refusals[r] for r in rcpts) if self.lmtp else refusals[rcpts[0]]
+        auth = await self.auth.on_data(session, envelope, raw, [r for r in rcpts if r not in refusals]) \
+            if self.auth is not None else None
+        if auth is not None and auth.refusals:
+            # LMTP answers each recipient; SMTP has one answer, so one refusal refuses the message (a 5xx before
+            # a 4xx) rather than silently dropping some recipients after a 250.
+            refusals.update(auth.refusals)
+            line = min(auth.refusals.values(), key=lambda x: x[0] != "5")
+            if len(refusals) == len(rcpts) or not self.lmtp:
+                log.info("intake.auth_refused", peer=_peer_str(session.peer), reply=line)
+                return "\r\n".join(refusals.get(r, line) for r in rcpts) if self.lmtp else line
         accepted = tuple(r for r in rcpts if r not in refusals)
         env = Envelope(
             mail_from=_sender(envelope.mail_from),
@@ -414,18 +444,23 @@ class IntakeHandler:
             peer=_peer_str(session.peer),
             helo=session.host_name,
             received_at=time.time(),
-            source={"tls": True} if session.ssl else None,
+            source={**({"tls": True} if session.ssl else {}), **({"auth": auth.summary} if auth else {})} or None,
         )
-        hold = self.hold_check(env.mail_from, accepted) if self.hold_check is not None else None
+        held = auth.hold if auth is not None else None
+        hold = self.hold_check(env.mail_from, accepted) if self.hold_check is not None and not held else None
+        state = State.HELD if held else State.DEFERRED if hold else None
+        error = f"held by sender authentication ({held.rule}): {held.reason}" if held else hold.reason if hold else None
         try:
             queue_id, _ = await self.spool.put(
                 env, raw, direction=self.direction, message_id=extract_message_id(raw),
-                message_id_domain=self.hostname, state=State.DEFERRED if hold else None,
-                next_attempt_at=hold.until if hold else None, last_error=hold.reason if hold else None)
+                message_id_domain=self.hostname, state=state,
+                next_attempt_at=hold.until if hold else None, last_error=error)
         except Exception as exc:  # the spool could not commit: nothing acknowledged, the client retries
             log.error("intake.spool_failed", error=str(exc), peer=env.peer)
             return self._per_rcpt(rcpts, "451 4.3.0 Temporary failure, message not stored; try again later")
         self.accepted += 1
+        if held is not None:
+            log.warning("auth.held", queue_id=queue_id, rule=held.rule, reason=held.reason, sender=env.mail_from)
         if hold is not None:
             hold.spooled(queue_id)
         if self.on_stored is not None:
@@ -512,13 +547,14 @@ class SmtpListener:
 
     def __init__(self, listener: ListenerConfig, *, spool: Spool, rcpt_check: RcptCheck, hostname: str | None = None,
                  on_stored: Callable[[Direction], None] | None = None, message_check: MessageCheck | None = None,
-                 hold_check: HoldCheck | None = None):
+                 hold_check: HoldCheck | None = None, auth: AuthHooks | None = None):
         self.cfg = listener
         self.hostname = listener.hostname or hostname or default_hostname()
         direction = Direction.OUTBOUND if listener.kind == "submission" else Direction.INBOUND
         self.handler = IntakeHandler(spool=spool, listener=listener, hostname=self.hostname, rcpt_check=rcpt_check,
                                      direction=direction, on_stored=on_stored, message_check=message_check,
-                                     hold_check=hold_check if direction == Direction.INBOUND else None)
+                                     hold_check=hold_check if direction == Direction.INBOUND else None,
+                                     auth=auth if direction == Direction.INBOUND else None)
         self.tls_context = build_tls_context(listener)
         self.sessions: set[GatewaySMTP] = set()
         self.server: asyncio.Server | None = None

@@ -23,6 +23,7 @@ from gateway.config import Config
 from gateway.errors import GatewayError
 from gateway.logs import get_logger
 from gateway.odoo.client import OdooClient, OdooConfigError, OdooRefusedError
+from routing.address import normalize_address
 from routing.directory import Alias, AliasDomain, Directory, InstanceDirectory
 
 log = get_logger("mailgw.directory")
@@ -135,6 +136,7 @@ async def fetch_instance(client: OdooClient) -> InstanceDirectory:
                 raise
     return InstanceDirectory(
         instance=client.name,
+        internal_users=await _internal_users(client),
         domains=tuple(domains),
         aliases=tuple(sorted(aliases, key=lambda a: (a.full_name, a.id))),
         allowed_domains=allowed,
@@ -144,6 +146,20 @@ async def fetch_instance(client: OdooClient) -> InstanceDirectory:
         server_version=_str(client.server_version.get("server_version")),
         fetched_at=time.time(),
     )
+
+
+async def _internal_users(client: OdooClient) -> tuple[str, ...]:
+    """Normalised addresses of active internal users (`share` is False for them in every supported Odoo). An
+    answer of "you may not read that" leaves the list empty: identity protection then covers fewer senders."""
+    try:
+        rows = await client.search_read("res.users", [["share", "=", False]], ["login", "email"], optional=True)
+    except GatewayError as exc:
+        if not _is_optional_miss(exc):
+            raise
+        log.info("directory.users_unreadable", instance=client.name, error=str(exc))
+        return ()
+    found = {addr for r in rows for f in ("email", "login") if "@" in (addr := normalize_address(_str(r.get(f))))}
+    return tuple(sorted(found))
 
 
 def _int_or_default(value: Any, default: int) -> int:

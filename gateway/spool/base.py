@@ -27,6 +27,7 @@ class State(StrEnum):
     DELIVERED = "delivered"
     DEFERRED = "deferred"
     FAILED = "failed"
+    HELD = "held"  # quarantined by sender authentication (gateway/auth) until an operator releases or deletes it
     # outbound: Odoo's mail.mail words, so an Odoo admin reads the queue without a glossary
     OUTGOING = "outgoing"
     SENT = "sent"
@@ -38,10 +39,13 @@ S = State
 # Every allowed move. The spool refuses anything else (InvalidTransition).
 TRANSITIONS: Mapping[Direction, Mapping[State, frozenset[State]]] = {
     Direction.INBOUND: {
-        S.RECEIVED: frozenset({S.ROUTED, S.DEFERRED, S.FAILED, S.DELIVERED}),
-        S.ROUTED: frozenset({S.DELIVERED, S.DEFERRED, S.FAILED}),
-        S.DEFERRED: frozenset({S.ROUTED, S.DELIVERED, S.DEFERRED, S.FAILED, S.RECEIVED}),
+        S.RECEIVED: frozenset({S.ROUTED, S.DEFERRED, S.FAILED, S.DELIVERED, S.HELD}),
+        S.ROUTED: frozenset({S.DELIVERED, S.DEFERRED, S.FAILED, S.HELD}),
+        S.DEFERRED: frozenset({S.ROUTED, S.DELIVERED, S.DEFERRED, S.FAILED, S.RECEIVED, S.HELD}),
         S.FAILED: frozenset({S.RECEIVED}),  # operator requeue
+        # Held mail is never claimed: only an operator moves it on (`queue release` -> received); `queue delete`
+        # and the expiry after auth.held_lifetime remove it.
+        S.HELD: frozenset({S.RECEIVED}),
         S.DELIVERED: frozenset(),
     },
     Direction.OUTBOUND: {
@@ -60,6 +64,10 @@ ACTIVE: Mapping[Direction, frozenset[State]] = {
 }
 # Where an operator's `queue retry` sends an entry.
 REQUEUE: Mapping[Direction, State] = {Direction.INBOUND: S.RECEIVED, Direction.OUTBOUND: S.OUTGOING}
+# rcpt_status also carries the sender-authentication gate's own state under this key (no recipient address can
+# be "@auth"): {"state": "held" | "released", "rule", "detail", "at"}. A released entry is delivered as if it
+# had passed; the key survives every later transition because workers rewrite rcpt_status whole.
+AUTH_STATUS_KEY = "@auth"
 
 
 class SpoolError(GatewayError):
@@ -237,7 +245,10 @@ class Spool(Protocol):
     async def list(self, *, state: State | None = None, direction: Direction | None = None,
                    limit: int = 1000) -> list[SpoolEntry]: ...
 
-    async def delete(self, queue_id: str) -> None: ...
+    async def delete(self, queue_id: str, *, only_in: State | None = None) -> None:
+        """Remove the entry and its message; with `only_in`, only if it is in that state (InvalidTransition
+        otherwise), checked in the same statement (the held-mail expiry must never delete a released entry)."""
+        ...
 
     async def requeue(self, queue_id: str) -> SpoolEntry: ...
 

@@ -569,10 +569,16 @@ class SqliteSpool(Spool):
         await self._write(lambda c: c.execute(
             "UPDATE entries SET claimed_by=NULL, claimed_at=NULL WHERE queue_id=?", (queue_id,)))
 
-    async def delete(self, queue_id: str) -> None:
+    async def delete(self, queue_id: str, *, only_in: State | None = None) -> None:
         def op(conn: sqlite3.Connection) -> None:
-            cur = conn.execute("DELETE FROM entries WHERE queue_id=?", (queue_id,))
+            if only_in is None:
+                cur = conn.execute("DELETE FROM entries WHERE queue_id=?", (queue_id,))
+            else:  # in the same statement: the entry cannot change state between the check and the delete
+                cur = conn.execute("DELETE FROM entries WHERE queue_id=? AND state=?", (queue_id, str(only_in)))
             if cur.rowcount == 0:
+                if only_in is not None and conn.execute("SELECT 1 FROM entries WHERE queue_id=?",
+                                                        (queue_id,)).fetchone():
+                    raise InvalidTransition(f"{queue_id} is no longer {only_in}")
                 raise UnknownEntry(queue_id)
             conn.execute("DELETE FROM messages WHERE queue_id=?", (queue_id,))
 

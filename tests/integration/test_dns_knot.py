@@ -3,11 +3,6 @@ server, from a real authoritative server (wire format, TCP, negative answers as 
 
 from __future__ import annotations
 
-import asyncio
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,26 +12,11 @@ from dns_checks import CheckPlan, DnsClient, DomainTarget, Status, run_checks
 from gateway.config import DkimConfig
 from tests.dkim_keys import rsa_key
 from tests.integration.dnsserver import mail_zone
+from tests.integration.knot import KNOTD, MISSING, knot_server
 
-KNOTD = shutil.which("knotd") or (shutil.which("knotd", path="/usr/sbin:/sbin"))
-pytestmark = pytest.mark.skipif(KNOTD is None, reason="knotd not installed (Debian package knot)")
+pytestmark = pytest.mark.skipif(KNOTD is None, reason=MISSING)
 
 GW_IP = "127.0.0.10"
-
-
-def _free_port() -> int:
-    """A port free for both UDP and TCP right now (knotd binds it a moment later)."""
-    for _ in range(20):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind(("127.0.0.1", 0))
-            port = u.getsockname()[1]
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return int(port)
-    raise OSError("no free port")
 
 
 @pytest.fixture(scope="module")
@@ -49,10 +29,6 @@ def keyfile(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
 @pytest.fixture(scope="module")
 def knot(tmp_path_factory: pytest.TempPathFactory, keyfile: tuple[Path, str]) -> Iterator[tuple[str, int]]:
-    assert KNOTD is not None
-    d = tmp_path_factory.mktemp("knot")
-    for sub in ("run", "db", "zones"):
-        (d / sub).mkdir()
     _, p = keyfile
     dkim = {"sel1": f"v=DKIM1; k=rsa; p={p}"}
     zones = {
@@ -67,59 +43,8 @@ def knot(tmp_path_factory: pytest.TempPathFactory, keyfile: tuple[Path, str]) ->
                                  dmarc="v=DMARC1; p=reject; adkim=s; aspf=s",
                                  extra=['bounce TXT "v=spf1 ip4:192.0.2.1 -all"']),
     }
-    for name, text in zones.items():
-        (d / "zones" / f"{name}.zone").write_text(text)
-    port = _free_port()
-    conf = d / "knot.conf"
-    conf.write_text(f"""
-server:
-    rundir: {d}/run
-    listen: 127.0.0.1@{port}
-    udp-workers: 1
-    tcp-workers: 1
-    background-workers: 1
-database:
-    storage: {d}/db
-control:
-    listen: {d}/run/knot.sock
-log:
-  - target: stderr
-    any: warning
-template:
-  - id: default
-    storage: {d}/zones
-    file: "%s.zone"
-    zonefile-sync: -1
-    zonefile-load: whole
-    journal-content: none
-    semantic-checks: on
-zone:
-""" + "".join(f"  - domain: {name}\n" for name in zones))
-    proc = subprocess.Popen([KNOTD, "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    try:
-        _wait_ready(port, proc)
-        yield "127.0.0.1", port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _wait_ready(port: int, proc: subprocess.Popen[bytes]) -> None:
-    client = DnsClient.create([("127.0.0.1", port)], lifetime=0.5)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            raise RuntimeError(f"knotd exited with {proc.returncode}: {err}")
-        ans = asyncio.run(client.session().query("broken.test", "SOA"))
-        if ans.is_ok:
-            return
-        time.sleep(0.1)
-    raise RuntimeError("knotd did not answer within 10 s")
+    with knot_server(zones, tmp_path_factory.mktemp("knot")) as address:
+        yield address
 
 
 async def test_knot_healthy_and_broken(knot: tuple[str, int], keyfile: tuple[Path, str]) -> None:
