@@ -1,6 +1,6 @@
 """SMTP, LMTP and submission listeners: the handler that checks and stores, and the listener that binds.
 
-The session itself — commands, deadlines, DATA, how a session ends — is `GatewaySMTP` in smtp_session.py.
+The session itself is `GatewaySMTP`: how it lives and ends in smtp_session.py, its commands in smtp_commands.py.
 Here: `IntakeHandler` (recipient checks at RCPT, the spool at DATA, the durable 250) and `SmtpListener` (the
 socket, its session slots, 421 past `max_sessions`, drain). The reply after DATA is sent only once the spool's
 commit returned (the spool fsyncs; see spool/sqlite.py).
@@ -25,7 +25,8 @@ from gateway.config import ListenerConfig
 from gateway.headers import extract_message_id
 from gateway.host import default_hostname
 from gateway.intake.aiosmtpd_compat import hook_dir
-from gateway.intake.smtp_session import GatewayLMTP, GatewaySMTP
+from gateway.intake.smtp_commands import GatewayLMTP, GatewaySMTP
+from gateway.intake.smtp_session import SmtpSession
 from gateway.logs import get_logger
 from gateway.spool import Direction, Envelope, Spool, State
 
@@ -254,7 +255,7 @@ class SmtpListener:
                                      hold_check=hold_check if direction == Direction.INBOUND else None,
                                      auth=auth if direction == Direction.INBOUND else None)
         self.tls_context = build_tls_context(listener)
-        self.sessions: set[GatewaySMTP] = set()
+        self.sessions: set[SmtpSession] = set()
         self.server: asyncio.Server | None = None
         self.closing = False
         self._turned_away = 0  # connections refused since the listener filled up
@@ -298,7 +299,7 @@ class SmtpListener:
         self._all_ended.clear()
         return proto
 
-    def _session_ended(self, session: GatewaySMTP) -> None:
+    def _session_ended(self, session: SmtpSession) -> None:
         self.sessions.discard(session)
         if self._turned_away and len(self.sessions) < self.cfg.max_sessions:
             log.info("intake.sessions_available", listener=self.cfg.bind, turned_away=self._turned_away)

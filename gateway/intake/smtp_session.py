@@ -1,7 +1,8 @@
-"""One SMTP or LMTP session: the state machine on top of aiosmtpd 1.4's command set.
+"""How one SMTP or LMTP session lives and ends: `SmtpSession`, on top of aiosmtpd 1.4's protocol class.
 
-aiosmtpd still provides STARTTLS, AUTH, HELP, NOOP and RSET. Everything that decides how a session lives and
-ends is ours, because aiosmtpd's own loop could not be fixed from outside (issue 18):
+aiosmtpd still provides STARTTLS, AUTH, HELP, NOOP and RSET; the commands that carry the envelope and the
+message are in smtp_commands.py. Everything that decides how a session lives and ends is here, because
+aiosmtpd's own loop could not be fixed from outside (issue 18):
 
 - **One end.** `_run` is the session's only task and `_end` its only exit: timeout, limit, QUIT, peer close,
   error — each releases the listener's slot (`on_end`), the timer and the transport, in one place. A peer's
@@ -11,18 +12,11 @@ ends is ours, because aiosmtpd's own loop could not be fixed from outside (issue
   `data_timeout` plus one second per `min_data_rate` octets received (Postfix's smtpd_min_data_rate model),
   so trickling a byte at a time cannot hold a session. Expiry answers `421 4.4.2` before closing. No deadline
   runs while the message is being stored: that wait is ours, not the client's.
-- **The envelope as SMTP allows it, at its command.** Paths are parsed by smtp_syntax (RFC 5321, RFC 6531):
-  a malformed one is 501, a non-ASCII one without SMTPUTF8 is 553 5.6.7; HELO/EHLO names are printable ASCII;
-  command arguments are UTF-8 or refused. Nothing a client sends is echoed raw into a reply or a log line.
-- **DATA** is read in chunks up to the only terminator RFC 5321 allows, ``<CRLF>.<CRLF>`` (bare-LF
-  smuggling sequences stay inside the message), with the size limit applied to what RFC 1870 counts (no
-  terminator, no transparency dots) however TCP cut the bytes. LMTP answers every outcome, refusals included,
-  once per accepted recipient (RFC 2033 §4.2).
+- **Command lines** are read whole or not at all; an argument must be printable UTF-8 (non-ASCII only where
+  SMTPUTF8 may allow it), else 501. Unknown commands and garbage lines: five, then 421. Nothing a client sends
+  is echoed raw into a reply or a log line.
 - **Refusals are counted, not logged each**: the first of each class (command and reply code) is logged, the
   counts go into one `intake.session_end` line.
-
-Hooks for later features: a new command is an `smtp_<NAME>` method; a check at the end of DATA belongs to the
-handler's `handle_DATA` (smtp.py), whose answer this class expands per recipient for LMTP.
 """
 
 from __future__ import annotations
@@ -37,31 +31,20 @@ from typing import Any, AnyStr
 from aiosmtpd.smtp import (
     ALLOWED_BEFORE_STARTTLS,
     BOGUS_LIMIT,
-    MISSING,
     SMTP,
     Session,
     TLSSetupException,
     _AuthMechAttr,
     login_always_fail,
-    syntax,
 )
 
 from gateway.config import ListenerConfig
 from gateway.intake.aiosmtpd_compat import auth_names, handler_hooks, hook_dir, smtp_methods
-from gateway.intake.smtp_syntax import (
-    PathError,
-    is_local_name,
-    is_valid_helo,
-    parse_params,
-    split_path,
-    with_enhanced_code,
-)
+from gateway.intake.smtp_syntax import with_enhanced_code
 from gateway.logs import get_logger, printable
 
 log = get_logger("mailgw.intake")
 
-_TERMINATOR = b"\r\n.\r\n"
-_CHUNK = 256 * 1024
 # Longest command line read (RFC 5321 asks for 512; AUTH initial responses and long VERP paths need more).
 _COMMAND_LINE_LIMIT = 2048
 # Replies are small: wait for the socket only when the peer does not read (flow control kicks in).
@@ -81,8 +64,8 @@ class _Session(Session):
         self._login_data = value
 
 
-class GatewaySMTP(SMTP):
-    """An SMTP session with limits from the listener config (see the module docstring)."""
+class SmtpSession(SMTP):
+    """A session's life: its task, deadlines, command loop and replies (the commands: smtp_commands.py)."""
 
     lmtp = False
 
@@ -90,7 +73,7 @@ class GatewaySMTP(SMTP):
         return hook_dir(self, ("smtp_", "auth_"))
 
     def __init__(self, handler: Any, *, listener: ListenerConfig, hostname: str,
-                 on_end: Callable[[GatewaySMTP], None] | None = None, tls_context: ssl.SSLContext | None = None,
+                 on_end: Callable[[SmtpSession], None] | None = None, tls_context: ssl.SSLContext | None = None,
                  require_starttls: bool = False, authenticator: Any = None, auth_required: bool = False,
                  auth_require_tls: bool = True):
         # The state aiosmtpd 1.4's SMTP.__init__ sets up, with its per-connection introspection (dir,
@@ -137,7 +120,6 @@ class GatewaySMTP(SMTP):
         self._timer_at = math.inf
         self._ended = False
         self._end_reason = ""
-        self._storing = False  # the message is being stored: the peer leaving must not cancel that
         self._command = ""  # the command being answered (refusals are counted by command and code)
         self._refused: Counter[str] = Counter()
         self._detail: dict[str, str] = {}
@@ -166,10 +148,12 @@ class GatewaySMTP(SMTP):
         try:
             reason = await self._serve()
         except asyncio.CancelledError:
-            reason = "lost"  # connection_lost cancelled what the session was waiting for
+            reason = "cancelled"
             raise
-        except (ConnectionError, TLSSetupException) as exc:
-            reason = type(exc).__name__
+        except ConnectionError:
+            reason = "lost"
+        except TLSSetupException:
+            reason = "tls_failed"
         except Exception as exc:  # a bug: the client gets 421, not a silent hang-up, and the slot comes back
             log.error("intake.session_failed", peer=self.peer, error=repr(exc), exc_info=True)
             self.close_session("421 4.3.0 {host} Error: internal error, closing connection")
@@ -214,13 +198,16 @@ class GatewaySMTP(SMTP):
             self._timeout_handle = None
         if self._original_transport is not None:  # after STARTTLS: close the socket under the TLS layer too
             self._original_transport.close()
-        asyncio.StreamReaderProtocol.connection_lost(self, error)  # the reader sees EOF: the task ends itself
+        # The reader sees EOF (or the error), a pending drain its error, a TLS handshake its waiter's error: the
+        # task ends by itself, after storing a message whose final dot had arrived. Nothing is cancelled.
+        asyncio.StreamReaderProtocol.connection_lost(self, error)
+        closed: asyncio.Future[None] = self._closed  # type: ignore[attr-defined]
+        if closed.done() and not closed.cancelled():
+            closed.exception()  # retrieved: nobody awaits it, and asyncio would log it at collection
         self.transport = None
         task = self._handler_coroutine
         if task is None or task.done():
             self._end("eof")
-        elif not self._storing:
-            task.cancel()  # whatever it awaits (a TLS handshake, a full socket) will not come now
 
     def eof_received(self) -> bool | None:
         # Feed EOF to the reader and keep our side open: the reply to a message whose final dot came with the
@@ -273,6 +260,7 @@ class GatewaySMTP(SMTP):
             line = await self._read_command()
             if line is None:
                 return "eof"
+            self._detail = {}  # what a refusal of this command logs besides the reply (sender, recipient)
             if line == _TOO_LONG:
                 self._command = "long"
                 await self.push("500 5.5.2 Error: command line too long")
@@ -301,7 +289,6 @@ class GatewaySMTP(SMTP):
             if self.require_starttls and not self._tls_protocol and command not in ALLOWED_BEFORE_STARTTLS:
                 await self.push("530 5.7.0 Must issue a STARTTLS command first")
                 continue
-            self._detail = {}
             try:
                 await method(arg or None)
             except (ConnectionError, TLSSetupException, asyncio.CancelledError):
@@ -397,270 +384,3 @@ class GatewaySMTP(SMTP):
 
     async def handle_exception(self, error: Exception) -> str:
         return "451 4.3.0 Internal error, try again later"
-
-    # -- commands ----------------------------------------------------------------------------------------
-
-    @syntax("HELO hostname")
-    async def smtp_HELO(self, hostname: str) -> None:
-        if hostname and not is_valid_helo(hostname):
-            await self.push("501 5.5.4 Syntax: HELO hostname (printable ASCII)")
-            return
-        await super().smtp_HELO(hostname)
-
-    @syntax("EHLO hostname")
-    async def smtp_EHLO(self, hostname: str) -> None:
-        if hostname and not is_valid_helo(hostname):
-            await self.push("501 5.5.4 Syntax: EHLO hostname (printable ASCII)")
-            return
-        await super().smtp_EHLO(hostname)
-
-    @syntax("QUIT")
-    async def smtp_QUIT(self, arg: str) -> None:
-        if arg:
-            await self.push("501 5.5.4 Syntax: QUIT")
-            return
-        await self.push("221 2.0.0 Bye")
-        self._end_reason = "quit"  # the loop returns; _end closes the transport after the reply
-
-    @syntax("VRFY <address>")
-    async def smtp_VRFY(self, arg: str | None) -> None:
-        # Never verified (that would tell a spammer which addresses exist): 252 for anything well-formed.
-        if await self.check_auth_needed("VRFY"):
-            return
-        text = (arg or "").strip()
-        utf8 = text.upper().endswith(" SMTPUTF8")  # RFC 6531 §3.7.4.2
-        text = text[:-9].rstrip() if utf8 else text
-        try:
-            name = split_path(text, null_ok=False).address if "@" in text or text.startswith("<") else text
-        except PathError:
-            name = ""
-        if not name or not (is_local_name(name) or "@" in name):
-            await self.push("501 5.1.3 Bad recipient address syntax")
-        elif not name.isascii() and not utf8:
-            await self.push("553 5.6.7 Non-ASCII address needs SMTPUTF8")
-        else:
-            await self.push("252 2.5.0 Cannot VRFY user, but will accept message and attempt delivery")
-
-    @syntax("MAIL FROM: <address>", extended=" [SP <mail-parameters>]")
-    async def smtp_MAIL(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("MAIL"):
-            return
-        assert self.session is not None and self.envelope is not None
-        usage = "501 5.5.4 Syntax: MAIL FROM:<address>" + (" [SP <mail-parameters>]"
-                                                          if self.session.extended_smtp else "")
-        rest = self._strip_command_keyword("FROM:", arg or "")
-        if rest is None:
-            await self.push(usage)
-            return
-        if self.envelope.mail_from:
-            await self.push("503 5.5.1 Error: nested MAIL command")
-            return
-        try:
-            path = split_path(rest, null_ok=True)
-        except PathError:
-            self._detail = {"sender": printable(rest)}
-            await self.push("501 5.1.7 Bad sender address syntax")
-            return
-        self._detail = {"sender": printable(path.address)}
-        params = parse_params(path.params)
-        if params is None or (params and not self.session.extended_smtp):
-            await self.push(usage)
-            return
-        smtputf8 = params.pop("SMTPUTF8", False)
-        body = params.pop("BODY", "7BIT")
-        size = params.pop("SIZE", None)
-        if not isinstance(smtputf8, bool) or not isinstance(body, str) or body.upper() not in ("7BIT", "8BITMIME"):
-            await self.push("501 5.5.4 Syntax: SMTPUTF8 takes no value; BODY is 7BIT or 8BITMIME")
-            return
-        if size is not None and (not isinstance(size, str) or not size.isdigit()):
-            await self.push("501 5.5.4 Syntax: SIZE=<octets>")
-            return
-        if params:
-            await self.push("555 5.5.4 MAIL FROM parameters not recognized or not implemented")
-            return
-        if path.needs_smtputf8 and not smtputf8:
-            await self.push("553 5.6.7 Non-ASCII sender address needs SMTPUTF8")  # RFC 6531 §3.5, RFC 6533
-            return
-        if size is not None and self.data_size_limit and int(size) > self.data_size_limit:
-            await self.push(f"552 5.3.4 Message size exceeds fixed maximum message size ({self.data_size_limit})")
-            return
-        self.envelope.smtp_utf8 = smtputf8
-        options = path.params.upper().split()
-        status = await self._call_handler_hook("MAIL", path.address, options)
-        if status is MISSING:
-            self.envelope.mail_from = path.address or "<>"
-            self.envelope.mail_options.extend(options)
-            status = "250 2.1.0 Ok"
-        await self.push(status)
-
-    @syntax("RCPT TO: <address>", extended=" [SP <mail-parameters>]")
-    async def smtp_RCPT(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("RCPT"):
-            return
-        assert self.session is not None and self.envelope is not None
-        if not self.envelope.mail_from:
-            await self.push("503 5.5.1 Error: need MAIL command")
-            return
-        rest = self._strip_command_keyword("TO:", arg or "")
-        if rest is None:
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
-            return
-        try:
-            path = split_path(rest, null_ok=False)
-        except PathError:
-            self._detail = {"rcpt": printable(rest)}
-            await self.push("501 5.1.3 Bad recipient address syntax")
-            return
-        self._detail = {"rcpt": printable(path.address), "sender": printable(self.envelope.mail_from)}
-        if path.needs_smtputf8 and not self.envelope.smtp_utf8:
-            await self.push("553 5.6.7 Non-ASCII recipient address needs SMTPUTF8")
-            return
-        params = parse_params(path.params)
-        if params is None or (params and not self.session.extended_smtp):
-            await self.push("501 5.5.4 Syntax: RCPT TO:<address>")
-            return
-        if params:  # we advertise no extension with RCPT parameters (DSN's NOTIFY/ORCPT)
-            await self.push("555 5.5.4 RCPT TO parameters not recognized or not implemented")
-            return
-        status = await self._call_handler_hook("RCPT", path.address, [])
-        if status is MISSING:
-            self.envelope.rcpt_tos.append(path.address)
-            status = "250 2.1.5 Ok"
-        await self.push(status)
-
-    async def challenge_auth(self, challenge: str | bytes, encode_to_b64: bool = True,
-                             log_client_response: bool = False) -> Any:
-        try:
-            return await super().challenge_auth(challenge, encode_to_b64, False)
-        except ValueError:  # StreamReader.readline past the line limit
-            await self.push("500 5.5.6 Authentication exchange line is too long")
-            return MISSING
-
-    @syntax("DATA")
-    async def smtp_DATA(self, arg: str | None) -> None:
-        if await self.check_helo_needed() or await self.check_auth_needed("DATA"):
-            return
-        assert self.envelope is not None
-        if not self.envelope.rcpt_tos:
-            await self.push("503 5.5.1 Error: need RCPT command")
-            return
-        if arg:
-            await self.push("501 5.5.4 Syntax: DATA")
-            return
-        await self.push("354 End data with <CR><LF>.<CR><LF>")
-        self.in_data = True
-        self.data_idle.clear()
-        try:
-            outcome = await self._read_data()
-            if outcome is None:  # the peer left or the deadline passed: nothing was acknowledged
-                return
-            content, problem = outcome
-            self._deadline = math.inf  # storing is our wait, not the client's
-            self._storing = True
-            rcpts = list(self.envelope.rcpt_tos)
-            status: str | list[str]
-            if problem is not None:
-                status = problem
-            else:
-                self.envelope.content = self.envelope.original_content = content
-                try:
-                    status = await self._call_handler_hook("DATA")
-                except Exception as exc:
-                    log.error("intake.data_failed", peer=self.peer, error=repr(exc), exc_info=True)
-                    status = await self.handle_exception(exc)
-                if status is MISSING:
-                    status = "250 2.0.0 Ok"
-                self._accepted += any(s.startswith("250") for s in ([status] if isinstance(status, str) else status))
-            self._set_post_data_state()
-            self._arm(self._timeout_duration)
-            await self._push_lines(self._per_recipient(status, rcpts))
-        finally:
-            self._storing = False
-            self.in_data = False
-            self.data_idle.set()
-
-    def _per_recipient(self, status: str | list[str], rcpts: list[str]) -> list[str]:
-        """SMTP: one reply. LMTP: one per recipient accepted at RCPT, whatever the outcome (RFC 2033 §4.2)."""
-        if isinstance(status, list):
-            return status
-        return [status] * len(rcpts) if self.lmtp else [status]
-
-    async def _read_data(self) -> tuple[bytes, str | None] | None:
-        """Read up to <CRLF>.<CRLF>. Returns (unstuffed content, refusal line or None), or None if the peer left
-        or the deadline passed."""
-        cfg = self.listener_cfg
-        limit = cfg.max_message_size
-        per_octet = 1.0 / cfg.min_data_rate
-        idle = cfg.idle_timeout
-        # The whole phase: data_timeout, plus one second per min_data_rate octets received. Silence between two
-        # chunks: idle_timeout, as between commands.
-        phase_deadline = self.loop.time() + cfg.data_timeout
-        self._set_deadline(min(phase_deadline, self.loop.time() + idle))
-        reader = self._reader
-        # The CRLF that ended the DATA command starts the virtual buffer, so an empty message (".\r\n") and a
-        # dot at the start of the first line are found the same way as everywhere else.
-        buf = bytearray(b"\r\n")
-        search_from = 0
-        dots = 0  # transparency dots seen so far ("\r\n." occurrences): RFC 1870 does not count them
-        dots_from = 0
-        over = False
-        on_headers = getattr(self.event_handler, "data_headers", None)  # sender authentication starts early
-        while True:
-            idx = buf.find(_TERMINATOR, search_from)
-            if idx >= 0:
-                break
-            if not over:
-                dots += buf.count(b"\r\n.", dots_from)
-                dots_from = max(0, len(buf) - 2)
-                # What is buffered may end with a partial terminator: at most one dot and a CR of it are not
-                # content, so this is over the limit only if the content is.
-                over = len(buf) - 2 - dots - 1 > limit
-            if over:
-                del buf[:-4]  # keep only a tail that may hold a split terminator; the rest is discarded
-            search_from = max(0, len(buf) - 4)
-            try:
-                chunk = await reader.read(_CHUNK)
-            except (ConnectionError, OSError, asyncio.IncompleteReadError):
-                return None
-            if not chunk:
-                return None
-            phase_deadline += len(chunk) * per_octet  # it grows with the data received, never by the clock
-            self._set_deadline(min(phase_deadline, self.loop.time() + idle))
-            buf += chunk
-            if on_headers is not None and not over and (end := buf.find(b"\r\n\r\n", 0, 256 * 1024)) >= 0:
-                on_headers(self.envelope, bytes(buf[2:end + 2]))  # the header section is in (sender auth)
-                on_headers = None
-        leftover = bytes(buf[idx + len(_TERMINATOR):])
-        if leftover:
-            # Pipelined commands after the terminator go back to the reader for the command loop.
-            reader._buffer[0:0] = leftover  # type: ignore[attr-defined]
-        if over:
-            return b"", f"552 5.3.4 Message too big for system (limit {limit} octets)"
-        body = bytes(buf[:idx + 2]).replace(b"\r\n.", b"\r\n")[2:]
-        if len(body) > limit:
-            return b"", f"552 5.3.4 Message too big for system (limit {limit} octets)"
-        max_line = self.listener_cfg.max_line_length
-        if len(body) > max_line and longest_line(body) > max_line:
-            return b"", f"500 5.5.2 Line too long (limit {max_line} octets, RFC 5321 4.5.3.1.6)"
-        return body, None
-
-
-def longest_line(data: bytes) -> int:
-    """The longest line in octets, its CRLF included (as RFC 5321 §4.5.3.1.6 counts)."""
-    return max(map(len, data.split(b"\n")), default=0) + 1
-
-
-class GatewayLMTP(GatewaySMTP):
-    """LMTP (RFC 2033): LHLO instead of HELO/EHLO, one reply per recipient after DATA."""
-
-    lmtp = True
-
-    @syntax("LHLO hostname")
-    async def smtp_LHLO(self, arg: str) -> None:
-        await super().smtp_EHLO(arg)
-
-    async def smtp_HELO(self, arg: str) -> None:
-        await self.push('500 5.5.1 Error: command "HELO" not recognized (this is LMTP)')
-
-    async def smtp_EHLO(self, arg: str) -> None:
-        await self.push('500 5.5.1 Error: command "EHLO" not recognized (this is LMTP)')
