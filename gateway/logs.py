@@ -77,7 +77,10 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
     # Libraries log through stdlib logging (asyncio, aiosmtpd, aioimaplib) and the warnings module: their lines
     # go through the same renderer, so every line of the daemon's log is JSON (or console), values escaped.
     root = logging.getLogger()
-    root.handlers = [_LibraryHandler()]
+    for handler in list(root.handlers):  # a plain console handler (basicConfig's) or ours from an earlier call
+        if type(handler) is logging.StreamHandler or isinstance(handler, _LibraryHandler):
+            root.removeHandler(handler)
+    root.addHandler(_LibraryHandler())
     root.setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
     for noisy in ("mail.log", "aiosmtpd", "aioimaplib", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
