@@ -95,6 +95,19 @@ class Wire:
             if line[3:4] != b"-":
                 return (int(line[:3]) if line[:3].isdigit() else -1), lines
 
+    def exchange(self, lines: list[bytes], pipelined: bool) -> list[tuple[int, list[bytes]] | None]:
+        """Send command lines and read one reply each: all in one write (PIPELINING) or one at a time."""
+        if pipelined:
+            self.send(b"".join(line + b"\r\n" for line in lines))
+            return [self.reply() for _ in lines]
+        replies: list[tuple[int, list[bytes]] | None] = []
+        for line in lines:
+            self.send(line + b"\r\n")
+            replies.append(self.reply())
+            if replies[-1] is None:
+                break
+        return replies
+
     def wait_closed(self) -> bytes:
         """Everything the server still says until it closes."""
         out = self.buf
@@ -195,6 +208,13 @@ class Fuzzer:
         hello = wire.reply()
         return hello is not None and hello[0] == 250
 
+    def _into_data(self, wire: Wire) -> bool:
+        """Greeting, hello and a valid envelope, up to the 354."""
+        if not self._hello(wire):
+            return False
+        replies = wire.exchange([b"MAIL FROM:<s@example.org>", f"RCPT TO:<sales@{DOMAIN}>".encode(), b"DATA"], True)
+        return replies[-1] is not None and replies[-1][0] == 354
+
     def _new_id(self) -> str:
         self.count += 1
         return f"<fz-{self.tag}-{self.count}@fuzz.test>"
@@ -220,15 +240,8 @@ class Fuzzer:
         commands = [f"MAIL FROM:<{sender}>{' SMTPUTF8' if utf8 else ''}".encode()]
         commands += [f"RCPT TO:{r if r.startswith('<') else f'<{r}>'}".encode() for r in rcpts]
         commands.append(b"DATA")
-        if rng.random() < 0.5:  # PIPELINING: the whole envelope in one write
-            wire.send(b"".join(c + b"\r\n" for c in commands))
-            replies = [wire.reply() for _ in commands]
-        else:
-            replies = []
-            for c in commands:
-                wire.send(c + b"\r\n")
-                replies.append(wire.reply())
-        if any(r is None for r in replies):
+        replies = wire.exchange(commands, pipelined=rng.random() < 0.5)
+        if len(replies) < len(commands) or any(r is None for r in replies):
             return False
         accepted = tuple(r.strip("<>") for r, rep in zip(rcpts, replies[1:-1], strict=True)
                          if rep is not None and rep[0] == 250)
@@ -287,17 +300,7 @@ class Fuzzer:
                 command = rng.choice(COMMANDS).encode()
                 arg = rng.choice(HOSTILE_ARGS).encode() if rng.random() < 0.6 else rng.choice(HOSTILE_BYTES)
                 lines.append(command + (b"" if command.endswith(b":") else b" ") + arg)
-            if rng.random() < 0.5:
-                wire.send(b"".join(line + b"\r\n" for line in lines))
-                replies = [wire.reply() for _ in lines]
-            else:
-                replies = []
-                for line in lines:
-                    wire.send(line + b"\r\n")
-                    replies.append(wire.reply())
-                    if replies[-1] is None:
-                        break
-            for r in replies:
+            for r in wire.exchange(lines, pipelined=rng.random() < 0.5):
                 if r is None:
                     break
                 for line in r[1]:
@@ -313,12 +316,8 @@ class Fuzzer:
     def stall(self, rng: random.Random) -> None:
         wire = Wire(self.address, 30)
         try:
-            in_data = rng.random() < 0.5
-            if in_data:
-                if not self._hello(wire):
-                    return
-                wire.send(f"MAIL FROM:<s@example.org>\r\nRCPT TO:<sales@{DOMAIN}>\r\nDATA\r\n".encode())
-                if [wire.reply() for _ in range(3)][-1] is None:
+            if rng.random() < 0.5:
+                if not self._into_data(wire):
                     return
                 wire.send(b"Subject: stalled\r\n\r\nhalf a mess")
             else:
@@ -332,13 +331,9 @@ class Fuzzer:
     def slowloris(self, rng: random.Random) -> None:
         wire = Wire(self.address, 30)
         try:
-            in_data = rng.random() < 0.5
             bound = self.limits.idle_timeout
-            if in_data:
-                if not self._hello(wire):
-                    return
-                wire.send(f"MAIL FROM:<s@example.org>\r\nRCPT TO:<sales@{DOMAIN}>\r\nDATA\r\n".encode())
-                if [wire.reply() for _ in range(3)][-1] is None:
+            if rng.random() < 0.5:
+                if not self._into_data(wire):
                     return
                 bound = self.limits.data_timeout + 1.0  # a few hundred octets at min_data_rate add little
             else:
