@@ -62,13 +62,20 @@ def test_1_probes_that_leave_before_the_greeting_free_their_slots(tmp_path: Path
                     s.close()
 
             await asyncio.to_thread(probes)
-            await clean(w)  # well before the 60 s idle timeout
 
-            def fresh() -> int:
-                with wire(w.address) as c:
-                    return c.reply()[0]
+            def fresh() -> bytes:
+                # Probes still in the accept queue take a slot for the moment their EOF takes to be seen: a
+                # fresh client may be told 421 during that moment, never for the 60 s of the idle timeout.
+                deadline = time.monotonic() + 5
+                while True:
+                    with socket.create_connection(w.address, timeout=5) as s:
+                        said = s.recv(100)
+                    if said.startswith(b"220 ") or time.monotonic() > deadline:
+                        return said
+                    time.sleep(0.05)
 
-            assert await asyncio.to_thread(fresh) == 220
+            assert (await asyncio.to_thread(fresh)).startswith(b"220 mx.test")
+            await clean(w)
 
     run_on(loop, main)
 
