@@ -372,3 +372,23 @@ class Fuzzer:
             if rng.random() < 0.5:
                 s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
             s.close()
+        said = greeting_within(self.address, 1.0)
+        if not said.startswith(b"220 "):
+            self.record.violations.append(f"no 220 within a second after a flood of {len(socks)}: {said!r}")
+
+
+def greeting_within(address: tuple[str, int], seconds: float) -> bytes:
+    """A fresh client's first line, retried while the listener is still full (421), for at most `seconds`: a
+    liveness check with a generous bound, not a timing measurement."""
+    deadline = time.monotonic() + seconds
+    said = b""
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(address, timeout=seconds) as s:
+                said = s.recv(200)
+        except OSError as exc:
+            said = repr(exc).encode()
+        if said.startswith(b"220 "):
+            return said
+        time.sleep(0.02)
+    return said
