@@ -5,6 +5,11 @@
 Each server is driven by Postfix's smtp-source (-s sessions, one new connection per message, 4 KiB payload):
   smtp-sink        Postfix's C sink: no storage at all (the ceiling on this machine)
   aiosmtpd-bare    aiosmtpd under uvloop, handler returns 250 and stores nothing (Python's floor cost)
+  protocol-bare    a minimal SMTP state machine on asyncio.Protocol under uvloop (callbacks, no StreamReader,
+                   no task per session), storing nothing: what a protocol of our own could cost at best
+                   (docs/design.md, Intake)
+  streams-bare     the same on asyncio streams (StreamReader, a task per session, a readuntil per command):
+                   the layer aiosmtpd and mailgw sit on; not run unless named in --servers
   mailgw           `mailgw serve`: every 250 is sent after the message is committed (fsync) to the spool;
                    JSON logs at --log-level (info, as shipped: a line per message, written to /dev/null)
                    Odoo is unreachable (nothing listens on its port), as in an outage: the first message is
@@ -53,6 +58,52 @@ async def main(port):
 uvloop.run(main(int(sys.argv[1])))
 """
 
+PROTOCOL_SERVER = r"""
+import asyncio, sys, uvloop
+class Bare(asyncio.Protocol):
+    def connection_made(self, transport):
+        self.t, self.buf, self.in_data = transport, bytearray(), False
+        transport.write(b"220 bare.test ESMTP\r\n")
+    def data_received(self, data):
+        self.buf += data
+        out = []
+        while True:
+            if self.in_data:
+                i = self.buf.find(b"\r\n.\r\n")
+                if i < 0:
+                    break
+                del self.buf[:i + 5]
+                self.in_data = False
+                out.append(b"250 2.0.0 OK discarded\r\n")
+                continue
+            i = self.buf.find(b"\n")
+            if i < 0:
+                break
+            verb = bytes(self.buf[:4]).upper()
+            del self.buf[:i + 1]
+            if verb == b"EHLO":
+                out.append(b"250-bare.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+            elif verb == b"DATA":
+                out.append(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+                self.in_data = True
+                self.buf[0:0] = b"\r\n"  # the CRLF that ended DATA starts the search for the terminator
+            elif verb == b"QUIT":
+                out.append(b"221 2.0.0 Bye\r\n")
+                self.t.write(b"".join(out))
+                self.t.close()
+                return
+            else:
+                out.append(b"250 2.0.0 OK\r\n")
+        if out:
+            self.t.write(b"".join(out))
+async def main(port):
+    loop = asyncio.get_running_loop()
+    srv = await loop.create_server(Bare, "127.0.0.1", port, backlog=1024)
+    print("ready", flush=True)
+    await srv.serve_forever()
+uvloop.run(main(int(sys.argv[1])))
+"""
+
 
 def free_port() -> int:
     with socket.socket() as s:
@@ -89,6 +140,42 @@ def start_sink(port: int) -> subprocess.Popen[bytes]:
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
     return subprocess.Popen([sys.executable, "-c", BARE_SERVER, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+STREAMS_SERVER = r"""
+import asyncio, sys, uvloop
+async def session(reader, writer):
+    writer.write(b"220 bare.test ESMTP\r\n")
+    while line := await reader.readuntil(b"\n"):
+        verb = line[:4].upper()
+        if verb == b"EHLO":
+            writer.write(b"250-bare.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
+        elif verb == b"DATA":
+            writer.write(b"354 End data with <CR><LF>.<CR><LF>\r\n")
+            await reader.readuntil(b"\r\n.\r\n")
+            writer.write(b"250 2.0.0 OK discarded\r\n")
+        elif verb == b"QUIT":
+            writer.write(b"221 2.0.0 Bye\r\n")
+            break
+        else:
+            writer.write(b"250 2.0.0 OK\r\n")
+    writer.close()
+async def main(port):
+    srv = await asyncio.start_server(session, "127.0.0.1", port, backlog=1024, limit=1 << 20)
+    print("ready", flush=True)
+    await srv.serve_forever()
+uvloop.run(main(int(sys.argv[1])))
+"""
+
+
+def start_streams(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", STREAMS_SERVER, str(port)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+
+
+def start_protocol(port: int) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([sys.executable, "-c", PROTOCOL_SERVER, str(port)], stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
 
 
@@ -169,13 +256,18 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--log-level", default="info", help="mailgw's log level (info, as shipped: a line per message)")
+    ap.add_argument("--servers", default="smtp-sink,aiosmtpd-bare,protocol-bare,mailgw,mailgw-auth",
+                    help="which to run, comma-separated (smtp-sink is the reference the ratios are taken to)")
     args = ap.parse_args()
     for tool in ("smtp-source", "smtp-sink"):
         if shutil.which(tool) is None:
             print(f"{tool} missing: apt-get install postfix (./run bench intake does it)", file=sys.stderr)
             return 2
-    servers = {"smtp-sink": start_sink, "aiosmtpd-bare": start_bare}
-    results: dict[str, list[float]] = {"smtp-sink": [], "aiosmtpd-bare": [], "mailgw": [], "mailgw-auth": []}
+    servers = {"smtp-sink": start_sink, "aiosmtpd-bare": start_bare, "protocol-bare": start_protocol,
+               "streams-bare": start_streams}
+    results: dict[str, list[float]] = {name: [] for name in args.servers.split(",")}
+    if not set(results) <= {*servers, "mailgw", "mailgw-auth"} or "smtp-sink" not in results:
+        ap.error(f"--servers: choose among {', '.join([*servers, 'mailgw', 'mailgw-auth'])}, smtp-sink included")
     from tests.integration.dnsserver import DnsTestServer, mail_zone
 
     # smtp-source sends from bench@example.org, connecting from 127.0.0.1: SPF passes, DMARC passes (aligned).
@@ -199,16 +291,19 @@ def main() -> int:
                     stop(proc)
                 results[name].append(rate)
                 print(f"run {run + 1}: {name:<14} {rate:8.0f} msg/s", flush=True)
-        idle, busy = measure_sessions(workdir, 200)
+        idle, busy = measure_sessions(workdir, 200) if "mailgw" in results else (0, 0)
     med = {k: statistics.median(v) for k, v in results.items()}
     print()
     print(f"{args.messages} messages x {args.runs} runs, {args.sessions} sessions, {args.size} B, new connection each")
     print(f"{'server':<14} {'median msg/s':>12} {'vs smtp-sink':>13}")
     for name, value in med.items():
         print(f"{name:<14} {value:12.0f} {value / med['smtp-sink']:12.1%}")
-    print(f"mailgw / aiosmtpd-bare: {med['mailgw'] / med['aiosmtpd-bare']:.2f}x")
-    print(f"mailgw-auth / mailgw: {med['mailgw-auth'] / med['mailgw']:.2f}x (sender authentication on)")
-    print(f"mailgw RSS: {idle / 1024:.1f} MiB idle, {busy / 1024:.1f} MiB with 200 sessions in DATA")
+    for a, b in (("mailgw", "aiosmtpd-bare"), ("mailgw-auth", "mailgw"), ("protocol-bare", "aiosmtpd-bare"),
+                 ("streams-bare", "aiosmtpd-bare"), ("mailgw", "protocol-bare")):
+        if a in med and b in med:
+            print(f"{a} / {b}: {med[a] / med[b]:.2f}x" + (" (sender authentication on)" if a == "mailgw-auth" else ""))
+    if "mailgw" in med:
+        print(f"mailgw RSS: {idle / 1024:.1f} MiB idle, {busy / 1024:.1f} MiB with 200 sessions in DATA")
     return 0
 
 

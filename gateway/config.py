@@ -135,7 +135,12 @@ class ListenerConfig(_Model):
     max_message_size: Size = parse_size("25MiB")
     max_recipients: int = Field(100, ge=1)
     max_line_length: int = Field(65536, ge=1000)  # RFC 5321 needs 1000; longer DATA lines are refused
-    idle_timeout: Duration = parse_duration("5m")
+    # Deadlines (Postfix's per-request deadline model): a command line must arrive whole within idle_timeout; a
+    # DATA phase within data_timeout plus one second per min_data_rate octets received. Trickling bytes does
+    # not extend either. The client hears "421 4.4.2 ... timeout exceeded" when one passes.
+    idle_timeout: Duration = Field(parse_duration("5m"), gt=0)
+    data_timeout: Duration = Field(parse_duration("5m"), gt=0)
+    min_data_rate: Size = Field(500, ge=1)  # octets per second
     max_sessions: int = Field(500, ge=1)
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None

@@ -39,6 +39,7 @@ from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, Odoo
 from gateway.odoo.directory import DirectorySync
 from gateway.odoo.headers import delivery_headers, stable_message_id
 from gateway.odoo.transport import TransportError
+from gateway.outage import IntakeHold, OutagePolicy, SenderHold, sender_lane
 from gateway.retry import backoff_delay
 from gateway.routing_policy import policy_from_config
 from gateway.spool import Direction, Spool, SpoolEntry, State
@@ -51,54 +52,10 @@ from routing.router import Router
 log = get_logger("mailgw.inbound")
 
 _PREFETCH_BYTES = 256 * 1024
+_ADOPT_LIMIT = 100_000  # deferred entries adopted at start; any beyond come due at their own time
 # Recipient states kept in rcpt_status. Final ones are never delivered again on a retry.
 FINAL = frozenset({"delivered", "discarded", "bounce_handled"})
 BounceHandler = Callable[[SpoolEntry, bytes, Sequence[RouteDecision]], Awaitable[None]]
-
-
-@dataclasses.dataclass(slots=True)
-class _Hold:
-    """A sender's oldest message is waiting for its instance to come back: later ones wait behind it."""
-
-    queue_id: str
-    received_at: float
-    until: float
-    instance: str
-
-    def active(self) -> bool:
-        return self.until > time.time()
-
-    def applies_to(self, entry: SpoolEntry) -> bool:
-        return entry.queue_id != self.queue_id and self.active() and entry.envelope.received_at >= self.received_at
-
-    @property
-    def next_attempt_at(self) -> float:
-        """For mail held behind it: just after the held message's own next attempt."""
-        return self.until + 0.001
-
-    @property
-    def reason(self) -> str:
-        return f"waiting behind {self.queue_id} (same sender) for odoo {self.instance}"
-
-
-def _sender_lane(mail_from: str, queue_id: str) -> str:
-    """The delivery lane of an envelope sender (one delivery at a time, in arrival order)."""
-    sender = mail_from.strip().lower()
-    # Bounces (null sender) have no order to keep: each is its own lane.
-    return sender if sender else f"<>{queue_id}"
-
-
-@dataclasses.dataclass(frozen=True, slots=True)
-class IntakeHold:
-    """Spool this arriving message deferred until `until` (see InboundWorker.intake_hold); tell `spooled` its id."""
-
-    until: float
-    reason: str
-    instances: tuple[str, ...]
-    _register: Callable[[str, Sequence[str]], None]
-
-    def spooled(self, queue_id: str) -> None:
-        self._register(queue_id, self.instances)
 
 
 def _instance_wide(exc: BaseException) -> bool:
@@ -145,8 +102,7 @@ class InboundWorker:
         self._claimed: dict[str, SpoolEntry] = {}
         self._writes: dict[str, asyncio.Future[Any]] = {}
         self._raws: dict[str, asyncio.Future[bytes]] = {}
-        self._waiting: dict[str, set[str]] = {name: set() for name in self.clients}
-        self._holds: dict[str, _Hold] = {}
+        self.outage = OutagePolicy(config, self.clients)
         self._bg: set[asyncio.Task[Any]] = set()
         self.stats = {"delivered": 0, "deferred": 0, "failed": 0}
         for name, client in self.clients.items():
@@ -169,48 +125,18 @@ class InboundWorker:
         self._kick.set()
 
     def intake_hold(self, mail_from: str, rcpts: Sequence[str]) -> IntakeHold | None:
-        """For mail arriving now: an IntakeHold if this worker would only defer it once claimed, else None.
-
-        That is when its sender's mail is held back behind an earlier message waiting for Odoo (per-sender
-        order), or when every instance its recipients belong to is down (breaker open, probe not yet due). The
-        intake then spools it `deferred` straight away. Without this, each message arriving during an outage was
-        claimed and deferred again at once: two more spool writes per message, competing with the intake's
-        commits (bench/intake.py, where Odoo is unreachable: a quarter of the intake's throughput).
-        """
-        hold = self._holds.get(_sender_lane(mail_from, ""))  # a null sender's lane is its own: never held
-        if hold is not None and hold.active():
-            return IntakeHold(hold.next_attempt_at, hold.reason, (hold.instance,), self._note_waiting)
-        names: set[str] = set()
-        for rcpt in rcpts:
-            inst = self.config.instance_for_domain(rcpt.rpartition("@")[2])
-            if inst is None:
-                return None
-            names.add(inst.name)
-        retry_at = 0.0
-        for name in names:
-            client = self.clients.get(name)
-            if client is None or client.breaker.state != "open" or client.breaker.probe_due():
-                return None
-            retry_at = max(retry_at, client.breaker.retry_at)
-        if not names:
-            return None
-        instances = tuple(sorted(names))
-        return IntakeHold(retry_at, f"odoo {', '.join(instances)} unavailable (circuit open); spooled to wait for it",
-                          instances, self._note_waiting)
-
-    def _note_waiting(self, queue_id: str, instances: Sequence[str]) -> None:
-        """An entry spooled deferred for these instances: wake it with the others when one comes back."""
-        for name in instances:
-            self._waiting.setdefault(name, set()).add(queue_id)
+        """For mail arriving now: spool it deferred if this worker would only defer it (gateway/outage.py)."""
+        return self.outage.intake_hold(mail_from, rcpts)
 
     def _breaker_listener(self, instance: str) -> Callable[[str], None]:
         return lambda state: self._on_breaker(instance, state)
 
     def _on_breaker(self, instance: str, state: str) -> None:
-        if state != "closed":
-            return
-        ids = sorted(self._waiting.get(instance, ()))
-        self._waiting[instance] = set()
+        if state == "closed":
+            self._wake_later(instance, self.outage.on_closed(instance))
+            self.kick()
+
+    def _wake_later(self, instance: str, ids: list[str]) -> None:
         if ids:
             self._spawn(self._wake(instance, ids))
 
@@ -235,6 +161,7 @@ class InboundWorker:
         self._running = asyncio.current_task()
         log.info("delivery.started", worker=self.worker_id, concurrency=self.delivery.concurrency,
                  instances=sorted(self.clients))
+        await self._adopt_deferred()
         while not self._stopping:
             self._kick.clear()
             capacity = self.max_claimed - len(self._claimed)
@@ -286,14 +213,25 @@ class InboundWorker:
                 await asyncio.wait_for(asyncio.shield(self._running), 1.0)
         log.info("delivery.stopped", released=len(leftovers))
 
+    async def _adopt_deferred(self) -> None:
+        """What an earlier run deferred waits for its instance here too (a restart in an outage loses nothing
+        but the wait), and each instance starts with a first batch, as after its breaker closed."""
+        try:
+            entries = await self.spool.list(state=State.DEFERRED, direction=Direction.INBOUND, limit=_ADOPT_LIMIT)
+        except Exception as exc:
+            log.error("delivery.adopt_failed", error=str(exc))
+            return
+        for instance, ids in self.outage.adopt(entries):
+            self._wake_later(instance, ids)
+
     @staticmethod
     def _sender_key(entry: SpoolEntry) -> str:
-        return _sender_lane(entry.envelope.mail_from, entry.queue_id)
+        return sender_lane(entry.envelope.mail_from, entry.queue_id)
 
     def _enqueue(self, entry: SpoolEntry) -> None:
         self._claimed[entry.queue_id] = entry
         key = self._sender_key(entry)
-        hold = self._holds.get(key)
+        hold = self.outage.holds.get(key)
         if entry.size <= _PREFETCH_BYTES and (hold is None or hold.until <= time.time()):
             # Read small messages ahead: the read's thread hop overlaps the delivery before it. Not for a sender
             # held back by an outage: those entries are only deferred again and their bytes are never used.
@@ -307,7 +245,7 @@ class InboundWorker:
             queue = self._queues[key]
             while queue and not self._stopping:
                 entry = queue.popleft()
-                hold = self._holds.get(key)
+                hold = self.outage.holds.get(key)
                 if hold is not None and hold.applies_to(entry):
                     # Everything of this sender queued behind it waits too: one spool write for all of them.
                     held = [entry]
@@ -322,21 +260,29 @@ class InboundWorker:
                         raise  # stays in _claimed: stop() releases it
                     except Exception as exc:  # a bug must not wedge the lane; the entry is retried later
                         log.exception("delivery.crashed", queue_id=entry.queue_id, message_id=entry.message_id)
-                        await self._safe_defer(entry, f"internal error: {exc!r}")
+                        await self._retry_later(entry, f"internal error: {exc!r}")
                     if entry.queue_id not in self._writes:
                         self._claimed.pop(entry.queue_id, None)
+                for instance, ids in self.outage.finished(entry.queue_id):
+                    self._wake_later(instance, ids)
                 self._backlog_changed()
         finally:
             self._sender_tasks.pop(key, None)
             if not self._queues.get(key):
                 self._queues.pop(key, None)
 
-    async def _hold_back(self, entries: Sequence[SpoolEntry], hold: _Hold) -> None:
+    async def _hold_back(self, entries: Sequence[SpoolEntry], hold: SenderHold) -> None:
         """Keep per-sender order through an outage: wait behind the sender's older deferred message."""
         try:
             moved = await self.spool.defer_many([e.queue_id for e in entries], next_attempt_at=hold.next_attempt_at,
                                                 error=hold.reason)
-            self._waiting.setdefault(hold.instance, set()).update(moved)
+            for queue_id in moved:
+                self.outage.note_waiting(queue_id, [hold.instance])
+        except Exception as exc:  # the spool could not write: let them go as they are (retried when due)
+            log.error("delivery.hold_failed", error=str(exc), queue_ids=[e.queue_id for e in entries])
+            for entry in entries:
+                with contextlib.suppress(Exception):
+                    await self.spool.release(entry.queue_id)
         finally:
             for entry in entries:
                 self._claimed.pop(entry.queue_id, None)
@@ -362,13 +308,33 @@ class InboundWorker:
         while self._writes:
             await asyncio.wait(list(self._writes.values()))
 
-    async def _safe_defer(self, entry: SpoolEntry, error: str) -> None:
+    async def _retry_later(self, entry: SpoolEntry, error: str) -> None:
+        """For what process() does not handle itself (a bug, an unreadable entry, a check that could not be
+        made): retried with backoff like a transient failure and, like one, failed with its reason (and a DSN)
+        once delivery.lifetime is over. Nothing is retried forever."""
+        error = error[:500]
+        self.outage.release_sender(self._sender_key(entry), entry.queue_id)
+        age = time.time() - entry.envelope.received_at
         try:
-            await self.spool.transition(entry.queue_id, State.DEFERRED, error=error[:500], count_attempt=True,
-                                        next_attempt_at=time.time() + self._backoff(entry.attempts + 1))
-        except Exception:
+            if age < self.delivery.lifetime:
+                await self.spool.transition(entry.queue_id, State.DEFERRED, error=error, count_attempt=True,
+                                            next_attempt_at=time.time() + self._backoff(entry.attempts + 1))
+                self.stats["deferred"] += 1
+                return
+            error = f"expired after {age / 86400:.1f} days: {error}"
+            await self.spool.transition(entry.queue_id, State.FAILED, error=error, count_attempt=True)
+            self.stats["failed"] += 1
+            log.warning("delivery.failed", queue_id=entry.queue_id, message_id=entry.message_id, error=error)
+        except Exception as write_error:
+            log.error("delivery.transition_failed", queue_id=entry.queue_id, error=str(write_error))
             with contextlib.suppress(Exception):
                 await self.spool.release(entry.queue_id)
+            return
+        with contextlib.suppress(Exception):  # the sender learns it was not delivered, if it can be told
+            failed = [FailedRecipient(r, "4.4.7", "delivery time expired: the gateway could not process it")
+                      for r in entry.envelope.rcpt_tos
+                      if (entry.rcpt_status or {}).get(r, {}).get("state") not in FINAL]
+            await send_dsn(self.spool, entry, await self.spool.raw(entry.queue_id), failed, hostname=self.hostname)
 
     # -- one message ------------------------------------------------------------------------------------
 
@@ -403,7 +369,7 @@ class InboundWorker:
             if held is not None and held.action == "hold":
                 return await self.auth_gate.hold(self.spool, entry, held, route, status)
             if held is not None:  # a temporary error of a check made here: check again later
-                await self._safe_defer(entry, f"sender authentication: {held.reason}")
+                await self._retry_later(entry, f"sender authentication: {held.reason}")
                 return None
 
         deliver: list[RouteDecision] = []
@@ -423,6 +389,9 @@ class InboundWorker:
                 temp.append((bounces[0].instance or "", exc))
                 for d in bounces:
                     status[d.recipient] = {"state": "deferred", "detail": str(exc), "at": now}
+            except PermFailure as exc:  # unreadable or forged: a dead letter for an operator, no DSN to a bounce
+                for d in bounces:
+                    status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": str(exc), "at": now}
             else:
                 for d in bounces:
                     status[d.recipient] = {"state": "bounce_handled", "instance": d.instance, "at": now}
@@ -581,6 +550,8 @@ class InboundWorker:
         base = {"instance": plan.instance, "at": now}
         ctx = {"queue_id": entry.queue_id, "message_id": log_id, "instance": plan.instance,
                "recipients": list(plan.recipients)}
+        if isinstance(res, ProcessResult | NoRouteError | OdooRefusedError):  # Odoo answered: it is back
+            self._wake_later(plan.instance, self.outage.reached(plan.instance, entry.queue_id))
         if isinstance(res, ProcessResult):
             for r in plan.recipients:
                 status[r] = {**base, "state": "delivered", "result": res.outcome, "record_id": res.record_id,
@@ -591,7 +562,6 @@ class InboundWorker:
                 log.info("delivery.delivered", outcome="false", reason=res.reason, **ctx)
             else:
                 log.warning("delivery.dropped", reason=res.reason, **ctx)
-            self._waiting.get(plan.instance, set()).discard(entry.queue_id)
         elif isinstance(res, NoRouteError | OdooRefusedError):
             notified = isinstance(res, OdooRefusedError) and res.sender_notified
             for r in plan.recipients:
@@ -635,7 +605,7 @@ class InboundWorker:
                 status[r] = {**status[r], "state": "failed",
                              "detail": f"expired after {age / 86400:.1f} days: {status[r].get('detail', '')}"}
                 failed.append(FailedRecipient(r, "4.4.7", f"delivery time expired: {status[r].get('detail', '')}"))
-        self._release_hold(entry)
+        self.outage.release_sender(self._sender_key(entry), entry.queue_id)
         if failed:
             await send_dsn(self.spool, entry, raw, failed, hostname=self.hostname)
         states = {s.get("state") for s in status.values()}
@@ -661,26 +631,24 @@ class InboundWorker:
                      ctx: dict[str, Any]) -> SpoolEntry:
         breaker_only = bool(temp) and all(isinstance(e, BreakerOpenError) for _i, e in temp)
         attempts = entry.attempts + (0 if breaker_only else 1)
-        delay = self._backoff(max(1, attempts))
-        next_at = time.time() + delay
-        for instance, exc in temp:
-            if isinstance(exc, BreakerOpenError):
-                client = self.clients.get(instance)
-                if client is not None and client.breaker.state == "closed":
-                    next_at = time.time()  # it closed while we were busy: go again now, in order
-                else:
-                    next_at = max(next_at, exc.retry_at)
-        for instance, _exc in temp:
-            if instance in self._waiting:
-                self._waiting[instance].add(entry.queue_id)
-        key = self._sender_key(entry)
+        now = time.time()
+        next_at = now + self._backoff(max(1, attempts))
         wide = [(i, e) for i, e in temp if _instance_wide(e)]
-        hold = self._holds.get(key)
-        if wide and (hold is None or hold.queue_id == entry.queue_id
-                     or entry.envelope.received_at < hold.received_at):
-            self._holds[key] = _Hold(entry.queue_id, entry.envelope.received_at, next_at, wide[0][0])
-        elif not wide:
-            self._release_hold(entry)
+        for instance, exc in wide:
+            client = self.clients.get(instance)
+            if client is None:
+                continue
+            if client.breaker.state != "closed":
+                # Parked until the instance is back (gateway/outage.py), not until its next probe.
+                next_at = max(next_at, self.outage.parked_until(entry.envelope.received_at, client.breaker.retry_at))
+            elif isinstance(exc, BreakerOpenError):
+                next_at = now  # it closed while we were busy: go again now, in order
+        self.outage.note_waiting(entry.queue_id, (i for i, _e in temp))
+        key = self._sender_key(entry)
+        if wide:
+            self.outage.hold_sender(key, entry, next_at, wide[0][0])
+        else:
+            self.outage.release_sender(key, entry.queue_id)
         error = "; ".join(dict.fromkeys(str(e) for _i, e in temp))[:1000] or "deferred"
         new = await self.spool.transition(entry.queue_id, State.DEFERRED, error=error, next_attempt_at=next_at,
                                           route=route or None, rcpt_status=status, count_attempt=not breaker_only)
@@ -688,12 +656,6 @@ class InboundWorker:
         log.info("delivery.deferred", error=error, attempts=new.attempts,
                  next_attempt_in=round(next_at - time.time(), 3), **ctx)
         return new
-
-    def _release_hold(self, entry: SpoolEntry) -> None:
-        key = self._sender_key(entry)
-        hold = self._holds.get(key)
-        if hold is not None and hold.queue_id == entry.queue_id:
-            del self._holds[key]
 
     def _backoff(self, attempts: int) -> float:
         return backoff_delay(attempts, self.delivery.retry_initial, self.delivery.retry_max, self._rng)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
 from typing import Any
@@ -73,10 +74,56 @@ def setup_logging(level: str = "info", fmt: str = "auto", stream: Any = None) ->
         logger_factory=structlog.PrintLoggerFactory(file=stream),
         cache_logger_on_first_use=False,
     )
-    # Libraries log through stdlib logging; keep them quiet unless debugging.
-    logging.basicConfig(level=logging.WARNING if level != "debug" else logging.DEBUG, stream=sys.stderr)
+    # Libraries log through stdlib logging (asyncio, aiosmtpd, aioimaplib) and the warnings module: their lines
+    # go through the same renderer, so every line of the daemon's log is JSON (or console), values escaped.
+    root = logging.getLogger()
+    for handler in list(root.handlers):  # a plain console handler (basicConfig's) or ours from an earlier call
+        if type(handler) is logging.StreamHandler or isinstance(handler, _LibraryHandler):
+            root.removeHandler(handler)
+    root.addHandler(_LibraryHandler())
+    root.setLevel(logging.WARNING if level != "debug" else logging.DEBUG)
     for noisy in ("mail.log", "aiosmtpd", "aioimaplib", "asyncio"):
         logging.getLogger(noisy).setLevel(logging.WARNING if level != "debug" else logging.INFO)
+    logging.captureWarnings(True)
+    sys.unraisablehook = _log_unraisable
+
+
+class _LibraryHandler(logging.Handler):
+    """A stdlib log record as a structlog event `library.log` (logger, message; exception text if any)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            method = {logging.DEBUG: "debug", logging.INFO: "info", logging.WARNING: "warning"}.get(
+                record.levelno, "error")
+            fields: dict[str, Any] = {"logger": record.name, "message": printable(record.getMessage(), 2000)}
+            if record.exc_info:
+                fields["exc_info"] = record.exc_info
+            getattr(_library_log, method)("library.log", **fields)
+        except Exception:
+            self.handleError(record)
+
+
+def _log_unraisable(unraisable: Any) -> None:
+    """Exceptions Python cannot raise (in __del__, in a dropped task's callback): one JSON line, not stderr text."""
+    exc = unraisable.exc_value
+    _library_log.error("python.unraisable", message=printable(str(unraisable.err_msg or ""), 2000),
+                       object=printable(repr(unraisable.object), 200),
+                       exc_info=(type(exc), exc, unraisable.exc_traceback) if exc is not None else None)
+
+
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]")
+
+
+def printable(text: str | bytes, limit: int = 200) -> str:
+    """Client bytes as a log value or reply fragment: control and non-ASCII characters escaped (\\x00, \\r,
+    \\u00fc), cut to `limit` characters, so a client can neither forge log lines nor smuggle bytes into replies."""
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", "backslashreplace")
+    if len(text) > limit:
+        text = text[:limit] + "..."
+    if text.isascii() and text.isprintable():
+        return text
+    return _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
 
 
 class _Logger:
@@ -108,3 +155,6 @@ class _Logger:
 
 def get_logger(name: str = "mailgw") -> Any:
     return _Logger(name)
+
+
+_library_log = _Logger("library")
