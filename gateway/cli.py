@@ -6,9 +6,9 @@ import argparse
 import importlib
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from gateway import __version__
-from gateway.logs import setup_logging
 
 # Command name -> module in gateway/commands. Order here is the order in --help.
 COMMANDS = {
@@ -26,10 +26,19 @@ COMMANDS = {
 COMMAND_MODULES = tuple(COMMANDS.values())
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors exit 64 (EX_USAGE), not argparse's 2: MTAs read sysexits codes (Postfix bounces on 2), and
+    `dns-check` gives 2 its own meaning. Subcommand parsers inherit the class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(64, f"{self.prog}: error: {message}\n")
+
+
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """All commands, or with `only` just that one: `mailgw pipe` runs once per message under an MTA, so it
     must not pay for importing what the other commands need (DNS, bounce parsing …)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mailgw",
         description="Mail gateway beside Odoo: receives mail (SMTP, LMTP, pipe, IMAP, POP3), spools it "
         "durably, routes it like Odoo does and delivers it to Odoo; relays Odoo's outbound mail.",
@@ -47,8 +56,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first)
     args = parser.parse_args(argv)
-    # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config).
-    setup_logging("warning", "auto")
+    # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config; pipe sets
+    # logging up only on its slow path).
+    if not getattr(args, "own_logging", False):
+        from gateway.logs import setup_logging
+
+        setup_logging("warning", "auto")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from gateway.config import Config, ConfigError, load_config
+if TYPE_CHECKING:  # imported where used: `mailgw pipe`'s fast path must not load the config models
+    from gateway.config import Config, ConfigError
 
 DEFAULT_CONFIG = os.environ.get("MAILGW_CONFIG", "config.yaml")
 
@@ -22,6 +23,8 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
 def load_config_or_report(path: str, *, prefix: str = "") -> Config | None:
     """The config, or None after printing every error with its YAML path on stderr (the caller picks the exit
     code: 78 for most commands, 75 for `pipe`, whose caller is an MTA that must retry)."""
+    from gateway.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:

@@ -58,9 +58,22 @@ def base_config(tmp: Path, **extra: Any) -> dict[str, Any]:
     return cfg
 
 
+def as_user(user: str | None) -> list[str]:
+    """Command prefix that runs a command as `user` (its own group, no supplementary groups); [] for None."""
+    if user is None:
+        return []
+    import grp
+    import pwd
+
+    group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    return ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", "--"]
+
+
 class DaemonProcess:
-    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None,
+                 run_as: str | None = None):
         self.tmp = tmp
+        self.prefix = as_user(run_as)  # the daemon and `cli` run as this user (None: as the test)
         self.config = config
         self.config_path = tmp / "config.yaml"
         self.write_config(config)
@@ -83,8 +96,8 @@ class DaemonProcess:
         # Readiness is read from what this start writes, not from an earlier run's lines in the same log.
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([MAILGW, "serve", "-c", str(self.config_path)], stdout=log, stderr=log,
-                                     env=self.env, cwd=self.tmp)
+        self.proc = subprocess.Popen([*self.prefix, MAILGW, "serve", "-c", str(self.config_path)], stdout=log,
+                                     stderr=log, env=self.env, cwd=self.tmp)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
@@ -132,8 +145,8 @@ class DaemonProcess:
             raise
 
     def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([MAILGW, *args], input=stdin, capture_output=True, env=self.env, cwd=self.tmp,
-                              timeout=timeout)
+        return subprocess.run([*self.prefix, MAILGW, *args], input=stdin, capture_output=True, env=self.env,
+                              cwd=self.tmp, timeout=timeout)
 
     def queue(self) -> list[dict[str, Any]]:
         out = self.cli("queue", "list", "--json", "--limit", "100000", "-c", str(self.config_path))
