@@ -10,6 +10,7 @@ that they never sit in a model that might be logged.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -145,6 +146,10 @@ class ListenerConfig(_Model):
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
     socket_mode: FileMode = 0o660  # for unix sockets (Postfix's lmtp client must reach it)
+    # Whose XFORWARD (the original client's address, name, HELO and protocol, sent by Postfix with
+    # lmtp_send_xforward_command / smtp_send_xforward_command) is believed: CIDRs on a TCP listener, "unix" on a
+    # unix socket (whoever may open it). Empty: XFORWARD is neither offered nor accepted.
+    trusted_relays: list[str] = []
 
     @model_validator(mode="after")
     def _check_bind(self) -> ListenerConfig:
@@ -157,6 +162,21 @@ class ListenerConfig(_Model):
             host, sep, port = self.bind.rpartition(":")
             if not sep or not port.isdigit() or not host:
                 raise ValueError(f'bind {self.bind!r} must be "host:port" or "unix:PATH"')
+        return self
+
+    @model_validator(mode="after")
+    def _check_relays(self) -> ListenerConfig:
+        for entry in self.trusted_relays:
+            if entry == "unix":
+                if not self.bind.startswith("unix:"):
+                    raise ValueError('trusted_relays: "unix" is for a listener bound to a unix: socket')
+                continue
+            if self.bind.startswith("unix:"):
+                raise ValueError(f'trusted_relays: {entry!r}: a unix: socket has no peer address (use "unix")')
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f'trusted_relays: {entry!r} is neither "unix" nor an address or CIDR') from None
         return self
 
     @property

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from gateway.config import ListenerConfig
 from gateway.headers import extract_message_id
 from gateway.host import default_hostname
+from gateway.intake import xforward
 from gateway.intake.aiosmtpd_compat import hook_dir
 from gateway.intake.smtp_commands import GatewayLMTP, GatewaySMTP
 from gateway.intake.smtp_session import SmtpSession
@@ -87,6 +88,7 @@ class IntakeHandler:
         self.direction = direction
         self.lmtp = listener.kind == "lmtp"
         self.accepted = 0
+        self.relays = xforward.TrustedRelays(listener.trusted_relays)
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -94,6 +96,8 @@ class IntakeHandler:
         # PIPELINING and ENHANCEDSTATUSCODES are what aiosmtpd does but does not say.
         last = responses.pop()
         responses.extend(["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last])
+        if self.relays.trusts(session.peer):
+            responses.insert(-1, f"250-{xforward.KEYWORD}")
         return responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
@@ -148,6 +152,7 @@ class IntakeHandler:
             helo=session.host_name,
             received_at=time.time(),
             source={**({"tls": True} if session.ssl else {}), **({"auth": auth.summary} if auth else {})} or None,
+            client=xforward.client_of(envelope),
         )
         held = auth.hold if auth is not None else None
         hold = self.hold_check(env.mail_from, accepted) if self.hold_check is not None and not held else None

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gateway.config import load_config, parse_config
+from gateway.config import ConfigError, load_config, parse_config
 
 ODOO = {"name": "main", "url": "http://127.0.0.1:8069", "database": "odoo", "password_file": "secrets/odoo",
         "domains": ["example.com"]}
@@ -59,3 +59,23 @@ def test_the_default_state_dir_is_beside_the_config(tmp_path: Path, monkeypatch:
 
 def test_parse_config_without_a_file_keeps_paths_as_given() -> None:
     assert parse_config({"state_dir": "rel"}).state_dir == Path("rel")
+
+
+@pytest.mark.parametrize(("listener", "error"), [
+    ({"kind": "lmtp", "bind": "unix:/x.sock", "trusted_relays": ["127.0.0.1"]}, "has no peer address"),
+    ({"kind": "smtp", "bind": "127.0.0.1:25", "trusted_relays": ["unix"]}, "bound to a unix: socket"),
+    ({"kind": "smtp", "bind": "127.0.0.1:25", "trusted_relays": ["postfix.local"]}, "neither"),
+    ({"kind": "smtp", "bind": "unix:/p.sock"}, "only for kind: lmtp"),
+])
+def test_listener_checks(listener: dict[str, object], error: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"listeners": [listener]})
+    assert error in exc.value.errors[0]
+
+
+def test_trusted_relays_accepted() -> None:
+    cfg = parse_config({"listeners": [
+        {"kind": "lmtp", "bind": "unix:/x.sock", "trusted_relays": ["unix"]},
+        {"kind": "smtp", "bind": "127.0.0.1:2525", "trusted_relays": ["127.0.0.1", "10.0.0.0/8", "::1"]},
+    ]})
+    assert cfg.listeners[1].trusted_relays == ["127.0.0.1", "10.0.0.0/8", "::1"]
