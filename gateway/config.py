@@ -129,8 +129,9 @@ class AuthConfig(_Model):
 
 
 class ListenerConfig(_Model):
-    kind: Literal["smtp", "lmtp", "submission"]
-    bind: str = Field(description='"host:port" or, for LMTP, "unix:/path/to/socket"')
+    # policy: Postfix's check_policy_service asks it about every RCPT (gateway/intake/policy.py)
+    kind: Literal["smtp", "lmtp", "submission", "policy"]
+    bind: str = Field(description='"host:port" or, for LMTP and policy, "unix:/path/to/socket"')
     hostname: str | None = None  # name in the banner and EHLO; default: the machine's FQDN
     banner: str = "ESMTP ready"  # never a version string
     max_message_size: Size = parse_size("25MiB")
@@ -154,8 +155,8 @@ class ListenerConfig(_Model):
     @model_validator(mode="after")
     def _check_bind(self) -> ListenerConfig:
         if self.bind.startswith("unix:"):
-            if self.kind != "lmtp":
-                raise ValueError("unix: sockets are only for kind: lmtp")
+            if self.kind not in ("lmtp", "policy"):
+                raise ValueError("unix: sockets are only for kind: lmtp and kind: policy")
             if len(self.bind) <= 5:
                 raise ValueError("unix: needs a path")
         else:
@@ -166,6 +167,8 @@ class ListenerConfig(_Model):
 
     @model_validator(mode="after")
     def _check_relays(self) -> ListenerConfig:
+        if self.kind == "policy" and (self.tls or self.auth or self.trusted_relays):
+            raise ValueError("a policy listener takes no tls, auth or trusted_relays")
         for entry in self.trusted_relays:
             if entry == "unix":
                 if not self.bind.startswith("unix:"):

@@ -24,6 +24,7 @@ from gateway.exitcodes import EX_CONFIG, EX_OSERR
 from gateway.host import default_hostname
 from gateway.intake.pipe import PipeListener
 from gateway.intake.pipe_handoff import config_identity
+from gateway.intake.policy import PolicyListener
 from gateway.intake.smtp import SmtpListener
 from gateway.logs import get_logger, setup_logging
 from gateway.routing_policy import rcpt_precheck, smtp_line
@@ -69,8 +70,8 @@ class Daemon:
         self.spool: SqliteSpool | None = None
         self.admission = AdmissionPolicy(config)
         self.listeners: list[SmtpListener] = []
-        # Not mail sessions: `mailgw pipe`'s hand-over socket.
-        self.aux_listeners: list[PipeListener] = []
+        # Not mail sessions: `mailgw pipe`'s hand-over socket and Postfix policy listeners.
+        self.aux_listeners: list[PipeListener | PolicyListener] = []
         self.services: list[Service] = []
         self._service_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -97,6 +98,8 @@ class Daemon:
             self._service_tasks.append(asyncio.create_task(self._run_service(svc), name=type(svc).__name__))
         await self._start_aux_listeners()
         for lcfg in cfg.listeners:
+            if lcfg.kind == "policy":
+                continue
             if lcfg.kind == "submission":
                 check = AdmissionPolicy.submission_check(lcfg.auth is not None)
             else:
@@ -114,7 +117,8 @@ class Daemon:
                  aux=[x.address for x in self.aux_listeners])
 
     async def _start_aux_listeners(self) -> None:
-        """The pipe hand-over socket (a path too long for a unix socket only costs `mailgw pipe` its fast path)."""
+        """The pipe hand-over socket (a path too long for a unix socket only costs `mailgw pipe` its fast path)
+        and the policy listeners (a bind that fails is fatal, like a mail listener's)."""
         assert self.spool is not None
         pipe = PipeListener(self.config, self.spool, hostname=self.hostname, identity=lambda: self.config_id,
                             on_stored=self._kick, hold_check=self._intake_hold)
@@ -124,6 +128,11 @@ class Daemon:
         except OSError as exc:
             log.warning("intake.pipe_socket_unavailable", path=str(pipe.path), error=str(exc),
                         hint="mailgw pipe stores without the daemon (slower, as durable)")
+        for lcfg in self.config.listeners:
+            if lcfg.kind == "policy":
+                policy = PolicyListener(lcfg, self.admission)
+                await policy.start()
+                self.aux_listeners.append(policy)
 
     def _build_services(self) -> list[Service]:
         """Every component the config asks for, in dependency order (the Odoo side first: the others read its
@@ -276,7 +285,8 @@ class Daemon:
         self.config_id = config_id
         self.admission.domains = set(new.domain_owner)
         for aux in self.aux_listeners:
-            aux.config = new
+            if isinstance(aux, PipeListener):
+                aux.config = new
         for hook in self.reload_hooks:
             try:
                 await hook(new)

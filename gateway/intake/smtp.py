@@ -240,7 +240,7 @@ def build_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def _prepare_socket_path(p: Path) -> None:
+def prepare_socket_path(p: Path) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists() and stat.S_ISSOCK(p.stat().st_mode):
         p.unlink()  # a stale socket from a previous run
@@ -316,7 +316,7 @@ class SmtpListener:
         loop = asyncio.get_running_loop()
         path = self.cfg.unix_path
         if path:
-            _prepare_socket_path(Path(path))
+            prepare_socket_path(Path(path))
             self.server = await loop.create_unix_server(self._factory, path=path, backlog=1024)
             os.chmod(path, self.cfg.socket_mode)
         else:

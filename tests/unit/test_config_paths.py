@@ -27,7 +27,7 @@ def test_every_relative_path_follows_the_config_file(tmp_path: Path, monkeypatch
         "listeners": [
             {"kind": "smtp", "bind": "127.0.0.1:2525", "tls": {"cert_file": "tls.pem", "key_file": "/abs/tls.key"}},
             {"kind": "lmtp", "bind": "unix:./var/lmtp.sock"},
-            {"kind": "lmtp", "bind": "unix:/run/mailgw/other.sock"},
+            {"kind": "policy", "bind": "unix:/run/mailgw/policy.sock"},
             {"kind": "submission", "bind": "127.0.0.1:2587", "auth": {"users_file": "users"}},
         ],
         "odoo": [ODOO],
@@ -43,7 +43,7 @@ def test_every_relative_path_follows_the_config_file(tmp_path: Path, monkeypatch
     assert smtp.bind == "127.0.0.1:2525"
     assert smtp.tls is not None and smtp.tls.cert_file == etc / "tls.pem" and smtp.tls.key_file == Path("/abs/tls.key")
     assert lmtp.unix_path == str(etc / "var" / "lmtp.sock")
-    assert policy.unix_path == "/run/mailgw/other.sock"
+    assert policy.unix_path == "/run/mailgw/policy.sock"
     assert submission.auth is not None and submission.auth.users_file == etc / "users"
     assert cfg.odoo[0].password_file == etc / "secrets" / "odoo"
     assert cfg.outbound.dkim[0].key_file == etc / ".." / "keys" / "dkim.key"
@@ -65,7 +65,8 @@ def test_parse_config_without_a_file_keeps_paths_as_given() -> None:
     ({"kind": "lmtp", "bind": "unix:/x.sock", "trusted_relays": ["127.0.0.1"]}, "has no peer address"),
     ({"kind": "smtp", "bind": "127.0.0.1:25", "trusted_relays": ["unix"]}, "bound to a unix: socket"),
     ({"kind": "smtp", "bind": "127.0.0.1:25", "trusted_relays": ["postfix.local"]}, "neither"),
-    ({"kind": "smtp", "bind": "unix:/p.sock"}, "only for kind: lmtp"),
+    ({"kind": "policy", "bind": "unix:/p.sock", "trusted_relays": ["unix"]}, "policy listener"),
+    ({"kind": "smtp", "bind": "unix:/p.sock"}, "only for kind: lmtp and kind: policy"),
 ])
 def test_listener_checks(listener: dict[str, object], error: str) -> None:
     with pytest.raises(ConfigError) as exc:
@@ -77,5 +78,6 @@ def test_trusted_relays_accepted() -> None:
     cfg = parse_config({"listeners": [
         {"kind": "lmtp", "bind": "unix:/x.sock", "trusted_relays": ["unix"]},
         {"kind": "smtp", "bind": "127.0.0.1:2525", "trusted_relays": ["127.0.0.1", "10.0.0.0/8", "::1"]},
+        {"kind": "policy", "bind": "127.0.0.1:9998"},
     ]})
     assert cfg.listeners[1].trusted_relays == ["127.0.0.1", "10.0.0.0/8", "::1"]
