@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from tests.system.daemon import MAILGW, DaemonProcess, as_user, base_config, seed_directory
+from tests.system.daemon import MAILGW, DaemonProcess, as_user, base_config, mailgw_for, seed_directory
 
 MSG = b"Message-Id: <pipe-%d@x>\r\nSubject: pipe\r\nTo: help@example.com\r\n\r\nbody\r\n"
 
@@ -162,10 +162,9 @@ def _unprivileged_user() -> str:
         pytest.skip("needs root to run mailgw as an unprivileged user (setpriv)")
     if shutil.which("setpriv") is None:
         pytest.skip("setpriv (util-linux) is not installed")
-    probe = subprocess.run([*as_user("nobody"), MAILGW, "--version"], capture_output=True)
-    if probe.returncode != 0:
-        pytest.skip(f"user nobody cannot run {MAILGW} (put the checkout where every user can read it): "
-                    f"{probe.stderr.decode(errors='replace').strip()[:200]}")
+    if mailgw_for("nobody") is None:
+        pytest.skip(f"user nobody cannot run {MAILGW} (nor a launcher on /usr/bin's Python): put the checkout and "
+                    "its Python where every user can read them")
     return "nobody"
 
 
@@ -186,10 +185,10 @@ def test_relative_paths_from_an_unrelated_directory_as_an_unprivileged_user(publ
     try:
         if running:
             d.start()
-        piped = subprocess.run([*as_user(user), MAILGW, "pipe", "-c", str(d.config_path), "--rcpt", "help@example.com"],
-                               input=message(1), capture_output=True, cwd=unrelated, env=d.env)
+        piped = subprocess.run([*as_user(user), d.mailgw, "pipe", "-c", str(d.config_path), "--rcpt",
+                                "help@example.com"], input=message(1), capture_output=True, cwd=unrelated, env=d.env)
         assert piped.returncode == 0, piped.stderr
-        listed = subprocess.run([*as_user(user), MAILGW, "queue", "list", "--json", "-c", str(d.config_path)],
+        listed = subprocess.run([*as_user(user), d.mailgw, "queue", "list", "--json", "-c", str(d.config_path)],
                                 capture_output=True, cwd="/", env=d.env)
         assert listed.returncode == 0, listed.stderr
         [entry] = json.loads(listed.stdout)
