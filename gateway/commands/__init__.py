@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # imported where used: `mailgw pipe`'s fast path must not load the config models
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `mailgw pipe` pays for every import
+if TYPE_CHECKING:  # imported where used: `mailgw pipe`'s fast path loads neither argparse nor the config models
+    import argparse
+    from typing import Any
+
     from gateway.config import Config, ConfigError
 
-DEFAULT_CONFIG = os.environ.get("MAILGW_CONFIG", "config.yaml")
+    SubParsers = Any  # argparse._SubParsersAction is private; keep the annotation honest but loose
+else:
+    SubParsers = object  # annotations only (they are strings at run time)
 
-SubParsers = Any  # argparse._SubParsersAction is private; keep the annotation honest but loose
+DEFAULT_CONFIG = os.environ.get("MAILGW_CONFIG", "config.yaml")
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:

@@ -14,10 +14,9 @@ heavy import on that path); otherwise this process opens the spool itself. Both 
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from gateway.commands import SubParsers, add_config_arg
+from gateway.commands import DEFAULT_CONFIG, SubParsers, add_config_arg
 from gateway.intake.pipe_handoff import Answer, Fallback, hand_over, too_big
 
 EX_OK, EX_TEMPFAIL = 0, 75  # gateway.exitcodes (not imported: this module stays light)
@@ -49,16 +48,49 @@ def register(sub: SubParsers) -> None:
     legacy.add_argument("--debug", action="store_true", dest="legacy_debug")
     legacy.add_argument("--retry-status", action="store_true", dest="legacy_retry")
     # own_logging: the fast path must not pay for structlog; the slow path sets logging up itself.
-    p.set_defaults(func=run, own_logging=True)
+    p.set_defaults(func=lambda a: run(a.config, a.sender, a.rcpt), own_logging=True)
 
 
-def run(args: argparse.Namespace) -> int:
+def quick_args(argv: list[str]) -> tuple[str, str | None, list[str]] | None:
+    """(config, sender, recipients) from the command line an MTA uses (-c/--config, --sender/-f, --rcpt/-r with one
+    or more addresses), parsed without argparse; None for anything else (help, odoo-mailgate.py's options, a value
+    that looks like an option), which argparse then handles, usage errors included."""
+    config, sender, rcpts = DEFAULT_CONFIG, None, []
+    i = 0
+    while i < len(argv):
+        name = argv[i]
+        if name in ("--rcpt", "-r"):
+            j = i + 1
+            while j < len(argv) and not argv[j].startswith("-"):
+                j += 1
+            if j == i + 1:
+                return None
+            rcpts.extend(argv[i + 1:j])
+            i = j
+            continue
+        if name not in ("-c", "--config", "--sender", "-f") or i + 1 >= len(argv) or argv[i + 1].startswith("-"):
+            return None
+        if name in ("-c", "--config"):
+            config = argv[i + 1]
+        else:
+            sender = argv[i + 1]
+        i += 2
+    return config, sender, rcpts
+
+
+def quick_run(argv: list[str]) -> int | None:
+    """`mailgw pipe ARGS` without argparse when `quick_args` understands ARGS (gateway/cli.py calls it first)."""
+    parsed = quick_args(argv)
+    return None if parsed is None else run(*parsed)
+
+
+def run(config: str, sender: str | None, rcpts: list[str]) -> int:
     raw: bytes | None = None
     try:
-        answer = hand_over(args.config, args.sender, args.rcpt, sys.stdin.buffer)
+        answer = hand_over(config, sender, rcpts, sys.stdin.buffer)
     except Fallback as fallback:  # the daemon cannot take it: store it ourselves
         raw = fallback.raw
-        answer = store_without_daemon(args, raw)
+        answer = store_without_daemon(config, sender, rcpts, raw)
     return report(answer)
 
 
@@ -72,7 +104,7 @@ def report(answer: Answer) -> int:
     return answer.exit
 
 
-def store_without_daemon(args: argparse.Namespace, raw: bytes | None) -> Answer:
+def store_without_daemon(config_path: str, sender: str | None, rcpts: list[str], raw: bytes | None) -> Answer:
     """The slow path: load the config, read stdin (if the fast path did not), open the spool, store."""
     import asyncio
 
@@ -83,7 +115,7 @@ def store_without_daemon(args: argparse.Namespace, raw: bytes | None) -> Answer:
     from gateway.spool import open_spool
 
     setup_logging("warning", "auto")
-    config = load_config_or_report(args.config, prefix="4.3.5 mailgw pipe: ")
+    config = load_config_or_report(config_path, prefix="4.3.5 mailgw pipe: ")
     if config is None:  # an operator problem, not the sender's: the MTA keeps the mail
         return Answer(EX_TEMPFAIL, error="4.3.5 invalid configuration (see above)")
     limit, _ = pipe_limits(config)
@@ -99,7 +131,7 @@ def store_without_daemon(args: argparse.Namespace, raw: bytes | None) -> Answer:
         config.state_dir.mkdir(parents=True, exist_ok=True)
         spool = await open_spool(config)
         try:
-            return await store_piped(config, spool, args.sender, args.rcpt, raw, hostname=default_hostname())
+            return await store_piped(config, spool, sender, rcpts, raw, hostname=default_hostname())
         finally:
             await spool.close()
 

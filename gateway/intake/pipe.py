@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import time
 from collections.abc import Callable
@@ -23,7 +22,7 @@ from gateway.admission import domain_of
 from gateway.config import Config, ListenerConfig
 from gateway.exitcodes import EX_NOUSER, EX_OK, EX_TEMPFAIL, EX_USAGE
 from gateway.headers import envelope_from_headers, extract_message_id
-from gateway.intake.pipe_handoff import SOCKET_NAME, VERSION, Answer, too_big
+from gateway.intake.pipe_handoff import MAX_LINE, SOCKET_NAME, VERSION, Answer, parse_head, too_big
 from gateway.logs import get_logger
 from gateway.spool import Direction, Envelope, Spool, State
 
@@ -120,7 +119,7 @@ class PipeListener:
     async def start(self) -> None:
         if self.path.exists():
             self.path.unlink()  # a stale socket from a previous run (the state dir is ours)
-        self.server = await asyncio.start_unix_server(self._session, path=str(self.path), limit=64 * 1024)
+        self.server = await asyncio.start_unix_server(self._session, path=str(self.path), limit=MAX_LINE)
         os.chmod(self.path, 0o660)
         log.info("intake.listening", kind="pipe", address=self.address)
 
@@ -140,11 +139,11 @@ class PipeListener:
                 if task is not None:
                     self._busy.add(task)
                 limit, _ = pipe_limits(self.config)
-                writer.write(json.dumps({"mailgw_pipe": VERSION, "limit": limit}).encode() + b"\n")
+                writer.write(f"mailgw-pipe {VERSION} {limit}\n".encode())
                 answer = await self._receive(reader, limit)
-                writer.write(answer if isinstance(answer, bytes) else answer.to_json())
+                writer.write(answer if isinstance(answer, bytes) else answer.line())
                 await writer.drain()
-        except (OSError, asyncio.IncompleteReadError, TimeoutError, ValueError, TypeError, KeyError) as exc:
+        except (OSError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError, ValueError) as exc:
             # The client left or sent what we cannot read: nothing was stored, it exits non-zero or falls back.
             log.warning("intake.pipe_dropped", error=repr(exc))
         finally:
@@ -153,18 +152,14 @@ class PipeListener:
             writer.close()
 
     async def _receive(self, reader: asyncio.StreamReader, limit: int) -> Answer | bytes:
-        header = json.loads(await asyncio.wait_for(reader.readline(), _READ_TIMEOUT))
-        if header.get("config") != self.identity():
+        identity, size, sender, rcpts = parse_head(await asyncio.wait_for(reader.readuntil(b"\n\n"), _READ_TIMEOUT))
+        if identity != self.identity():
             # The client was given another config file, or this one changed since the daemon read it.
-            return json.dumps({"fallback": "the daemon runs another config"}).encode() + b"\n"
-        size = int(header["size"])
+            return b"fallback the daemon runs another config\n"
         if size > limit:
             return too_big(limit)
         raw = await asyncio.wait_for(reader.readexactly(size), _READ_TIMEOUT)
-        sender, rcpts = header.get("sender"), header.get("rcpts") or []
-        if (sender is not None and not isinstance(sender, str)) or not all(isinstance(r, str) for r in rcpts):
-            raise ValueError("bad envelope in the pipe header")
-        answer = await store_piped(self.config, self.spool, sender, list(rcpts), raw, hostname=self.hostname,
+        answer = await store_piped(self.config, self.spool, sender, rcpts, raw, hostname=self.hostname,
                                    hold_check=self.hold_check)
         if answer.exit == EX_OK:
             self.accepted += 1

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.intake.pipe_handoff import socket_path
+from gateway.intake.pipe_handoff import parse_head, request_head, socket_path
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -49,11 +49,39 @@ def test_missing_config_means_the_full_config_load(tmp_path: Path) -> None:
 
 
 def test_the_fast_path_imports_nothing_heavy() -> None:
-    """What `mailgw pipe` imports before it knows whether the daemon takes the message."""
-    code = ("import sys; from gateway.cli import build_parser; import gateway.intake.pipe_handoff; "
-            "build_parser('pipe'); print(' '.join(sorted(sys.modules)))")
+    """What `mailgw pipe` imports, beyond the interpreter's own start-up, before it hands the message over."""
+    code = ("import sys; before = set(sys.modules); from gateway.cli import main; from gateway.commands import pipe; "
+            "assert pipe.quick_args(['-c', 'x.yaml', '--sender', '', '--rcpt', 'a@x', 'b@x']) is not None; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, check=True).stdout
     loaded = set(out.split())
     heavy = {"pydantic", "structlog", "aiosmtpd", "yaml", "asyncio", "sqlite3", "gateway.config", "gateway.logs",
-             "gateway.spool", "orjson", "email.message", "dataclasses"}
+             "gateway.spool", "orjson", "email", "dataclasses", "typing", "argparse", "json", "socket", "selectors"}
     assert not loaded & heavy, loaded & heavy
+
+
+@pytest.mark.parametrize(("argv", "parsed"), [
+    (["-c", "/etc/mailgw.yaml", "--sender", "", "--rcpt", "a@x", "b@x"], ("/etc/mailgw.yaml", "", ["a@x", "b@x"])),
+    (["--rcpt", "a@x", "-r", "b@x", "--config", "c.yaml", "-f", "s@y"], ("c.yaml", "s@y", ["a@x", "b@x"])),
+    (["--rcpt"], None),  # argparse's usage error (64)
+    (["--sender", "-x"], None),
+    (["-d", "odoo", "--rcpt", "a@x"], None),  # odoo-mailgate.py's options: argparse
+    (["--help"], None),
+    (["--rcpt=a@x"], None),
+    (["extra"], None),
+])
+def test_quick_arguments(argv: list[str], parsed: object) -> None:
+    from gateway.commands import DEFAULT_CONFIG
+    from gateway.commands.pipe import quick_args
+
+    assert quick_args(argv) == parsed
+    assert quick_args(["--rcpt", "a@x"]) == (DEFAULT_CONFIG, None, ["a@x"])
+
+
+def test_request_head_round_trip() -> None:
+    head = request_head([1, 2, 3, 4], None, ["a@x", "caf\udce9@x"], 10)
+    assert head is not None and parse_head(head) == ([1, 2, 3, 4], 10, None, ["a@x", "caf\udce9@x"])
+    assert parse_head(request_head([1, 2, 3, 4], "", [], 0) or b"") == ([1, 2, 3, 4], 0, "", [])
+    assert request_head([1, 2, 3, 4], "a\nb@x", [], 0) is None  # cannot go on a line: the slow path stores it
+    with pytest.raises(ValueError):
+        parse_head(b"size 3\n\n")
