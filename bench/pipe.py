@@ -42,49 +42,39 @@ from typing import Any
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
+# bench/ holds routing.py and bounce.py: the repository must come first, or they shadow the packages.
+sys.path.insert(0, str(REPO))
 MAILGW = str(Path(sys.executable).parent / "mailgw")
-STANDIN = f"""
-import sys
-sys.path.insert(0, {str(REPO)!r})
-from tests.odoo_standin import OdooStandin
-s = OdooStandin()
-s.instant = 1
-s.record_calls = False
-s.start()
-print(s.port, flush=True)
-sys.stdin.read()
-s.stop()
-"""
+
+from bench.odoo_delivery import make_message, start_standin  # noqa: E402 - needs the path above
 
 
-def make_message(i: int, size: int) -> bytes:
-    head = (f"From: Sender <sender{i % 64}@example.org>\r\nTo: sales@example.com\r\nSubject: bench {i}\r\n"
-            f"Message-Id: <pipe-bench.{i}@example.org>\r\nDate: Sun, 22 Nov 2026 12:00:00 +0000\r\n"
-            f"MIME-Version: 1.0\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n").encode()
-    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
-    return head + line * max(1, (size - len(head)) // len(line))
-
-
-def run_once(argv: list[str], data: bytes) -> tuple[float, int]:
-    """Wall seconds from fork to exit status, and the child's max RSS in KiB; raises on a non-zero exit."""
+def run_once(argv: list[str], data: bytes) -> float:
+    """Wall seconds from fork to exit status; raises on a non-zero exit."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    assert proc.stdin is not None and proc.stderr is not None
-    proc.stdin.write(data)
-    proc.stdin.close()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run(argv, input=data, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     elapsed = time.perf_counter() - t0
-    proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
-        raise RuntimeError(f"{argv[:2]} exited {proc.returncode}: {err.decode(errors='replace')[-500:]}")
-    return elapsed, usage.ru_maxrss
+        raise RuntimeError(f"{argv[:2]} exited {proc.returncode}: {proc.stderr.decode(errors='replace')[-500:]}")
+    return elapsed
 
 
-def summary(name: str, samples: list[tuple[float, int]]) -> dict[str, Any]:
-    walls = sorted(s[0] for s in samples)
-    return {"name": name, "median": statistics.median(walls), "p90": walls[int(len(walls) * 0.9) - 1],
-            "rss": max(s[1] for s in samples) / 1024}
+def max_rss(argv: list[str], data: bytes, runs: int = 5) -> float | None:
+    """The largest RSS (MiB) of `runs` runs, measured by GNU time: a child's own rusage would count the pages it
+    shared with this (larger) process between fork and exec. None without /usr/bin/time."""
+    if not Path("/usr/bin/time").exists():
+        return None
+    peaks = []
+    for _ in range(runs):
+        out = subprocess.run(["/usr/bin/time", "-f", "%M", *argv], input=data, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, check=True)
+        peaks.append(int(out.stderr.decode().strip().splitlines()[-1]))
+    return max(peaks) / 1024
+
+
+def summary(name: str, walls: list[float], rss: float | None) -> dict[str, Any]:
+    walls = sorted(walls)
+    return {"name": name, "median": statistics.median(walls), "p90": walls[int(len(walls) * 0.9) - 1], "rss": rss}
 
 
 def installed_python(tmp: Path) -> tuple[str, str]:
@@ -122,10 +112,8 @@ def main() -> int:
     if not args.mailgate or not Path(args.mailgate).is_file():
         ap.error("give Odoo's odoo-mailgate.py with --mailgate PATH or $ODOO_MAILGATE (see the docstring)")
 
-    standin = subprocess.Popen([sys.executable, "-c", STANDIN], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                               text=True)
-    assert standin.stdout is not None and standin.stdin is not None
-    port = int(standin.stdout.readline())
+    standin, url = start_standin()
+    port = int(url.rpartition(":")[2])
     tmp = Path(tempfile.mkdtemp(prefix="mailgw-bench-pipe-"))
     daemon: subprocess.Popen[bytes] | None = None
     try:
@@ -146,7 +134,7 @@ def main() -> int:
         for warm in messages[:5]:  # page cache and .pyc files
             run_once(mailgate, warm)
             run_once([launcher, *pipe_args], warm)
-        floor = {name: statistics.median(run_once(argv, b"")[0] for _ in range(20))
+        floor = {name: statistics.median(run_once(argv, b"") for _ in range(20))
                  for name, argv in (("python -c pass", [python, "-c", "pass"]),
                                     ("dev venv python -c pass", [sys.executable, "-c", "pass"]))}
 
@@ -161,18 +149,19 @@ def main() -> int:
             sides: dict[str, list[str]] = {"odoo-mailgate.py": mailgate, f"mailgw {phase}": [launcher, *pipe_args]}
             if phase == "up":
                 sides["mailgw up, dev venv"] = [MAILGW, *pipe_args]
-            samples: dict[str, list[tuple[float, int]]] = {name: [] for name in sides}
+            samples: dict[str, list[float]] = {name: [] for name in sides}
             for msg in messages:
                 for name, argv in sides.items():
                     samples[name].append(run_once(argv, msg))
-            phases.append([summary(name, got) for name, got in samples.items()])
+            phases.append([summary(name, got, max_rss(sides[name], messages[0])) for name, got in samples.items()])
 
         print(f"{args.messages} messages of {args.size} octets per side and phase, one process per message")
         print(f"{'':<22} {'median ms':>10} {'p90 ms':>8} {'max RSS MiB':>12} {'ratio':>7}")
         for rows in phases:
             for row in rows:
-                print(f"{row['name']:<22} {row['median'] * 1000:>10.1f} {row['p90'] * 1000:>8.1f} "
-                      f"{row['rss']:>12.1f} {row['median'] / rows[0]['median']:>6.2f}x")
+                rss = "n/a" if row["rss"] is None else f"{row['rss']:.1f}"
+                print(f"{row['name']:<22} {row['median'] * 1000:>10.1f} {row['p90'] * 1000:>8.1f} {rss:>12} "
+                      f"{row['median'] / rows[0]['median']:>6.2f}x")
         for name, seconds in floor.items():
             print(f"{name:<22} {seconds * 1000:>10.1f}   (the interpreter's start-up alone)")
         gate, up = phases[0][0], phases[0][1]
@@ -183,6 +172,7 @@ def main() -> int:
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(30)
+        assert standin.stdin is not None
         standin.stdin.close()
         standin.wait(10)
         shutil.rmtree(tmp, ignore_errors=True)

@@ -7,8 +7,12 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from tests.system.postfix import PostfixStack
 
 
 @pytest.fixture
@@ -21,3 +25,19 @@ def public_tmp() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def stack(public_tmp: Path) -> Iterator[PostfixStack]:
+    """A private Postfix and `mailgw serve` wired by contrib/postfix (tests/system/postfix.py), or a skip that says
+    what is missing."""
+    from tests.system.postfix import PostfixStack, skip_reason
+
+    reason = skip_reason()
+    if reason:
+        pytest.skip(reason)
+    built = PostfixStack(public_tmp)
+    try:
+        yield built
+    finally:
+        built.close()

@@ -21,6 +21,7 @@ import os
 import pwd
 import re
 import shutil
+import smtplib
 import socket
 import subprocess
 import time
@@ -67,6 +68,29 @@ def skip_reason() -> str | None:
         return (f"user {MAILGW_USER} cannot run {MAILGW} (nor a launcher on /usr/bin's Python): put the checkout "
                 "and its Python where every user can read them")
     return None
+
+
+def send(port: int, sender: str, rcpts: list[str], mid: str, body: str = "hello") -> None:
+    """One message to the instance's smtpd, from an Internet client (CLIENT_ADDRESS)."""
+    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(CLIENT_ADDRESS, 0)) as client:
+        client.ehlo("client.sender.test")
+        client.sendmail(sender, rcpts, f"Message-Id: {mid}\r\nSubject: via postfix\r\n\r\n{body}\r\n".encode())
+
+
+def wait_entries(daemon: DaemonProcess, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
+    """mailgw's spool once it holds `count` entries (or what it holds when the time is up)."""
+    deadline = time.monotonic() + timeout
+    while len(entries := daemon.queue()) < count and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return entries
+
+
+def entries_by_mid(daemon: DaemonProcess, count: int) -> dict[str, list[dict[str, Any]]]:
+    """`wait_entries`, grouped by Message-Id."""
+    by_mid: dict[str, list[dict[str, Any]]] = {}
+    for e in wait_entries(daemon, count):
+        by_mid.setdefault(e["message_id"], []).append(e)
+    return by_mid
 
 
 def free_port() -> int:

@@ -7,27 +7,13 @@ from __future__ import annotations
 
 import smtplib
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
 from tests.odoo_standin import OdooStandin, odoo_instance_config
-from tests.system.postfix import CLIENT_ADDRESS, PostfixStack, skip_reason
+from tests.system.postfix import CLIENT_ADDRESS, PostfixStack
 
 pytestmark = pytest.mark.needs_root
-
-
-@pytest.fixture
-def stack(public_tmp: Path) -> Iterator[PostfixStack]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    s = PostfixStack(public_tmp)
-    try:
-        yield s
-    finally:
-        s.close()
 
 
 def rcpt(port: int, address: str) -> tuple[int, str]:

@@ -3,44 +3,13 @@
 
 from __future__ import annotations
 
-import smtplib
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
+import json
 
 import pytest
 
-from tests.system.daemon import DaemonProcess
-from tests.system.postfix import CLIENT_ADDRESS, PostfixStack, skip_reason
+from tests.system.postfix import CLIENT_ADDRESS, PostfixStack, entries_by_mid, send, wait_entries
 
 pytestmark = pytest.mark.needs_root
-
-
-@pytest.fixture
-def stack(public_tmp: Path) -> Iterator[PostfixStack]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    s = PostfixStack(public_tmp)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def send(port: int, sender: str, rcpts: list[str], mid: str, body: str = "hello") -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(CLIENT_ADDRESS, 0)) as client:
-        client.ehlo("client.sender.test")
-        client.sendmail(sender, rcpts, f"Message-Id: {mid}\r\nSubject: via postfix\r\n\r\n{body}\r\n".encode())
-
-
-def wait_entries(daemon: DaemonProcess, count: int, timeout: float = 60.0) -> list[dict[str, Any]]:
-    deadline = time.monotonic() + timeout
-    while len(entries := daemon.queue()) < count and time.monotonic() < deadline:
-        time.sleep(0.2)
-    assert len(entries) >= count, entries
-    return entries
 
 
 def test_every_message_reaches_the_spool_once_with_all_its_recipients(stack: PostfixStack) -> None:
@@ -53,19 +22,17 @@ def test_every_message_reaches_the_spool_once_with_all_its_recipients(stack: Pos
         sent[f"<lmtp-{i}@sender.test>"] = rcpts
         send(stack.postfix.port, "someone@sender.test", rcpts, f"<lmtp-{i}@sender.test>")
     stack.postfix.wait_queue_empty()
-    entries = wait_entries(daemon, len(sent))
-    by_mid: dict[str, list[dict[str, Any]]] = {}
-    for e in entries:
-        by_mid.setdefault(e["message_id"], []).append(e)
+    by_mid = entries_by_mid(daemon, len(sent))
     assert sorted(by_mid) == sorted(sent)
     for mid, rcpts in sent.items():
         [entry] = by_mid[mid]  # exactly once
         assert sorted(entry["rcpt_tos"]) == sorted(rcpts) and entry["intake"] == "lmtp"
         assert entry["mail_from"] == "someone@sender.test"
     # XFORWARD: the entry names the client that spoke to Postfix, not Postfix on the socket.
-    shown = daemon.cli("queue", "show", "--json", entries[0]["queue_id"], "-c", str(daemon.config_path))
+    shown = daemon.cli("queue", "show", "--json", by_mid["<lmtp-0@sender.test>"][0]["queue_id"],
+                       "-c", str(daemon.config_path))
     assert shown.returncode == 0, shown.stderr
-    client = __import__("json").loads(shown.stdout)["client"]
+    client = json.loads(shown.stdout)["client"]
     assert client["addr"] == CLIENT_ADDRESS and client["helo"] == "client.sender.test"
     assert client["proto"] == "ESMTP" and client["source"] == "REMOTE" and client["ident"]
     deliveries = stack.postfix.deliveries()

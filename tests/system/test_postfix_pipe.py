@@ -4,46 +4,11 @@ recipients per message, with the daemon up (hand-over) and down (the command wri
 
 from __future__ import annotations
 
-import smtplib
-import time
-from collections.abc import Iterator
-from pathlib import Path
-from typing import Any
-
 import pytest
 
-from tests.system.daemon import DaemonProcess
-from tests.system.postfix import CLIENT_ADDRESS, PostfixStack, skip_reason
+from tests.system.postfix import PostfixStack, entries_by_mid, send
 
 pytestmark = pytest.mark.needs_root
-
-
-@pytest.fixture
-def stack(public_tmp: Path) -> Iterator[PostfixStack]:
-    reason = skip_reason()
-    if reason:
-        pytest.skip(reason)
-    s = PostfixStack(public_tmp)
-    try:
-        yield s
-    finally:
-        s.close()
-
-
-def send(port: int, sender: str, rcpts: list[str], mid: str, body: str = "hello") -> None:
-    with smtplib.SMTP("127.0.0.1", port, timeout=30, source_address=(CLIENT_ADDRESS, 0)) as client:
-        client.ehlo("client.sender.test")
-        client.sendmail(sender, rcpts, f"Message-Id: {mid}\r\nSubject: piped\r\n\r\n{body}\r\n".encode())
-
-
-def entries_by_mid(daemon: DaemonProcess, count: int, timeout: float = 60.0) -> dict[str, list[dict[str, Any]]]:
-    deadline = time.monotonic() + timeout
-    while len(entries := daemon.queue()) < count and time.monotonic() < deadline:
-        time.sleep(0.2)
-    by_mid: dict[str, list[dict[str, Any]]] = {}
-    for e in entries:
-        by_mid.setdefault(e["message_id"], []).append(e)
-    return by_mid
 
 
 def test_pipe_transport_as_documented(stack: PostfixStack) -> None:
