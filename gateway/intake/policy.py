@@ -22,7 +22,7 @@ from pathlib import Path
 
 from gateway.admission import AdmissionPolicy, domain_of
 from gateway.config import ListenerConfig
-from gateway.intake.smtp import prepare_socket_path
+from gateway.intake.smtp import bound_address, prepare_socket_path
 from gateway.logs import get_logger
 
 log = get_logger("mailgw.intake")
@@ -63,11 +63,7 @@ class PolicyListener:
 
     @property
     def address(self) -> str:
-        if self.cfg.unix_path:
-            return f"unix:{self.cfg.unix_path}"
-        assert self.server is not None
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        return bound_address(self.cfg, self.server)
 
     async def start(self) -> None:
         path = self.cfg.unix_path

@@ -240,6 +240,15 @@ def build_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
+def bound_address(cfg: ListenerConfig, server: asyncio.Server | None) -> str:
+    """Where a listener actually listens ("host:port" with the real port when bound to port 0, or the socket path)."""
+    if cfg.unix_path:
+        return f"unix:{cfg.unix_path}"
+    assert server is not None
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"
+
+
 def prepare_socket_path(p: Path) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists() and stat.S_ISSOCK(p.stat().st_mode):
@@ -276,12 +285,7 @@ class SmtpListener:
 
     @property
     def address(self) -> str:
-        """Where it actually listens ("host:port" with the real port when bound to port 0, or the socket path)."""
-        if self.cfg.unix_path:
-            return f"unix:{self.cfg.unix_path}"
-        assert self.server is not None
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        return bound_address(self.cfg, self.server)
 
     @property
     def port(self) -> int:

@@ -7,6 +7,7 @@ import asyncio
 import socket
 from pathlib import Path
 
+from gateway.intake import xforward
 from gateway.odoo.headers import delivery_headers
 from tests.integration.smtpwire import SmtpWire
 from tests.integration.test_intake_smtp import OURS, listening
@@ -92,6 +93,24 @@ async def test_untrusted_by_default(tmp_path: Path) -> None:
 
         caps, code = await asyncio.to_thread(session)
         assert not any("XFORWARD" in c for c in caps) and code == 550
+
+
+def test_sender_authentication_judges_the_forwarded_client() -> None:
+    """SPF must judge the client Postfix received the message from, which XFORWARD names (gateway/auth/intake.py)."""
+    from types import SimpleNamespace
+
+    from gateway.auth.client import networks
+    from gateway.auth.intake import IntakeAuth
+
+    auth = SimpleNamespace(_relays=networks(["127.0.0.1"]))  # the one attribute _client reads
+    envelope = SimpleNamespace(mail_from=None)
+    assert xforward.command(xforward.TrustedRelays(["unix"]), "", envelope, "ADDR=192.0.2.7 HELO=mail.test") \
+        == "250 2.0.0 Ok"
+    session = SimpleNamespace(peer="", host_name="postfix.local")
+    client = IntakeAuth._client(auth, session, envelope)  # type: ignore[arg-type]
+    assert (client.ip, client.helo, client.via) == ("192.0.2.7", "mail.test", "xforward")
+    plain = IntakeAuth._client(auth, session, SimpleNamespace(mail_from=None))  # type: ignore[arg-type]
+    assert plain.via == "unknown"  # a unix socket without XFORWARD: the Received header decides later
 
 
 def test_received_line_names_the_original_client() -> None:

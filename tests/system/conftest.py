@@ -11,8 +11,19 @@ from typing import TYPE_CHECKING
 
 import pytest
 
+from tests.system.daemon import DaemonProcess, base_config
+
 if TYPE_CHECKING:
     from tests.system.postfix import PostfixStack
+
+
+@pytest.fixture
+def daemon(tmp_path: Path) -> Iterator[DaemonProcess]:
+    """`mailgw serve` with tests/system/daemon.py's base config, not started yet; killed if a test leaves it running."""
+    d = DaemonProcess(tmp_path, base_config(tmp_path))
+    yield d
+    if d.proc is not None and d.proc.poll() is None:
+        d.kill9()
 
 
 @pytest.fixture

@@ -22,13 +22,6 @@ def message(i: int) -> bytes:
     return MSG.replace(b"%d", str(i).encode())
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
-    d = DaemonProcess(tmp_path, base_config(tmp_path))
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.kill9()
-
 
 def stored_by_daemon(d: DaemonProcess) -> set[str]:
     """Message-Ids the daemon itself put in the spool (its log), i.e. what came through the hand-over socket."""
