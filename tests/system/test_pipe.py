@@ -98,16 +98,16 @@ def test_oversize_refused_with_a_reason_without_reading_it_all(tmp_path: Path, r
 
         feeder = threading.Thread(target=feed)
         feeder.start()
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
+        proc.wait(60)
         feeder.join(30)
         assert proc.stderr is not None
         stderr = proc.stderr.read()
         assert proc.returncode == 65, stderr
         # pipe(8) takes the enhanced status code at the start of the output into its bounce.
         assert stderr.startswith(b"5.3.4 ") and b"1048576" in stderr
-        assert written[0] < offered  # it stopped reading: the rest of stdin was never held
-        assert usage.ru_maxrss < 120 * 1024  # KiB: the limit (1 MiB) plus the interpreter, not 256 MiB
+        # It stopped reading at the limit: what the feeder got rid of is the limit, the one write in flight and
+        # the pipe's buffer, not the 256 MiB offered. (The rest of stdin was never read, so never held.)
+        assert written[0] <= 3 * 1024 * 1024, written[0]
         assert len(d.queue()) == 1
     finally:
         d.stop()
