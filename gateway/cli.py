@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib
 import sys
-from collections.abc import Sequence
 
 from gateway import __version__
-from gateway.logs import setup_logging
+
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `mailgw pipe` pays for every import
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
 
 # Command name -> module in gateway/commands. Order here is the order in --help.
 COMMANDS = {
@@ -29,7 +31,18 @@ COMMAND_MODULES = tuple(COMMANDS.values())
 def build_parser(only: str | None = None) -> argparse.ArgumentParser:
     """All commands, or with `only` just that one: `mailgw pipe` runs once per message under an MTA, so it
     must not pay for importing what the other commands need (DNS, bounce parsing …)."""
-    parser = argparse.ArgumentParser(
+    import argparse
+    from typing import NoReturn
+
+    class Parser(argparse.ArgumentParser):
+        """Usage errors exit 64 (EX_USAGE), not argparse's 2: MTAs read sysexits codes (Postfix bounces on 2),
+        and `dns-check` gives 2 its own meaning. Subcommand parsers inherit the class."""
+
+        def error(self, message: str) -> NoReturn:
+            self.print_usage(sys.stderr)
+            self.exit(64, f"{self.prog}: error: {message}\n")
+
+    parser = Parser(
         prog="mailgw",
         description="Mail gateway beside Odoo: receives mail (SMTP, LMTP, pipe, IMAP, POP3), spools it "
         "durably, routes it like Odoo does and delivers it to Odoo; relays Odoo's outbound mail.",
@@ -44,11 +57,21 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["pipe"]:  # forked by an MTA per message: its usual command line skips argparse
+        from gateway.commands.pipe import quick_run
+
+        rc = quick_run(argv[1:])
+        if rc is not None:
+            return rc
     first = next((a for a in argv if not a.startswith("-")), None)
     parser = build_parser(first)
     args = parser.parse_args(argv)
-    # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config).
-    setup_logging("warning", "auto")
+    # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config; pipe sets
+    # logging up only on its slow path).
+    if not getattr(args, "own_logging", False):
+        from gateway.logs import setup_logging
+
+        setup_logging("warning", "auto")
     func = getattr(args, "func", None)
     if func is None:
         parser.print_help()

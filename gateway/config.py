@@ -10,6 +10,7 @@ that they never sit in a model that might be logged.
 from __future__ import annotations
 
 import functools
+import ipaddress
 import os
 import re
 from pathlib import Path
@@ -128,8 +129,9 @@ class AuthConfig(_Model):
 
 
 class ListenerConfig(_Model):
-    kind: Literal["smtp", "lmtp", "submission"]
-    bind: str = Field(description='"host:port" or, for LMTP, "unix:/path/to/socket"')
+    # policy: Postfix's check_policy_service asks it about every RCPT (gateway/intake/policy.py)
+    kind: Literal["smtp", "lmtp", "submission", "policy"]
+    bind: str = Field(description='"host:port" or, for LMTP and policy, "unix:/path/to/socket"')
     hostname: str | None = None  # name in the banner and EHLO; default: the machine's FQDN
     banner: str = "ESMTP ready"  # never a version string
     max_message_size: Size = parse_size("25MiB")
@@ -145,18 +147,39 @@ class ListenerConfig(_Model):
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
     socket_mode: FileMode = 0o660  # for unix sockets (Postfix's lmtp client must reach it)
+    # Whose XFORWARD (the original client's address, name, HELO and protocol, sent by Postfix with
+    # lmtp_send_xforward_command / smtp_send_xforward_command) is believed: CIDRs on a TCP listener, "unix" on a
+    # unix socket (whoever may open it). Empty: XFORWARD is neither offered nor accepted.
+    trusted_relays: list[str] = []
 
     @model_validator(mode="after")
     def _check_bind(self) -> ListenerConfig:
         if self.bind.startswith("unix:"):
-            if self.kind != "lmtp":
-                raise ValueError("unix: sockets are only for kind: lmtp")
+            if self.kind not in ("lmtp", "policy"):
+                raise ValueError("unix: sockets are only for kind: lmtp and kind: policy")
             if len(self.bind) <= 5:
                 raise ValueError("unix: needs a path")
         else:
             host, sep, port = self.bind.rpartition(":")
             if not sep or not port.isdigit() or not host:
                 raise ValueError(f'bind {self.bind!r} must be "host:port" or "unix:PATH"')
+        return self
+
+    @model_validator(mode="after")
+    def _check_relays(self) -> ListenerConfig:
+        if self.kind == "policy" and (self.tls or self.auth or self.trusted_relays):
+            raise ValueError("a policy listener takes no tls, auth or trusted_relays")
+        for entry in self.trusted_relays:
+            if entry == "unix":
+                if not self.bind.startswith("unix:"):
+                    raise ValueError('trusted_relays: "unix" is for a listener bound to a unix: socket')
+                continue
+            if self.bind.startswith("unix:"):
+                raise ValueError(f'trusted_relays: {entry!r}: a unix: socket has no peer address (use "unix")')
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f'trusted_relays: {entry!r} is neither "unix" nor an address or CIDR') from None
         return self
 
     @property
@@ -550,7 +573,40 @@ def format_validation_error(exc: ValidationError) -> list[str]:
     return [f"{_yaml_path(err['loc'])}: {err['msg'].removeprefix('Value error, ')}" for err in exc.errors()]
 
 
+def _anchored(value: Any, base: Path) -> Any:
+    """`value` with every relative path in it made absolute against `base` (None when nothing changed)."""
+    if isinstance(value, Path):
+        return None if value.is_absolute() else base / value
+    if isinstance(value, str):
+        # Socket binds are strings ("unix:PATH" beside "host:port"); only the unix: form holds a path.
+        path = value[5:] if value.startswith("unix:") else None
+        return None if path is None or path.startswith("/") else f"unix:{base / path}"
+    if isinstance(value, BaseModel):
+        changes = {}
+        for name in type(value).model_fields:
+            new = _anchored(getattr(value, name), base)
+            if new is not None:
+                changes[name] = new
+        return value.model_copy(update=changes) if changes else None
+    if isinstance(value, list | tuple):
+        items = [_anchored(v, base) for v in value]
+        if all(v is None for v in items):
+            return None
+        return type(value)(old if new is None else new for old, new in zip(value, items, strict=True))
+    return None
+
+
+def anchor_paths(cfg: Config, base_dir: Path) -> Config:
+    """Every relative path of the config (state_dir, spool path, key, secret and users files, unix socket binds,
+    whatever field holds a path) resolved against `base_dir`: the directory of the config file, for every command.
+    `mailgw pipe` runs from Postfix's queue directory and `serve` from systemd's working directory; with paths
+    taken from the current directory they would each find a different spool."""
+    anchored = _anchored(cfg, base_dir)
+    return cfg if anchored is None else anchored
+
+
 def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
+    """Validate a config mapping; with `base_dir` relative paths are resolved against it (see `anchor_paths`)."""
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -559,13 +615,11 @@ def parse_config(data: Any, *, base_dir: Path | None = None) -> Config:
         cfg = Config.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(exc)) from None
-    if base_dir is not None and not cfg.state_dir.is_absolute():
-        cfg = cfg.model_copy(update={"state_dir": (base_dir / cfg.state_dir)})
-    return cfg
+    return cfg if base_dir is None else anchor_paths(cfg, base_dir)
 
 
 def load_config(path: str | Path) -> Config:
-    """Load and validate; relative `state_dir` is taken from the current directory (as systemd sets it)."""
+    """Load and validate; relative paths in it are taken from the directory of the config file."""
     path = Path(path)
     try:
         text = path.read_text()
@@ -575,4 +629,4 @@ def load_config(path: str | Path) -> Config:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise ConfigError([f"{path}: not valid YAML: {exc}"]) from None
-    return parse_config(data)
+    return parse_config(data, base_dir=Path(os.path.abspath(path)).parent)

@@ -22,6 +22,9 @@ from gateway.admission import AdmissionPolicy
 from gateway.config import Config, ConfigError, load_config
 from gateway.exitcodes import EX_CONFIG, EX_OSERR
 from gateway.host import default_hostname
+from gateway.intake.pipe import PipeListener
+from gateway.intake.pipe_handoff import config_identity
+from gateway.intake.policy import PolicyListener
 from gateway.intake.smtp import SmtpListener
 from gateway.logs import get_logger, setup_logging
 from gateway.routing_policy import rcpt_precheck, smtp_line
@@ -57,13 +60,18 @@ class Service(Protocol):
 
 
 class Daemon:
-    def __init__(self, config: Config, config_path: Path | None = None):
+    def __init__(self, config: Config, config_path: Path | None = None, config_id: list[int] | None = None):
         self.config = config
         self.config_path = config_path
+        # The config file as it was when read (pipe_handoff.config_identity): `mailgw pipe` hands its message over
+        # only to a daemon that runs the config file it was given, unchanged.
+        self.config_id = config_id
         self.hostname = default_hostname()
         self.spool: SqliteSpool | None = None
         self.admission = AdmissionPolicy(config)
         self.listeners: list[SmtpListener] = []
+        # Not mail sessions: `mailgw pipe`'s hand-over socket and Postfix policy listeners.
+        self.aux_listeners: list[PipeListener | PolicyListener] = []
         self.services: list[Service] = []
         self._service_tasks: list[asyncio.Task[None]] = []
         self._stop = asyncio.Event()
@@ -88,7 +96,10 @@ class Daemon:
         self.services.extend(self._build_services())
         for svc in self.services:
             self._service_tasks.append(asyncio.create_task(self._run_service(svc), name=type(svc).__name__))
+        await self._start_aux_listeners()
         for lcfg in cfg.listeners:
+            if lcfg.kind == "policy":
+                continue
             if lcfg.kind == "submission":
                 check = AdmissionPolicy.submission_check(lcfg.auth is not None)
             else:
@@ -102,7 +113,26 @@ class Daemon:
             self.listeners.append(listener)
         settle_garbage_collector()
         notify(f"READY=1\nSTATUS=accepting mail on {', '.join(x.address for x in self.listeners) or 'no listener'}")
-        log.info("daemon.ready", listeners=[x.address for x in self.listeners])
+        log.info("daemon.ready", listeners=[x.address for x in self.listeners],
+                 aux=[x.address for x in self.aux_listeners])
+
+    async def _start_aux_listeners(self) -> None:
+        """The pipe hand-over socket (a path too long for a unix socket only costs `mailgw pipe` its fast path)
+        and the policy listeners (a bind that fails is fatal, like a mail listener's)."""
+        assert self.spool is not None
+        pipe = PipeListener(self.config, self.spool, hostname=self.hostname, identity=lambda: self.config_id,
+                            on_stored=self._kick, hold_check=self._intake_hold)
+        try:
+            await pipe.start()
+            self.aux_listeners.append(pipe)
+        except OSError as exc:
+            log.warning("intake.pipe_socket_unavailable", path=str(pipe.path), error=str(exc),
+                        hint="mailgw pipe stores without the daemon (slower, as durable)")
+        for lcfg in self.config.listeners:
+            if lcfg.kind == "policy":
+                policy = PolicyListener(lcfg, self.admission)
+                await policy.start()
+                self.aux_listeners.append(policy)
 
     def _build_services(self) -> list[Service]:
         """Every component the config asks for, in dependency order (the Odoo side first: the others read its
@@ -239,7 +269,12 @@ class Daemon:
             notify("READY=1")
             return
         try:
+            config_id = config_identity(str(self.config_path))  # before reading: a later edit must not match
             new = load_config(self.config_path)
+        except OSError as exc:
+            log.error("daemon.reload_rejected", errors=[f"{self.config_path}: {exc.strerror}"])
+            notify("READY=1\nSTATUS=reload rejected: config unreadable, still running the old one")
+            return
         except ConfigError as exc:
             log.error("daemon.reload_rejected", errors=exc.errors)
             notify("READY=1\nSTATUS=reload rejected: invalid config, still running the old one")
@@ -247,7 +282,11 @@ class Daemon:
         if [x.model_dump() for x in new.listeners] != [x.model_dump() for x in self.config.listeners]:
             log.warning("daemon.reload_listeners_unchanged", hint="listener changes need a restart")
         self.config = new
+        self.config_id = config_id
         self.admission.domains = set(new.domain_owner)
+        for aux in self.aux_listeners:
+            if isinstance(aux, PipeListener):
+                aux.config = new
         for hook in self.reload_hooks:
             try:
                 await hook(new)
@@ -271,7 +310,8 @@ class Daemon:
     async def drain(self) -> None:
         notify("STOPPING=1")
         log.info("daemon.draining", timeout=self.config.drain_timeout)
-        await asyncio.gather(*(x.drain(self.config.drain_timeout) for x in self.listeners))
+        grace = self.config.drain_timeout
+        await asyncio.gather(*(x.drain(grace) for x in self.listeners), *(x.drain(grace) for x in self.aux_listeners))
         stops = [asyncio.wait_for(svc.stop(), self.config.drain_timeout) for svc in self.services]
         for result in await asyncio.gather(*stops, return_exceptions=True):
             if isinstance(result, BaseException):
@@ -286,8 +326,9 @@ class Daemon:
         log.info("daemon.stopped")
 
 
-async def serve(config: Config, config_path: Path | None = None, ready: Callable[[Daemon], Any] | None = None) -> int:
-    daemon = Daemon(config, config_path)
+async def serve(config: Config, config_path: Path | None = None, ready: Callable[[Daemon], Any] | None = None,
+                config_id: list[int] | None = None) -> int:
+    daemon = Daemon(config, config_path, config_id)
     daemon.install_signal_handlers()
     try:
         try:
@@ -309,7 +350,12 @@ async def serve(config: Config, config_path: Path | None = None, ready: Callable
 
 def run(config_path: Path) -> int:
     try:
+        config_id = config_identity(str(config_path))  # before reading (see Daemon.config_id)
         config = load_config(config_path)
+    except OSError as exc:
+        setup_logging()
+        log.error("config.invalid", path=str(config_path), error=exc.strerror)
+        return EX_CONFIG
     except ConfigError as exc:
         setup_logging()
         for line in exc.errors:
@@ -319,5 +365,5 @@ def run(config_path: Path) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover - uvloop is a dependency, but keep running without it
-        return asyncio.run(serve(config, config_path))
-    return uvloop.run(serve(config, config_path))
+        return asyncio.run(serve(config, config_path, config_id=config_id))
+    return uvloop.run(serve(config, config_path, config_id=config_id))

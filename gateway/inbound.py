@@ -541,7 +541,7 @@ class InboundWorker:
             mail_from=env.mail_from, recipients=plan.recipients, queue_id=entry.queue_id,
             received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,
             message_id=add_mid, eol=line_ending(raw),
-            delivered_to=plan.delivered_to(view.odoo_recipients))
+            delivered_to=plan.delivered_to(view.odoo_recipients), client=env.client)
         return await client.message_process(block + self.auth_gate.prepare(entry, raw), model=plan.model,
                                              thread_id=plan.thread_id)
 

@@ -1,11 +1,12 @@
 """Who the SMTP client really was, when an MTA the operator trusts (Postfix in front) handed the message on.
 
 SPF judges the host that connected to the first server of the organisation, never that server itself: behind
-Postfix every message would otherwise come from 127.0.0.1. A peer listed in `auth.trusted_relays` is asked,
-in this order, for XFORWARD (Postfix's ADDR and HELO attributes, when the listener has them) and for the
-Received header it added on top of the message (``from HELO (rDNS [ADDR])``, Postfix's and Sendmail's form;
-Exim's ``helo=`` too). A Received header is believed only from a trusted relay, and while the host it names
-is itself a trusted relay the next one down is read.
+Postfix every message would otherwise come from 127.0.0.1. The client is, in this order: what XFORWARD said
+(Postfix's ADDR and HELO attributes, accepted only from the listener's own trusted_relays:
+gateway/intake/xforward.py), and for a peer listed in `auth.trusted_relays` the Received header it added on
+top of the message (``from HELO (rDNS [ADDR])``, Postfix's and Sendmail's form; Exim's ``helo=`` too). A
+Received header is believed only from a trusted relay, and while the host it names is itself a trusted relay
+the next one down is read.
 """
 
 from __future__ import annotations

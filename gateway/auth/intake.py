@@ -22,6 +22,7 @@ from gateway.auth.gate import policy_for, recipient_decisions
 from gateway.auth.policy import AuthDecision, strictest
 from gateway.auth.verifier import AuthSession, Verifier
 from gateway.config import Config
+from gateway.intake import xforward
 from gateway.logs import get_logger
 from routing.directory import Directory
 from routing.message import MessageView
@@ -64,7 +65,7 @@ class IntakeAuth:
     # -- hooks ----------------------------------------------------------------------------------------------
 
     def on_mail(self, session: Any, envelope: Any, mail_from: str) -> None:
-        client = self._client(session)
+        client = self._client(session, envelope)
         tx = _Transaction(self.verifier.session(), client, mail_from)
         setattr(envelope, _ATTR, tx)
         if client.via != "unknown":
@@ -113,12 +114,14 @@ class IntakeAuth:
 
     # -- the client ----------------------------------------------------------------------------------------
 
-    def _client(self, session: Any) -> Client:
+    def _client(self, session: Any, envelope: Any) -> Client:
+        # XFORWARD is accepted only from the listener's trusted_relays (gateway/intake/xforward.py), before MAIL.
+        xf = from_xforward(xforward.client_of(envelope))
+        if xf is not None:
+            return xf
         ip = peer_ip(session.peer)
         if ip is None or is_in(ip, self._relays):
-            # A trusted relay (or a local socket): its XFORWARD, else the Received header it adds.
-            xf = from_xforward(getattr(session, "xforward", None))
-            return xf if xf is not None else Client(None, None, "unknown")
+            return Client(None, None, "unknown")  # a trusted relay (or a local socket): the Received header it adds
         return Client(ip, session.host_name, "peer")
 
     def _client_from_header(self, tx: _Transaction, header: bytes) -> None:

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
-from typing import Any
 
-from gateway.config import Config, ConfigError, load_config
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing: `mailgw pipe` pays for every import
+if TYPE_CHECKING:  # imported where used: `mailgw pipe`'s fast path loads neither argparse nor the config models
+    import argparse
+    from typing import Any
+
+    from gateway.config import Config, ConfigError
+
+    SubParsers = Any  # argparse._SubParsersAction is private; keep the annotation honest but loose
+else:
+    SubParsers = object  # annotations only (they are strings at run time)
 
 DEFAULT_CONFIG = os.environ.get("MAILGW_CONFIG", "config.yaml")
-
-SubParsers = Any  # argparse._SubParsersAction is private; keep the annotation honest but loose
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:
@@ -22,6 +27,8 @@ def add_config_arg(p: argparse.ArgumentParser) -> None:
 def load_config_or_report(path: str, *, prefix: str = "") -> Config | None:
     """The config, or None after printing every error with its YAML path on stderr (the caller picks the exit
     code: 78 for most commands, 75 for `pipe`, whose caller is an MTA that must retry)."""
+    from gateway.config import ConfigError, load_config
+
     try:
         return load_config(path)
     except ConfigError as exc:

@@ -24,6 +24,7 @@ from aiosmtpd.smtp import Envelope as SmtpEnvelope
 from gateway.config import ListenerConfig
 from gateway.headers import extract_message_id
 from gateway.host import default_hostname
+from gateway.intake import xforward
 from gateway.intake.aiosmtpd_compat import hook_dir
 from gateway.intake.smtp_commands import GatewayLMTP, GatewaySMTP
 from gateway.intake.smtp_session import SmtpSession
@@ -87,6 +88,7 @@ class IntakeHandler:
         self.direction = direction
         self.lmtp = listener.kind == "lmtp"
         self.accepted = 0
+        self.relays = xforward.TrustedRelays(listener.trusted_relays)
 
     async def handle_EHLO(self, server: SMTP, session: Session, envelope: SmtpEnvelope, hostname: str,
                           responses: list[str]) -> list[str]:
@@ -94,6 +96,8 @@ class IntakeHandler:
         # PIPELINING and ENHANCEDSTATUSCODES are what aiosmtpd does but does not say.
         last = responses.pop()
         responses.extend(["250-PIPELINING", "250-ENHANCEDSTATUSCODES", last])
+        if self.relays.trusts(session.peer):
+            responses.insert(-1, f"250-{xforward.KEYWORD}")
         return responses
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: SmtpEnvelope, address: str,
@@ -148,6 +152,7 @@ class IntakeHandler:
             helo=session.host_name,
             received_at=time.time(),
             source={**({"tls": True} if session.ssl else {}), **({"auth": auth.summary} if auth else {})} or None,
+            client=xforward.client_of(envelope),
         )
         held = auth.hold if auth is not None else None
         hold = self.hold_check(env.mail_from, accepted) if self.hold_check is not None and not held else None
@@ -235,7 +240,16 @@ def build_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     return ctx
 
 
-def _prepare_socket_path(p: Path) -> None:
+def bound_address(cfg: ListenerConfig, server: asyncio.Server | None) -> str:
+    """Where a listener actually listens ("host:port" with the real port when bound to port 0, or the socket path)."""
+    if cfg.unix_path:
+        return f"unix:{cfg.unix_path}"
+    assert server is not None
+    host, port = server.sockets[0].getsockname()[:2]
+    return f"{host}:{port}"
+
+
+def prepare_socket_path(p: Path) -> None:
     p.parent.mkdir(parents=True, exist_ok=True)
     if p.exists() and stat.S_ISSOCK(p.stat().st_mode):
         p.unlink()  # a stale socket from a previous run
@@ -271,12 +285,7 @@ class SmtpListener:
 
     @property
     def address(self) -> str:
-        """Where it actually listens ("host:port" with the real port when bound to port 0, or the socket path)."""
-        if self.cfg.unix_path:
-            return f"unix:{self.cfg.unix_path}"
-        assert self.server is not None
-        host, port = self.server.sockets[0].getsockname()[:2]
-        return f"{host}:{port}"
+        return bound_address(self.cfg, self.server)
 
     @property
     def port(self) -> int:
@@ -311,7 +320,7 @@ class SmtpListener:
         loop = asyncio.get_running_loop()
         path = self.cfg.unix_path
         if path:
-            _prepare_socket_path(Path(path))
+            prepare_socket_path(Path(path))
             self.server = await loop.create_unix_server(self._factory, path=path, backlog=1024)
             os.chmod(path, self.cfg.socket_mode)
         else:

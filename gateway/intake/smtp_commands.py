@@ -21,6 +21,7 @@ from typing import Any
 
 from aiosmtpd.smtp import MISSING, syntax
 
+from gateway.intake import xforward
 from gateway.intake.smtp_session import SmtpSession, log
 from gateway.intake.smtp_syntax import PathError, is_local_name, is_valid_helo, parse_params, split_path
 from gateway.logs import printable
@@ -174,6 +175,12 @@ class GatewaySMTP(SmtpSession):
         except ValueError:  # StreamReader.readline past the line limit
             await self.push("500 5.5.6 Authentication exchange line is too long")
             return MISSING
+
+    async def smtp_XFORWARD(self, arg: str | None) -> None:
+        """The original client, from a trusted relay (Postfix) only: gateway/intake/xforward.py."""
+        assert self.session is not None and self.envelope is not None
+        await self.push(xforward.command(getattr(self.event_handler, "relays", None), self.session.peer,
+                                         self.envelope, arg or ""))
 
     @syntax("DATA")
     async def smtp_DATA(self, arg: str | None) -> None:

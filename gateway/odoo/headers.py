@@ -19,7 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
@@ -45,20 +45,27 @@ def _clean(value: str) -> str:
 def delivery_headers(*, mail_from: str, recipients: Sequence[str], queue_id: str, received_at: float,
                      intake: str = "smtp", helo: str | None = None, peer: str | None = None,
                      hostname: str = "localhost", message_id: str | None = None, eol: bytes = b"\r\n",
-                     delivered_to: Sequence[str] | None = None) -> bytes:
+                     delivered_to: Sequence[str] | None = None, client: Mapping[str, str] | None = None) -> bytes:
     """The block prepended before delivery (see the module docstring), in the message's line ending.
 
     `delivered_to` (default: every recipient) are the recipients written as Delivered-To; see
     `routing.decision.DeliveryPlan.delivered_to` for why recipients the headers already show are left out.
+    `client` is the original client a trusted relay named (XFORWARD, spool Envelope.client): the Received line then
+    names it, as Postfix's own after a content filter does, instead of the relay on the loopback.
     """
     lines = [f"Return-Path: <{_clean(mail_from)}>"]
     lines += [f"Delivered-To: {_clean(r)}" for r in (recipients if delivered_to is None else delivered_to)]
     frm = ""
-    if helo or peer:
+    proto = _INTAKE_PROTOCOL.get(intake, intake.upper() or "local")
+    if client:
+        name, addr = client.get("name"), client.get("addr")
+        where = f"{_clean(name or 'unknown')} [{_clean(addr)}]" if addr else _clean(name or "unknown")
+        frm = f"from {_clean(client.get('helo') or name or 'unknown')} ({where})\r\n\t"
+        proto = _clean(client.get("proto") or proto)
+    elif helo or peer:
         frm = "from " + (_clean(helo or "unknown") + (f" ({_clean(peer)})" if peer else "")) + "\r\n\t"
     for_clause = f" for <{_clean(recipients[0])}>" if len(recipients) == 1 else ""
     when = format_datetime(datetime.fromtimestamp(received_at, UTC))
-    proto = _INTAKE_PROTOCOL.get(intake, intake.upper() or "local")
     lines.append(f"Received: {frm}by {_clean(hostname)} (mailgw) with {proto}\r\n\tid {queue_id}{for_clause};"
                  f"\r\n\t{when}")
     if message_id:

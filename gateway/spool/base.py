@@ -82,6 +82,18 @@ class UnknownEntry(SpoolError):
     pass
 
 
+# What Envelope.client may hold (XFORWARD's attributes, lower-cased): address, reverse name, port, HELO name,
+# protocol (SMTP, ESMTPS ...), the relay's own queue id, LOCAL or REMOTE.
+CLIENT_KEYS = ("addr", "name", "port", "helo", "proto", "ident", "source")
+
+# Columns `entries` gained after the first schema, oldest first: (schema version, column, SQL type). A backend
+# adds the missing ones when it opens an older spool (one place for both backends: the types are plain SQL that
+# SQLite and PostgreSQL both accept).
+ADDED_COLUMNS: tuple[tuple[int, str, str], ...] = (
+    (2, "client", "TEXT"),  # Envelope.client as JSON
+)
+SCHEMA_VERSION = ADDED_COLUMNS[-1][0]
+
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _CROCKFORD_PAIRS = [a + b for a in _CROCKFORD for b in _CROCKFORD]  # 10 bits -> 2 characters
 _PAIR_SHIFTS = tuple(range(90, -1, -10))  # 100 bits, most significant first
@@ -105,6 +117,9 @@ class Envelope:
     received_at: float = field(default_factory=time.time)
     # Where it came from beyond the socket, e.g. {"mailbox": "support", "uidvalidity": 7, "uid": 42}
     source: Mapping[str, Any] | None = None
+    # The original client a trusted relay named (Postfix's XFORWARD): some of CLIENT_KEYS. `peer` and `helo`
+    # stay the relay's own; without a client they are the client.
+    client: Mapping[str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,6 +151,7 @@ class SpoolEntry:
             "peer": self.envelope.peer,
             "helo": self.envelope.helo,
             "source": dict(self.envelope.source) if self.envelope.source else None,
+            "client": dict(self.envelope.client) if self.envelope.client else None,
             "received_at": self.envelope.received_at,
             "message_id": self.message_id,
             "message_id_generated": self.message_id_generated,

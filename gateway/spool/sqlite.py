@@ -28,8 +28,10 @@ from typing import Any, TypeVar
 from gateway.logs import get_logger
 from gateway.spool.base import (
     ACTIVE,
+    ADDED_COLUMNS,
     INITIAL,
     REQUEUE,
+    SCHEMA_VERSION,
     TRANSITIONS,
     Direction,
     Envelope,
@@ -83,26 +85,50 @@ CREATE TABLE IF NOT EXISTS messages (
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-SCHEMA_VERSION = "1"
+# SCHEMA is the first version; the columns added since (base.ADDED_COLUMNS) are added by `_migrate`, for a new
+# spool as for an old one, so there is one path to test.
+FIRST_SCHEMA_VERSION = 1
 
 _INSERT_ENTRY = (
     "INSERT INTO entries (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
-    "message_id_generated, size, received_at, updated_at, next_attempt_at, last_error, dedup_key) VALUES "
+    "message_id_generated, size, received_at, updated_at, next_attempt_at, last_error, dedup_key, client) VALUES "
 )
 _INSERT_MESSAGE = "INSERT INTO messages (queue_id, raw) VALUES "
-_ENTRY_VALUES = "(" + ",".join("?" * 17) + ")"
+_ENTRY_VALUES = "(" + ",".join("?" * 18) + ")"
 
 _COLUMNS = (
     "queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
     "message_id_generated, size, received_at, updated_at, attempts, next_attempt_at, last_error, route, "
-    "rcpt_status, crashes, claimed_by"
+    "rcpt_status, crashes, claimed_by, client"
 )
+
+
+def _migrate(conn: sqlite3.Connection) -> None:
+    """Bring a spool written by an older mailgw up to SCHEMA_VERSION. The daemon and `mailgw pipe` may open the
+    same old spool at once: the check is repeated inside the write lock."""
+
+    def missing() -> list[tuple[int, str, str]]:
+        have = {row[1] for row in conn.execute("PRAGMA table_info(entries)")}
+        return [added for added in ADDED_COLUMNS if added[1] not in have]
+
+    if not missing():
+        return
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        for _version, column, sql_type in missing():
+            conn.execute(f"ALTER TABLE entries ADD COLUMN {column} {sql_type}")
+        conn.execute("INSERT INTO meta(key, value) VALUES ('schema', ?) "
+                     "ON CONFLICT(key) DO UPDATE SET value=excluded.value", (str(SCHEMA_VERSION),))
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
 
 
 def _row_to_entry(row: Sequence[Any]) -> SpoolEntry:
     (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, mid_gen, size,
      received_at, updated_at, attempts, next_attempt_at, last_error, route, rcpt_status, crashes,
-     claimed_by) = row
+     claimed_by, client) = row
     return SpoolEntry(
         queue_id=queue_id,
         direction=Direction(direction),
@@ -115,6 +141,7 @@ def _row_to_entry(row: Sequence[Any]) -> SpoolEntry:
             helo=helo,
             received_at=received_at,
             source=json.loads(source) if source else None,
+            client=json.loads(client) if client else None,
         ),
         message_id=message_id,
         message_id_generated=bool(mid_gen),
@@ -401,7 +428,8 @@ class SqliteSpool(Spool):
         self.path.parent.mkdir(parents=True, exist_ok=True)
         conn = connect(self.path)
         conn.executescript(SCHEMA)
-        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (SCHEMA_VERSION,))
+        conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(FIRST_SCHEMA_VERSION),))
+        _migrate(conn)
         self._writer = _GroupCommitWriter(conn, max_batch, commit_window)
         self._local = threading.local()
         self._readers = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="mailgw-spool-read")
@@ -460,6 +488,8 @@ class SqliteSpool(Spool):
                 src = item.envelope.source
                 # Mailbox intakes add where the message came from: this is their one line per message.
                 extra = {"mailbox": src["mailbox"], "key": item.dedup_key} if src and "mailbox" in src else {}
+                if item.envelope.client:  # the original client a trusted relay (Postfix) named
+                    extra["client"] = item.envelope.client.get("addr") or item.envelope.client.get("name")
                 log.info("spool.put", queue_id=result[0], message_id=row[9], state=row[2], intake=item.envelope.intake,
                          size=len(item.raw), rcpts=len(item.envelope.rcpt_tos), **extra)
         return results
@@ -478,7 +508,8 @@ class SqliteSpool(Spool):
         now = time.time()
         row = (queue_id, str(item.direction), str(state), env.mail_from, dumps(list(env.rcpt_tos)), env.intake,
                env.peer, env.helo, dumps(env.source), message_id, int(generated), len(item.raw), env.received_at,
-               now, now if item.next_attempt_at is None else item.next_attempt_at, item.last_error, item.dedup_key)
+               now, now if item.next_attempt_at is None else item.next_attempt_at, item.last_error, item.dedup_key,
+               dumps(env.client))
         return row, item.raw, item.dedup_key
 
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None

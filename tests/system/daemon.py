@@ -58,9 +58,62 @@ def base_config(tmp: Path, **extra: Any) -> dict[str, Any]:
     return cfg
 
 
+_RUNNABLE: dict[str, str | None] = {}
+
+
+def mailgw_for(user: str) -> str | None:
+    """A `mailgw` executable `user` can run, or None. The venv's own when its interpreter is reachable for that
+    user; otherwise (the interpreter lives in a private home, e.g. pyenv under /root) a launcher on the system's
+    Python of the same version that imports mailgw from this venv's site-packages (compiled wheels are built per
+    minor version, so they load in either interpreter). Made once per user and test session, under /tmp."""
+    if user in _RUNNABLE:
+        return _RUNNABLE[user]
+    import atexit
+    import shutil
+    import sysconfig
+    import tempfile
+
+    def runs(exe: str) -> bool:  # through a shell: a direct exec by setpriv is not what pipe(8) does
+        probe = [*as_user(user), "/bin/sh", "-c", 'exec "$0" --version', exe]
+        return subprocess.run(probe, capture_output=True).returncode == 0
+
+    found: str | None = MAILGW if runs(MAILGW) else None
+    system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
+    if found is None and system.exists():
+        shim = Path(tempfile.mkdtemp(prefix="mailgw-test-python-", dir="/tmp"))
+        atexit.register(shutil.rmtree, shim, True)
+        os.chmod(shim, 0o755)
+        subprocess.run([str(system), "-m", "venv", "--without-pip", str(shim / "venv")], check=True)
+        site = subprocess.run([str(shim / "venv" / "bin" / "python"), "-c", "import sysconfig; "
+                               "print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True)
+        own_site = sysconfig.get_paths()["purelib"]
+        Path(site.stdout.strip(), "mailgw-test-venv.pth").write_text(f"import site; site.addsitedir({own_site!r})\n")
+        launcher = shim / "mailgw"
+        launcher.write_text(f"#!{shim / 'venv' / 'bin' / 'python'}\nimport sys\nfrom gateway.cli import main\n"
+                            "sys.exit(main())\n")
+        os.chmod(launcher, 0o755)
+        found = str(launcher) if runs(str(launcher)) else None
+    _RUNNABLE[user] = found
+    return found
+
+
+def as_user(user: str | None) -> list[str]:
+    """Command prefix that runs a command as `user` (its own group, no supplementary groups); [] for None."""
+    if user is None:
+        return []
+    import grp
+    import pwd
+
+    group = grp.getgrgid(pwd.getpwnam(user).pw_gid).gr_name
+    return ["setpriv", f"--reuid={user}", f"--regid={group}", "--clear-groups", "--"]
+
+
 class DaemonProcess:
-    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None):
+    def __init__(self, tmp: Path, config: dict[str, Any], env: dict[str, str] | None = None,
+                 run_as: str | None = None):
         self.tmp = tmp
+        self.prefix = as_user(run_as)  # the daemon and `cli` run as this user (None: as the test)
+        self.mailgw = MAILGW if run_as is None else (mailgw_for(run_as) or MAILGW)
         self.config = config
         self.config_path = tmp / "config.yaml"
         self.write_config(config)
@@ -83,8 +136,8 @@ class DaemonProcess:
         # Readiness is read from what this start writes, not from an earlier run's lines in the same log.
         self._log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         log = self.log_path.open("ab")
-        self.proc = subprocess.Popen([MAILGW, "serve", "-c", str(self.config_path)], stdout=log, stderr=log,
-                                     env=self.env, cwd=self.tmp)
+        self.proc = subprocess.Popen([*self.prefix, self.mailgw, "serve", "-c", str(self.config_path)], stdout=log,
+                                     stderr=log, env=self.env, cwd=self.tmp)
         self.wait_ready(timeout)
 
     def wait_ready(self, timeout: float) -> None:
@@ -132,8 +185,8 @@ class DaemonProcess:
             raise
 
     def cli(self, *args: str, stdin: bytes | None = None, timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
-        return subprocess.run([MAILGW, *args], input=stdin, capture_output=True, env=self.env, cwd=self.tmp,
-                              timeout=timeout)
+        return subprocess.run([*self.prefix, self.mailgw, *args], input=stdin, capture_output=True, env=self.env,
+                              cwd=self.tmp, timeout=timeout)
 
     def queue(self) -> list[dict[str, Any]]:
         out = self.cli("queue", "list", "--json", "--limit", "100000", "-c", str(self.config_path))

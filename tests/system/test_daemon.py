@@ -18,14 +18,6 @@ import pytest
 from tests.system.daemon import MAILGW, REPO, DaemonProcess, base_config
 
 
-@pytest.fixture
-def daemon(tmp_path: Path):  # type: ignore[no-untyped-def]
-    d = DaemonProcess(tmp_path, base_config(tmp_path))
-    yield d
-    if d.proc is not None and d.proc.poll() is None:
-        d.kill9()
-
-
 def sender_thread(port: int, tag: str, acked: list[str], stop: threading.Event) -> None:
     """Send messages one connection each until stopped or the server dies; remember what got a 250."""
     n = 0
