@@ -1,10 +1,18 @@
-"""DKIM signing of outbound mail (dkimpy), one key per signing domain, chosen by the From domain."""
+"""DKIM signing of outbound mail (dkimpy), chosen by the From domain, and the keys it signs with.
+
+A domain may have two keys, an RSA one (RFC 6376) and an Ed25519 one (RFC 8463): the message then carries
+both signatures, RSA on top (receivers that cannot verify Ed25519 yet use it, the others may use either).
+`generate_key` writes a key file as `mailgw dkim keygen` does and returns the DNS record to publish.
+"""
 
 from __future__ import annotations
 
+import base64
+import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import dkim
 
@@ -20,6 +28,8 @@ SIGNED_HEADERS = (
     b"references", b"mime-version", b"content-type", b"content-transfer-encoding", b"list-unsubscribe",
     b"list-unsubscribe-post", b"auto-submitted",
 )
+# relaxed body canonicalization survives the whitespace changes some relays make (trailing spaces, blank lines)
+CANONICALIZATION = (b"relaxed", b"relaxed")
 _FROM_RE = re.compile(rb"^from[ \t]*:(.*(?:\r?\n[ \t].*)*)", re.IGNORECASE | re.MULTILINE)
 _ADDR_RE = re.compile(rb"[^\s<>\"(),;:]+@([A-Za-z0-9.-]+)")
 
@@ -48,36 +58,91 @@ def from_domain(raw: bytes) -> str | None:
 
 
 class DkimSigner:
-    """Signs with the key whose domain equals the From domain, or whose domain the From domain is under."""
+    """Signs with the keys whose domain equals the From domain, or whose domain the From domain is under."""
 
     def __init__(self, keys: Sequence[DkimKey]):
-        self.keys = {k.domain.lower(): k for k in keys}
+        self.keys: dict[str, list[DkimKey]] = {}
+        for k in keys:
+            self.keys.setdefault(k.domain.lower(), []).append(k)
+        for domain_keys in self.keys.values():  # Ed25519 signed first, so the RSA signature ends on top
+            domain_keys.sort(key=lambda k: k.algorithm.startswith("rsa"))
 
     @classmethod
     def from_config(cls, configs: Sequence[DkimConfig]) -> DkimSigner:
         return cls([DkimKey(c.domain.lower(), c.selector, c.key_file.read_bytes(), c.algorithm) for c in configs])
 
-    def key_for(self, domain: str | None) -> DkimKey | None:
+    def keys_for(self, domain: str | None) -> list[DkimKey]:
         while domain:
             if domain in self.keys:
                 return self.keys[domain]
             domain = domain.partition(".")[2]
-        return None
+        return []
 
     def sign(self, raw: bytes) -> bytes:
-        """The message with a DKIM-Signature prepended, or unchanged when no key applies."""
+        """The message with a DKIM-Signature per key prepended, or unchanged when no key applies."""
         head = _head(raw)
-        key = self.key_for(from_domain(head))
-        if key is None:
+        keys = self.keys_for(from_domain(head))
+        if not keys:
             return raw
         present = {h.split(b":", 1)[0].strip().lower() for h in head.split(b"\r\n")
                    if b":" in h and not h[:1].isspace()}
         headers = [h for h in SIGNED_HEADERS if h in present or h == b"from"]
-        try:
-            sig = dkim.sign(raw, key.selector.encode(), key.domain.encode(), key.private_key,
-                            include_headers=headers, signature_algorithm=key.algorithm.encode(),
-                            linesep=b"\r\n")
-        except Exception as exc:  # a broken key must not stop mail; it goes unsigned and we say so loudly
-            log.error("dkim.sign_failed", domain=key.domain, selector=key.selector, error=str(exc))
-            return raw
-        return sig + raw
+        signatures = b""
+        for key in keys:
+            try:
+                sig = dkim.sign(raw, key.selector.encode(), key.domain.encode(), key.private_key,
+                                include_headers=headers, signature_algorithm=key.algorithm.encode(),
+                                canonicalize=CANONICALIZATION, linesep=b"\r\n")
+            except Exception as exc:  # a broken key must not stop mail; it goes without this signature, loudly
+                log.error("dkim.sign_failed", domain=key.domain, selector=key.selector, error=str(exc))
+                continue
+            signatures = sig + signatures
+        return signatures + raw
+
+
+# -- keys -------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class GeneratedKey:
+    private: bytes  # the key file's content (PEM for RSA, dkimpy's base64 seed for Ed25519)
+    record: str  # the TXT record's value, v=DKIM1; k=…; p=…
+
+
+def generate_key(algorithm: str = "rsa", bits: int = 2048) -> GeneratedKey:
+    """A new signing key and its DNS record value. RSA keys are PKCS#1 PEM (what OpenDKIM and dkimpy read);
+    Ed25519 keys are the base64 32-byte seed dkimpy signs with (`dknewkey --ktype ed25519` writes the same)."""
+    if algorithm == "ed25519":
+        import nacl.signing
+
+        signing = nacl.signing.SigningKey.generate()
+        public = base64.b64encode(bytes(signing.verify_key)).decode()
+        return GeneratedKey(base64.b64encode(bytes(signing)) + b"\n", f"v=DKIM1; k=ed25519; p={public}")
+    if algorithm != "rsa":
+        raise ValueError(f"unknown algorithm {algorithm!r} (rsa or ed25519)")
+    if bits < 1024:
+        raise ValueError("RSA keys shorter than 1024 bits are refused by receivers (RFC 8301); use 2048")
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=bits)
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                            serialization.NoEncryption())
+    spki = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    return GeneratedKey(pem, f"v=DKIM1; k=rsa; p={base64.b64encode(spki).decode()}")
+
+
+def write_key_file(path: Path, content: bytes, *, force: bool = False) -> None:
+    """Created with mode 0600 from the start (never readable by others, not even for a moment)."""
+    flags = os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if force else os.O_EXCL)
+    fd = os.open(path, flags, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        os.write(fd, content)
+    finally:
+        os.close(fd)
+
+
+def zone_line(selector: str, domain: str, record: str) -> str:
+    """The record in master-file syntax, split into quoted strings of at most 255 octets (RFC 1035 §3.3.14)."""
+    parts = " ".join(f'"{record[i:i + 255]}"' for i in range(0, len(record), 255))
+    return f"{selector}._domainkey.{domain.rstrip('.')}. IN TXT ( {parts} )"

@@ -134,7 +134,9 @@ async def test_mx_delivery_verp_dkim_and_stripped_headers(tmp_path: Path) -> Non
             assert entry.envelope.rcpt_tos[token.rcpt_index] == rcpts[0]
             assert mail_from.startswith("bounce+") and mail_from.endswith("@example.com")
             assert b"\r\nReturn-Path:" not in b"\r\n" + data and b"\r\nBcc:" not in b"\r\n" + data
-            assert data.startswith(b"DKIM-Signature:")
+            # This hop's trace field on top (RFC 5321 §4.4), then the signature
+            assert data.startswith(b"Received: by gw.example.com (mailgw) with ESMTPA\r\n\tid " + qid.encode())
+            assert data.split(b"\r\n")[3].startswith(b"DKIM-Signature:")
             assert dkim.verify(data, dnsfunc=dnsfunc_for(dns_server.address)), f"transaction {index}"
         # A forged token (another queue id) does not validate.
         forged = capture.transactions[0][0].replace(qid[:4].lower(), "zzzz")
