@@ -399,7 +399,7 @@ class RelayConfig(_SecretHolder):
 class DestinationConfig(_Model):
     """Limits for mail to one destination: recipient `domains`, and/or domains whose MX host names end in one
     of `mx` (``google.com`` covers every Google Workspace domain). Built-in entries for the big providers
-    (gateway/outbound/destinations.py) are replaced by an entry of the same name."""
+    (gateway/outbound/destinations.py) take the keys an entry of the same name sets."""
 
     domains: list[str] = []
     mx: list[str] = []

@@ -25,7 +25,7 @@ log = get_logger("mailgw.outbound")
 
 # Starting points, not published figures: Google, Microsoft and Yahoo publish no numbers, throttle per sending
 # IP and reputation, and say "slow down" with 421/4.7.x when a sender goes too fast; the adaptive limit takes
-# it from there. An entry of the same name under outbound.destinations replaces one of these.
+# it from there. An entry of the same name under outbound.destinations changes the keys it sets.
 BUILTIN_DESTINATIONS: Mapping[str, DestinationConfig] = {
     "google": DestinationConfig(domains=["gmail.com", "googlemail.com"], mx=["google.com", "googlemail.com"],
                                 concurrency=5, rate=20.0),
@@ -183,7 +183,11 @@ class Destinations:
     def __init__(self, cfg: OutboundConfig, clock: Callable[[], float] = time.time):
         self.cfg = cfg
         self.clock = clock
-        self.policies: dict[str, DestinationConfig] = {**BUILTIN_DESTINATIONS, **cfg.destinations}
+        self.policies: dict[str, DestinationConfig] = dict(BUILTIN_DESTINATIONS)
+        for name, given in cfg.destinations.items():  # a configured entry changes the keys it sets
+            base = self.policies.get(name)
+            self.policies[name] = (base.model_copy(update={k: getattr(given, k) for k in given.model_fields_set})
+                                   if base is not None else given)
         self._by_domain = {d.lower().rstrip("."): name for name, p in self.policies.items() for d in p.domains}
         self._mx_suffixes = [(s.lower().strip("."), name) for name, p in self.policies.items() for s in p.mx]
         self._live: dict[str, Destination] = {}

@@ -114,6 +114,10 @@ class OutboundWorker:
             except Exception as exc:  # only the final spool write can get here; the entry waits and is retried
                 log.error("outbound.crashed", queue_id=entry.queue_id, message_id=entry.message_id, error=repr(exc))
                 with contextlib.suppress(Exception):
+                    current = await self.spool.get(entry.queue_id)
+                    if current is None or current.state != State.OUTGOING:  # e.g. cancelled meanwhile: leave it
+                        await self.spool.release(entry.queue_id)
+                        return
                     await self.spool.transition(entry.queue_id, State.OUTGOING, error=f"internal error: {exc!r}",
                                                 next_attempt_at=self.clock() + self._backoff(entry.attempts + 1),
                                                 count_attempt=True)
