@@ -8,11 +8,13 @@ both signatures, RSA on top (receivers that cannot verify Ed25519 yet use it, th
 from __future__ import annotations
 
 import base64
+import hashlib
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import dkim
 
@@ -57,10 +59,69 @@ def from_domain(raw: bytes) -> str | None:
     return addr.group(1).decode("ascii", "replace").lower().rstrip(".") if addr else None
 
 
+class _OpenSslKey(dict[str, Any]):
+    """dkimpy's parsed RSA key (a dict, so dkimpy's own code keeps working with it) plus OpenSSL's."""
+
+    openssl: Any = None
+
+
+_parsed: dict[bytes, Any] = {}
+_pure_parse: Callable[[bytes], Any] = dkim.parse_pem_private_key
+_pure_sign: Callable[[Any, Any], bytes] = dkim.RSASSA_PKCS1_v1_5_sign
+
+
+def _parse_key(data: bytes) -> Any:
+    """Parsed once per key (dkimpy re-parses the PEM for every message), with OpenSSL's key attached when it
+    signs exactly as dkimpy does: PKCS#1 v1.5 is deterministic, so both must give the same bytes."""
+    key = _parsed.get(data)
+    if key is not None:
+        return key
+    key = _OpenSslKey(_pure_parse(data))
+    try:
+        from cryptography.hazmat.primitives import hashes, serialization
+        from cryptography.hazmat.primitives.asymmetric import padding, rsa, utils
+
+        openssl = serialization.load_pem_private_key(data, password=None)
+        if not isinstance(openssl, rsa.RSAPrivateKey):
+            raise TypeError(f"not an RSA key: {type(openssl).__name__}")
+        probe = hashlib.sha256(b"mailgw dkim self-check")
+        fast = openssl.sign(probe.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256()))
+        if fast == bytes(_pure_sign(probe, key)):
+            key.openssl = openssl
+        else:
+            log.warning("dkim.openssl_mismatch", hint="signing with dkimpy's pure-Python RSA")
+    except Exception as exc:  # cryptography missing or a key it reads differently: the slow path still works
+        log.warning("dkim.openssl_unavailable", error=repr(exc))
+    if len(_parsed) < 64:
+        _parsed[data] = key
+    return key
+
+
+def _sign_digest(hasher: Any, key: Any) -> bytes:
+    openssl = getattr(key, "openssl", None)
+    if openssl is None or len(hasher.digest()) != 32:
+        return bytes(_pure_sign(hasher, key))
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding, utils
+
+    return bytes(openssl.sign(hasher.digest(), padding.PKCS1v15(), utils.Prehashed(hashes.SHA256())))
+
+
+def use_openssl_for_rsa() -> None:
+    """dkimpy computes RSA signatures in pure Python: ~8 ms per 2048-bit signature, on the event loop (119
+    messages/s with RSA against 1,069 with Ed25519, bench/outbound.py). OpenSSL (through `cryptography`) gives
+    the same signature in well under a millisecond. dkimpy looks both steps up as module globals of `dkim`;
+    they are replaced by the two functions above, which fall back to dkimpy's own when anything differs."""
+    dkim.parse_pem_private_key = _parse_key
+    dkim.RSASSA_PKCS1_v1_5_sign = _sign_digest
+
+
 class DkimSigner:
     """Signs with the keys whose domain equals the From domain, or whose domain the From domain is under."""
 
     def __init__(self, keys: Sequence[DkimKey]):
+        if any(k.algorithm.startswith("rsa") for k in keys):
+            use_openssl_for_rsa()
         self.keys: dict[str, list[DkimKey]] = {}
         for k in keys:
             self.keys.setdefault(k.domain.lower(), []).append(k)
