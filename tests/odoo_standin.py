@@ -38,7 +38,7 @@ from email.utils import getaddresses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from tests.odoo_standin_mail import NOTIFICATION_FIELDS, AccessDenied, MailModel
+from tests.odoo_standin_mail import NOTIFICATION_FIELDS, AccessDenied, MailModel, UniqueViolation
 
 _TRACEBACK_HEAD = (
     "Traceback (most recent call last):\n"
@@ -650,6 +650,8 @@ class OdooStandin:
                 return self.mail.write(ids, args[1] if len(args) > 1 else kwargs.get("vals", {}))
         except AccessDenied as exc:
             raise access_error(str(exc)) from None
+        except UniqueViolation as exc:
+            raise validation_error(f"The operation cannot be completed: {exc}") from None
         except KeyError as exc:
             raise OdooError("odoo.exceptions.MissingError", str(exc.args[0]), fault=2, status=404) from None
         except ValueError as exc:

@@ -10,6 +10,8 @@ Faithful to Odoo 19 (addons/mail):
 - `mail.thread._routing_handle_bounce`, only when a bounced address was found: `message_bounce += 1` on every
   partner with that normalized address (and on the message's record), and the message's notifications of those
   partners or of that address become ``bounce`` / ``mail_bounce`` with the plain text of the bounce as reason.
+- Constraints of `mail.notification` (19.0): a unique index on (message, partner), and an email notification
+  needs a partner, an address or a failure type.
 - Access (security/ir.model.access.csv, mail_security.xml): an internal user may create notifications and read
   them; the rule "mail.notifications: group_user: write its own entries" limits *write* to rows whose partner is
   the user's own, administrators included (no admin override rule) — AccessError, fault 4 / HTTP 403; an
@@ -28,8 +30,9 @@ from typing import Any
 NOTIFICATION_FIELDS = {"id", "mail_message_id", "res_partner_id", "author_id", "notification_type",
                        "notification_status", "failure_type", "failure_reason", "mail_email_address", "is_read",
                        "mail_mail_id"}
-FAILURE_TYPES = {"unknown", "mail_spam", "mail_email_invalid", "mail_email_missing", "mail_from_invalid",
-                 "mail_from_missing", "mail_smtp", "mail_bl", "mail_optout", "mail_dup", "mail_bounce"}
+# mail.notification.failure_type in 19.0 (mail.mail has mail_spam too; the notification has not)
+FAILURE_TYPES = {"unknown", "mail_bounce", "mail_email_invalid", "mail_email_missing", "mail_from_invalid",
+                 "mail_from_missing", "mail_smtp", "mail_bl", "mail_optout", "mail_dup"}
 STATUSES = {"ready", "process", "pending", "sent", "bounce", "exception", "canceled"}
 _MSGID = re.compile(r"<[^<>]+>")
 
@@ -45,6 +48,11 @@ def email_normalize(address: str) -> str:
 
 class AccessDenied(Exception):
     """Raised here, turned into the stand-in's AccessError (fault 4 / 403) by the caller."""
+
+
+class UniqueViolation(Exception):
+    """A database constraint: Odoo answers with a ValidationError (fault 2 / 422) "The operation cannot be
+    completed: …"."""
 
 
 class MailModel:
@@ -100,8 +108,16 @@ class MailModel:
             unknown = set(vals) - NOTIFICATION_FIELDS
             if unknown:
                 raise ValueError(f"Invalid field {sorted(unknown)[0]!r} on model 'mail.notification'")
-            nid = next(self.next_id)
             partner_id = vals.get("res_partner_id")
+            if partner_id and any(_m2o(n["mail_message_id"]) == message_id and _m2o(n["res_partner_id"]) == partner_id
+                                  for n in self.db["mail.notification"]):
+                raise UniqueViolation('duplicate key value violates unique constraint '
+                                      '"mail_notification__unique_mail_message_id_res_partner_id_"')
+            if vals.get("notification_type") == "email" and not (partner_id or vals.get("failure_type")
+                                                                 or vals.get("mail_email_address")):
+                raise UniqueViolation('new row violates check constraint '
+                                      '"mail_notification__notification_partner_or_email_required"')
+            nid = next(self.next_id)
             row = {"id": nid, "notification_type": "inbox", "notification_status": "ready", "failure_type": False,
                    "failure_reason": False, "mail_email_address": False, "is_read": False, "mail_mail_id": False,
                    "author_id": False, **vals}

@@ -13,10 +13,11 @@ Odoo 19 offers no public method for that, and the two obvious routes do not do i
 - writing the notification is refused (AccessError, fault 4 / HTTP 403) even to an administrator: the record
   rule "mail.notifications: group_user: write its own entries" lets a user write only notifications whose
   partner is the user's own.
-Odoo's access rules do let an administrator (the gateway's user, docs/odoo.md §1) create notifications and
-delete them. So the gateway replaces the recipient's notification: it creates the failed one first — the same
-fields Odoo's own send failure writes — and then deletes the one that said ``sent``. Created first, a crash in
-between leaves both rows (the message shows the failure) and the retry only deletes the leftover.
+Odoo's access rules do let an administrator (the gateway's user, docs/odoo.md §1) delete notifications and
+create them. So the gateway replaces the recipient's notification: it deletes the row that says ``sent`` and
+creates the failed one with the fields Odoo's own send failure writes. In that order: Odoo 19 has a unique index
+on (message, partner). Should the second call not happen (Odoo gone in between), the report is retried, finds
+the partner without a notification on that message, and creates it.
 """
 
 from __future__ import annotations
@@ -29,8 +30,8 @@ from gateway.odoo.client import OdooClient
 
 log = get_logger("mailgw.odoo")
 
-NOTIFICATION_FIELDS = ["id", "res_partner_id", "author_id", "notification_status", "failure_type",
-                       "failure_reason", "is_read"]
+NOTIFICATION_FIELDS = ["id", "res_partner_id", "author_id", "notification_type", "notification_status",
+                       "failure_type", "failure_reason", "is_read"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,8 +48,6 @@ def failure_type_for(status: str, reason: str) -> str:
     status = status or ""
     if status[1:] in (".1.3", ".6.7") or reason == "syntaxerror":
         return "mail_email_invalid"  # "Invalid email address": the address cannot be used as written
-    if reason == "spamdetected":
-        return "mail_spam"  # "Detected As Spam"
     if (status[1:4] == ".4." and status[1:] != ".4.7") or reason == "networkerror":
         return "mail_smtp"  # "Connection failed (outgoing mail server problem)"
     return "unknown"  # "Unknown error", with the server's answer as the reason, as for any other SMTP refusal
@@ -74,15 +73,16 @@ async def report_delivery_failure(client: OdooClient, failure: DeliveryFailure) 
     `OdooClient.call` (temporary ones make the caller retry)."""
     if client.major_version is None:  # the version decides which fields exist
         await client.version()
-    messages = await client.search_read("mail.message", [["message_id", "=", failure.message_id]], ["id"],
-                                        order="id desc", limit=1)
+    messages = await client.search_read("mail.message", [["message_id", "=", failure.message_id]],
+                                        ["id", "author_id"], order="id desc", limit=1)
     if not messages:
         return "no_message"
     message_id = int(messages[0]["id"])
+    author = _id(messages[0].get("author_id")) or False
     email = email_normalize(failure.recipient)
     partners = [int(p["id"]) for p in await client.search_read("res.partner", [["email_normalized", "=", email]],
                                                                  ["id"])]
-    domain: list[Any] = [["mail_message_id", "=", message_id], ["notification_type", "=", "email"]]
+    domain: list[Any] = [["mail_message_id", "=", message_id]]
     fields = list(NOTIFICATION_FIELDS)
     if (client.major_version or 0) >= 19:  # notifications of plain addresses, without a partner (19.0)
         fields.append("mail_email_address")
@@ -93,35 +93,39 @@ async def report_delivery_failure(client: OdooClient, failure: DeliveryFailure) 
     else:
         return "no_notification"
     rows = await client.search_read("mail.notification", domain, fields)
-    if not rows:
-        return "no_notification"
-    groups: dict[Any, list[dict[str, Any]]] = {}
+    groups: dict[Any, list[dict[str, Any]]] = {pid: [] for pid in partners}  # a partner without a row gets one
     for row in rows:
         groups.setdefault(_id(row.get("res_partner_id")) or row.get("mail_email_address"), []).append(row)
+    if not groups:
+        return "no_notification"
     create: list[dict[str, Any]] = []
     delete: list[int] = []
     outcome = "already"
-    for group in groups.values():
+    for key, rows_of in groups.items():
+        group = [r for r in rows_of if r.get("notification_type") == "email"]
+        if rows_of and not group:
+            continue  # notified in Odoo only (inbox): no mail went to this partner
         if any(r.get("notification_status") == "bounce" for r in group):
             outcome = "bounced" if outcome == "already" else outcome
             continue
-        done = [r for r in group if r.get("notification_status") == "exception"
-                and r.get("failure_reason") == failure.reason]
-        if not done:
-            first = group[0]
-            values = {"mail_message_id": message_id, "res_partner_id": _id(first.get("res_partner_id")),
-                      "author_id": _id(first.get("author_id")), "notification_type": "email",
-                      "notification_status": "exception", "failure_type": failure.failure_type,
-                      "failure_reason": failure.reason, "is_read": bool(first.get("is_read", True))}
-            if "mail_email_address" in first:
-                values["mail_email_address"] = first.get("mail_email_address") or False
-            create.append(values)
-        delete += [int(r["id"]) for r in group if r not in done]
-    if create:
-        await client.call("mail.notification", "create", [create], names=("vals_list",))
-        outcome = "marked"
+        if any(r.get("notification_status") == "exception" and r.get("failure_reason") == failure.reason
+               for r in group):
+            continue
+        first = group[0] if group else {}
+        values: dict[str, Any] = {
+            "mail_message_id": message_id, "notification_type": "email", "notification_status": "exception",
+            "failure_type": failure.failure_type, "failure_reason": failure.reason,
+            "author_id": _id(first.get("author_id")) or author, "is_read": bool(first.get("is_read", True))}
+        if isinstance(key, int):
+            values["res_partner_id"] = key
+        else:
+            values["mail_email_address"] = key
+        create.append(values)
+        delete += [int(r["id"]) for r in group]
     if delete:
         await client.call("mail.notification", "unlink", [delete], names=("ids",))
+    if create:
+        await client.call("mail.notification", "create", [create], names=("vals_list",))
         outcome = "marked"
     log.info("odoo.delivery_failure", instance=client.name, message_id=failure.message_id,
              recipient=failure.recipient, failure_type=failure.failure_type, outcome=outcome)

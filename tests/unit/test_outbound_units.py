@@ -143,7 +143,7 @@ def test_tls_failure_result_types() -> None:
 
 @pytest.mark.parametrize(("status", "reason", "expected"), [
     ("5.6.7", "contenterror", "mail_email_invalid"), ("5.1.3", "userunknown", "mail_email_invalid"),
-    ("5.7.1", "spamdetected", "mail_spam"), ("5.4.4", "hostunknown", "mail_smtp"),
+    ("5.7.1", "spamdetected", "unknown"), ("5.4.4", "hostunknown", "mail_smtp"),
     ("5.4.7", "expired", "unknown"), ("5.7.1", "policyviolation", "unknown"), ("5.3.0", "systemerror", "unknown"),
 ])
 def test_odoo_failure_types(status: str, reason: str, expected: str) -> None:
