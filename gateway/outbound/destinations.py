@@ -213,6 +213,15 @@ class Destinations:
         policy = self.policies.get(name) or self.policies["default"]
         return self._get(name, Limits(policy.concurrency, policy.rate))
 
+    def waiting(self, domain: str) -> float | None:
+        """When a known destination of `domain` takes mail again, if that is further than an in-memory wait
+        (the relay, or the domain's provider or itself by name; one recognised only by its MX is not looked up)."""
+        name = "relay" if self.cfg.relay is not None else self.name_for(domain)
+        dest = self._live.get(name)
+        if dest is None or dest.wait_time() <= MAX_PACE_WAIT:
+            return None
+        return dest.resume_at()
+
     def _get(self, name: str, limits: Limits) -> Destination:
         dest = self._live.get(name)
         if dest is None:

@@ -149,11 +149,16 @@ class OutboundWorker:
         mine = [r for r in pending if r.rpartition("@")[2].lower() in self.local_domains]
         if mine:
             await self._deliver_locally(entry, raw, mine, status)
-        remote = [r for r in pending if r not in mine]
-        if not remote:
+        groups = group_by_domain([r for r in pending if r not in mine])
+        for domain in list(groups):  # a destination that asked us to slow down: no signing, no connection
+            resume = self.sender.destinations.waiting(domain)
+            if resume is not None:
+                for rcpt in groups.pop(domain):
+                    self._record(status, rcpt, RcptResult("temporary", 451, "4.7.0 waiting for destination", True,
+                                                          resume))
+        if not groups:
             return
         message = self._received(entry) + self.signer.sign(strip_headers(raw))
-        groups = group_by_domain(remote)
         outcomes = await asyncio.gather(*(self.sender.deliver(domain, self._transactions(entry, rcpts), message)
                                           for domain, rcpts in groups.items()), return_exceptions=True)
         for (domain, rcpts), outcome in zip(groups.items(), outcomes, strict=True):
