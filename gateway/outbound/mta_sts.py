@@ -122,11 +122,10 @@ class MtaSts:
         domain = domain.lower().rstrip(".")
         lock = self._locks.setdefault(domain, asyncio.Lock())
         async with lock:  # one fetch per domain at a time, however many messages wait for it
-            try:
-                return await self._policy(domain)
-            finally:
-                if not lock.locked() and len(self._locks) > 1000:
-                    self._locks.pop(domain, None)
+            result = await self._policy(domain)
+        if len(self._locks) > 1000:  # forget the locks nobody holds
+            self._locks = {d: lk for d, lk in self._locks.items() if lk.locked()}
+        return result
 
     async def _policy(self, domain: str) -> PolicyLookup:
         now = self.clock()
