@@ -39,6 +39,11 @@ class FakeMx:
     messages: list[Received] = field(default_factory=list)
     _windows: dict[str, tuple[float, int]] = field(default_factory=dict)
 
+    @property
+    def transactions(self) -> list[tuple[str, list[str], bytes]]:
+        """(MAIL FROM, recipients, data) of every message received."""
+        return [(m.mail_from, m.rcpts, m.data) for m in self.messages]
+
     async def handle_MAIL(self, server: SMTP, session: Any, envelope: Any, address: str,
                           mail_options: list[str]) -> str:
         if self.throttle is not None:
