@@ -169,6 +169,7 @@ class Daemon:
         self.outbound = OutboundWorker(cfg, self.spool, hostname=self.hostname, verp_secret=verp_secret,
                                        bounce_addresses=self._bounce_addresses)
         services.append(self.outbound)
+        self.reload_hooks.append(self.outbound.reload)
         services += [ImapPoller(m, cfg, self.spool) for m in cfg.imap]
         services += [Pop3Poller(m, cfg, self.spool) for m in cfg.pop3]
         if cfg.metrics.bind:

@@ -75,6 +75,14 @@ class OutboundWorker:
     def kick(self) -> None:
         self._wake.set()
 
+    async def reload(self, config: Config) -> None:
+        """SIGHUP: new DKIM keys (rotation), retry times and lifetime apply to the next attempt. Sessions,
+        destinations, the relay and MTA-STS settings keep running as started (a restart applies them)."""
+        signer = DkimSigner.from_config(config.outbound.dkim)  # raises on an unreadable key: the old one stays
+        self.signer = signer
+        self.config, self.cfg = config, config.outbound
+        self.local_domains = set(config.domain_owner)
+
     async def run(self) -> None:
         poll = self.config.delivery.poll_interval
         while not self._stopping:
@@ -158,7 +166,10 @@ class OutboundWorker:
                                                           resume))
         if not groups:
             return
-        message = self._received(entry) + self.signer.sign(strip_headers(raw))
+        body = strip_headers(raw)
+        if entry.message_id_generated and entry.message_id:  # given at intake; the same on every attempt
+            body = f"Message-Id: {entry.message_id}\r\n".encode("ascii", "replace") + body
+        message = self._received(entry) + self.signer.sign(body)
         outcomes = await asyncio.gather(*(self.sender.deliver(domain, self._transactions(entry, rcpts), message)
                                           for domain, rcpts in groups.items()), return_exceptions=True)
         for (domain, rcpts), outcome in zip(groups.items(), outcomes, strict=True):

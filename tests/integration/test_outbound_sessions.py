@@ -183,3 +183,34 @@ async def test_internal_error_ends_in_exception_after_lifetime(tmp_path: Path) -
             raw = await spool.raw(dsns[0].queue_id)
             assert f"mailgw queue id {qid}".encode() in raw and b"gateway at gw.example.com" in raw
             assert mx.messages == []
+
+
+async def test_a_message_without_message_id_goes_out_with_the_one_given_at_intake(tmp_path: Path) -> None:
+    with zone() as dns:
+        async with fake_mx("127.0.0.2") as mx, gateway(tmp_path, mx.port, dns) as (worker, spool):
+            env = Envelope(mail_from="bounce@example.com", rcpt_tos=("ann@remote.test",), intake="submission")
+            qid, _ = await spool.put(env, b"From: notifications@example.com\r\nSubject: no id\r\n\r\nx\r\n",
+                                     direction=Direction.OUTBOUND, message_id_domain="gw.example.com")
+            await drain(worker, spool)
+            [m] = mx.messages
+            assert f"\r\nMessage-Id: <{qid}@gw.example.com>\r\n".encode() in m.data
+
+
+async def test_reload_takes_new_dkim_keys_and_keeps_the_old_on_a_bad_one(tmp_path: Path) -> None:
+    from gateway.outbound.dkim import generate_key
+
+    with zone() as dns:
+        async with fake_mx("127.0.0.2") as mx, gateway(tmp_path, mx.port, dns) as (worker, _spool):
+            assert worker.signer.keys_for("example.com") == []
+            (tmp_path / "e1.key").write_bytes(generate_key("ed25519").private)
+            dkim = [{"domain": "example.com", "selector": "e1", "key_file": str(tmp_path / "e1.key"),
+                     "algorithm": "ed25519-sha256"}]
+            config = parse_config({"state_dir": str(tmp_path), "outbound": {"dkim": dkim, "lifetime": "1d"}})
+            await worker.reload(config)
+            assert [k.selector for k in worker.signer.keys_for("example.com")] == ["e1"]
+            assert worker.cfg.lifetime == 86400
+            broken = parse_config({"state_dir": str(tmp_path), "outbound": {"dkim": [
+                {**dkim[0], "key_file": str(tmp_path / "missing.key")}]}})
+            with pytest.raises(OSError):
+                await worker.reload(broken)
+            assert [k.selector for k in worker.signer.keys_for("example.com")] == ["e1"]
