@@ -186,6 +186,7 @@ class OutboundWorker:
         rcpts = env.rcpt_tos
         field = received_field(hostname=self.hostname, queue_id=entry.queue_id,
                                protocol=intake_protocol(env.intake, tls), helo=env.helo, peer=env.peer,
+                               client=env.client,
                                recipient=rcpts[0] if len(rcpts) == 1 else None,
                                when=format_datetime(datetime.fromtimestamp(env.received_at, UTC)))
         return field.encode("utf-8", "surrogateescape") + b"\r\n"
