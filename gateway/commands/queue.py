@@ -85,12 +85,7 @@ def _row(e: SpoolEntry) -> dict[str, Any]:
 
 
 async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
-    if args.destination:  # filtered after the read: read everything, keep at most --limit
-        entries = [e for e in await spool.list(state=State(args.state) if args.state else None,
-                                               limit=queue_outbound.SCAN_LIMIT)
-                   if queue_outbound.matches_destination(e, args.destination)][:args.limit]
-    else:
-        entries = await spool.list(state=State(args.state) if args.state else None, limit=args.limit)
+    entries = await queue_outbound.listed(spool, State(args.state) if args.state else None, args)
     if args.json:
         print(json.dumps([_row(e) for e in entries], indent=1))
         return 0

@@ -1,7 +1,7 @@
 """The outbound side of `mailgw queue`: `list --destination`, `cancel`, `flush`, `stats`.
 
 A message's destinations are the domains of its recipients still waiting (neither sent nor failed). Kept apart
-from gateway/commands/queue.py, which only calls `register` and `matches_destination`.
+from gateway/commands/queue.py, which only calls `register` and `listed`.
 """
 
 from __future__ import annotations
@@ -63,6 +63,15 @@ def matches_destination(entry: SpoolEntry, domain: str | None) -> bool:
     if not domain:
         return True
     return entry.direction == Direction.OUTBOUND and domain.lower().rstrip(".") in destinations(entry)
+
+
+async def listed(spool: SqliteSpool, state: State | None, args: argparse.Namespace) -> list[SpoolEntry]:
+    """What `queue list` shows: --limit entries in --state, only those waiting for --destination if given (that
+    filter runs after the read, so everything in the state is read)."""
+    if not getattr(args, "destination", None):
+        return await spool.list(state=state, limit=args.limit)
+    entries = await spool.list(state=state, limit=SCAN_LIMIT)
+    return [e for e in entries if matches_destination(e, args.destination)][:args.limit]
 
 
 async def _cancel(spool: SqliteSpool, args: argparse.Namespace) -> int:
