@@ -314,7 +314,8 @@ def build_dsn(*, reporting_mta: str, from_addr: str, to_addr: str,
     blocks = [f"Reporting-MTA: dns; {mta}", f"Arrival-Date: {format_datetime(when)}"]
     per_recipient = []
     for address, action, status, diagnostic in recipients:
-        lines = [f"Final-Recipient: rfc822; {_one_line(address)}", f"Action: {_one_line(action)}",
+        kind = "rfc822" if address.isascii() else "utf-8"  # RFC 6533 §3 for an internationalized address
+        lines = [f"Final-Recipient: {kind}; {_one_line(address)}", f"Action: {_one_line(action)}",
                  f"Status: {_one_line(status)}"]
         if diagnostic:
             lines.append(f"Diagnostic-Code: smtp; {_one_line(diagnostic)}")

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from bounce.message import Part, decode_words, parse
 
 # local@domain. Bounded and unambiguous (labels cannot contain dots), so that searching a long line of
-# junk costs linear time, not quadratic.
-ADDR = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-]{1,64}@[A-Za-z0-9\-]{1,63}(?:\.[A-Za-z0-9\-]{1,63}){1,8}"
+# junk costs linear time, not quadratic. Non-ASCII letters too: internationalized addresses (RFC 6531/6533).
+ADDR = (r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~.\-\u0080-\U0010ffff]{1,64}"
+        r"@[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}(?:\.[A-Za-z0-9\-\u0080-\U0010ffff]{1,63}){1,8}")
 ADDR_RE = re.compile(ADDR)
 
 

@@ -24,6 +24,8 @@ COMMANDS = {
     "dns-check": "dns",
     "auth": "auth",
     "imap": "imap",
+    "dkim": "dkim",
+    "tls-report": "tls_report",
 }
 COMMAND_MODULES = tuple(COMMANDS.values())
 

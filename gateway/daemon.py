@@ -66,7 +66,8 @@ class Daemon:
         # The config file as it was when read (pipe_handoff.config_identity): `mailgw pipe` hands its message over
         # only to a daemon that runs the config file it was given, unchanged.
         self.config_id = config_id
-        self.hostname = default_hostname()
+        # One identity for banners, Received lines, DSNs and generated Message-Ids, as an MTA's myhostname.
+        self.hostname = config.outbound.helo_name or default_hostname()
         self.spool: SqliteSpool | None = None
         self.admission = AdmissionPolicy(config)
         self.listeners: list[SmtpListener] = []
@@ -155,7 +156,8 @@ class Daemon:
             directory = self.inbound.directory
             self.bounces = BounceForwarder(spool=self.spool, clients=self.inbound.clients,
                                            directory=lambda: directory.current, hostname=self.hostname,
-                                           verp_secret=verp_secret, forward_soft=cfg.bounce.forward_soft)
+                                           verp_secret=verp_secret, forward_soft=cfg.bounce.forward_soft,
+                                           report_failures=cfg.bounce.report_failures)
             self.inbound.worker.bounce_handler = self.bounces
             # RCPT prechecks ask the worker's current router (swapped per snapshot; it shares the loop guard).
             worker = self.inbound.worker
@@ -167,6 +169,7 @@ class Daemon:
         self.outbound = OutboundWorker(cfg, self.spool, hostname=self.hostname, verp_secret=verp_secret,
                                        bounce_addresses=self._bounce_addresses)
         services.append(self.outbound)
+        self.reload_hooks.append(self.outbound.reload)
         services += [ImapPoller(m, cfg, self.spool) for m in cfg.imap]
         services += [Pop3Poller(m, cfg, self.spool) for m in cfg.pop3]
         if cfg.metrics.bind:

@@ -65,7 +65,7 @@ async def send_dsn(spool: Spool, entry: SpoolEntry, raw: bytes, failed: Sequence
     lines = [
         f"This is the mail gateway at {hostname}.",
         "",
-        "Your message could not be delivered to the following recipients:",
+        f"Your message (mailgw queue id {entry.queue_id}) could not be delivered to the following recipients:",
         "",
     ]
     lines += [f"  <{f.address}>: {f.diagnostic}" for f in failed]

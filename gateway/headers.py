@@ -6,7 +6,7 @@ Light on imports on purpose: `mailgw pipe` runs once per message under an MTA.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from email.utils import getaddresses, parseaddr
 
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
@@ -79,6 +79,40 @@ def _field_pattern(name: str) -> re.Pattern[bytes]:
         pat = re.compile(rb"(?im)^" + re.escape(name.encode("ascii")) + rb"[ \t]*:(.*(?:\r?\n[ \t].*)*)")
         _FIELD_PATTERNS[name] = pat
     return pat
+
+
+_INTAKE_PROTOCOL = {
+    "smtp": "ESMTP", "lmtp": "LMTP", "submission": "ESMTPA", "pipe": "local", "imap": "IMAP",
+    "pop3": "POP3", "internal": "local",
+}
+
+
+def intake_protocol(intake: str, tls: bool = False) -> str:
+    """The ``with`` word of a Received field for mail that came in by `intake` (RFC 3848)."""
+    proto = _INTAKE_PROTOCOL.get(intake, intake.upper() or "local")
+    return proto.replace("ESMTP", "ESMTPS") if tls and proto.startswith("ESMTP") else proto
+
+
+def received_field(*, hostname: str, queue_id: str, protocol: str, when: str, helo: str | None = None,
+                   peer: str | None = None, recipient: str | None = None,
+                   client: Mapping[str, str] | None = None) -> str:
+    """A ``Received:`` trace field (RFC 5321 §4.4), folded, without its final line ending. `client` is the original
+    client a trusted relay named (XFORWARD, spool Envelope.client): the line then names it and its protocol, as
+    Postfix's own after a content filter does, instead of the relay on the loopback."""
+    def clean(value: str) -> str:  # envelope values cannot hold CR/LF; strip them anyway: no header injection
+        return value.replace("\r", "").replace("\n", "").strip()
+
+    frm = ""
+    if client:
+        name, addr = client.get("name"), client.get("addr")
+        where = f"{clean(name or 'unknown')} [{clean(addr)}]" if addr else clean(name or "unknown")
+        frm = f"from {clean(client.get('helo') or name or 'unknown')} ({where})\r\n\t"
+        protocol = clean(client.get("proto") or protocol)
+    elif helo or peer:
+        frm = "from " + clean(helo or "unknown") + (f" ({clean(peer)})" if peer else "") + "\r\n\t"
+    for_clause = f" for <{clean(recipient)}>" if recipient else ""
+    return (f"Received: {frm}by {clean(hostname)} (mailgw) with {protocol}\r\n\tid {queue_id}{for_clause};"
+            f"\r\n\t{when}")
 
 
 def unfold(value: bytes) -> bytes:

@@ -121,6 +121,9 @@ async def daemon_families(daemon: Any) -> list[tuple[str, str, str, list[Sample]
         fams.append(("mailgw_directory_aliases", "gauge", "Aliases known per instance",
                      [("mailgw_directory_aliases", {"instance": n}, len(d.aliases))
                       for n, d in sorted(directory.instances.items())]))
+    sender = getattr(getattr(daemon, "outbound", None), "sender", None)
+    if sender is not None:
+        fams += outbound_families(sender)
     dns_status = getattr(daemon, "dns_status", None)
     if dns_status:
         fams.append(("mailgw_dns_check_status", "gauge", "Last dns-check per domain: 0 ok, 1 warn, 2 fail",
@@ -128,6 +131,26 @@ async def daemon_families(daemon: Any) -> list[tuple[str, str, str, list[Sample]
     fams.append(("mailgw_up_seconds", "gauge", "Seconds since the daemon started",
                  [("mailgw_up_seconds", {}, time.time() - daemon.started_at)]))
     return fams
+
+
+def outbound_families(sender: Any) -> list[tuple[str, str, str, list[Sample]]]:
+    """SMTP sessions and per-destination limits of the outbound sender (gateway/outbound/)."""
+    pool, dests = sender.pool, sender.destinations.snapshot()
+    sessions = [("mailgw_outbound_sessions_total", {"how": "opened"}, pool.opened),
+                ("mailgw_outbound_sessions_total", {"how": "reused"}, pool.reused)]
+    rate = [("mailgw_outbound_destination_rate", {"destination": str(d["destination"])}, float(d["rate"]))
+            for d in dests if d["rate"] is not None]
+    return [
+        ("mailgw_outbound_sessions_total", "counter", "SMTP sessions opened, and reused for another message",
+         sessions),
+        ("mailgw_outbound_sessions_idle", "gauge", "Open SMTP sessions waiting for the next message",
+         [("mailgw_outbound_sessions_idle", {}, pool.idle_count())]),
+        ("mailgw_outbound_destination_rate", "gauge", "Current messages/s limit per destination (when limited)",
+         rate),
+        ("mailgw_outbound_destination_throttles_total", "counter", "Throttling replies (421, 4.7.x) per destination",
+         [("mailgw_outbound_destination_throttles_total", {"destination": str(d["destination"])}, d["throttles"])
+          for d in dests]),
+    ]
 
 
 def _breaker_state(client: Any) -> str:

@@ -13,6 +13,9 @@
   ``503``, ``429``, ``500``, ``hang`` (reads the request, never answers until released), ``reset``
   (closes without answering), optionally for the next N requests only; scripted message_process outcomes.
 - Records every call, with the exact message bytes Odoo would parse (Binary bytes, or str encoded UTF-8).
+- Delivery status (tests/odoo_standin_mail.py): partners with `message_bounce`, `mail.notification` rows with
+  Odoo 19's access rules (create and unlink allowed to the gateway's admin user, write only on one's own), and a
+  bounce through message_process counted and marked on the notification as `_routing_handle_bounce` does.
 
 Odoo ≤16 mode (`legacy=True`): version 16.0, no `mail.alias.domain` model (fault 2 "Object … doesn't
 exist"), catchall domain in ICPs, no JSON-2, unknown fields raise "Invalid field".
@@ -34,6 +37,8 @@ from dataclasses import dataclass, field
 from email.utils import getaddresses
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.odoo_standin_mail import NOTIFICATION_FIELDS, AccessDenied, MailModel, UniqueViolation
 
 _TRACEBACK_HEAD = (
     "Traceback (most recent call last):\n"
@@ -60,6 +65,7 @@ MODEL_FIELDS: dict[str, set[str]] = {
                     "company_id", "message_bounce"},
     "res.users": {"id", "login", "name", "partner_id", "email", "share", "active"},
     "mail.gateway.allowed": {"id", "email", "email_normalized"},
+    "mail.notification": NOTIFICATION_FIELDS,
 }
 LEGACY_ALIAS_FIELDS = {"id", "alias_name", "alias_model_id", "alias_defaults", "alias_force_thread_id",
                        "alias_parent_model_id", "alias_parent_thread_id", "alias_contact", "alias_bounced_content",
@@ -203,6 +209,7 @@ class OdooStandin:
         self._ids = itertools.count(1000)
         self.db: dict[str, list[dict[str, Any]]] = {m: [] for m in MODEL_FIELDS}
         self.records: dict[str, dict[int, dict[str, Any]]] = {}
+        self.mail = MailModel(self.db, user_partner_id=3, next_id=self._ids)
         self._seed(domain)
 
     # -- data ---------------------------------------------------------------------------------------------
@@ -291,6 +298,22 @@ class OdooStandin:
             self.db["mail.message"].append({"id": mid, "message_id": message_id, "model": model, "res_id": res_id,
                                             "message_type": "email", "date": "2025-01-01 00:00:00"})
             return mid
+
+    def add_partner(self, name: str, address: str) -> int:
+        with self.lock:
+            return self.mail.add_partner(name, address)
+
+    def add_notification(self, message_db_id: int, partner_id: int | None, **kw: Any) -> int:
+        with self.lock:
+            return self.mail.add_notification(message_db_id, partner_id, **kw)
+
+    def partner_bounces(self, partner_id: int) -> int:
+        with self.lock:
+            return int(self.mail.partner(partner_id)["message_bounce"])
+
+    def notifications(self, message_db_id: int) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(n) for n in self.mail.notifications(message_db_id)]
 
     # -- control ------------------------------------------------------------------------------------------
 
@@ -589,6 +612,8 @@ class OdooStandin:
             raise user_error(f"Object {model} doesn't exist")
         if method.startswith("_"):
             raise access_error(f"Private methods (such as '{model}.{method}') cannot be called remotely.")
+        if model == "mail.notification" and method in ("create", "write", "unlink"):
+            return self._notification_method(method, args, kwargs)
         if model == "ir.config_parameter" and method == "get_param":
             key = args[0] if args else kwargs.get("key")
             return next((r["value"] for r in self.db[model] if r["key"] == key), False)
@@ -613,6 +638,24 @@ class OdooStandin:
             return {"lang": "en_US", "tz": "UTC", "uid": self.uid}
         raise OdooError("builtins.AttributeError", f"The method '{method}' does not exist on the model '{model}'",
                         fault=1, status=404)
+
+    def _notification_method(self, method: str, args: list[Any], kwargs: dict[str, Any]) -> Any:
+        try:
+            with self.lock:
+                if method == "create":
+                    return self.mail.create(args[0] if args else kwargs["vals_list"])
+                ids = list(args[0] if args else kwargs.get("ids", []))
+                if method == "unlink":
+                    return self.mail.unlink(ids)
+                return self.mail.write(ids, args[1] if len(args) > 1 else kwargs.get("vals", {}))
+        except AccessDenied as exc:
+            raise access_error(str(exc)) from None
+        except UniqueViolation as exc:
+            raise validation_error(f"The operation cannot be completed: {exc}") from None
+        except KeyError as exc:
+            raise OdooError("odoo.exceptions.MissingError", str(exc.args[0]), fault=2, status=404) from None
+        except ValueError as exc:
+            raise value_error(str(exc)) from None
 
     def _fields(self, model: str, row: dict[str, Any], fields: list[str] | None) -> dict[str, Any]:
         known = LEGACY_ALIAS_FIELDS if (self.legacy and model == "mail.alias") else MODEL_FIELDS[model]
@@ -651,6 +694,8 @@ class OdooStandin:
         sender = str(msg.get("From") or "")
         if (to & bounce or msg.get_content_type() == "multipart/report"
                 or sender.lower().split("@")[0].strip(' "<').endswith("mailer-daemon")):
+            with self.lock:
+                self.mail.handle_bounce(msg, self.records)
             return False
         with self.lock:
             parent = next((m for m in reversed(self.db["mail.message"]) if m["message_id"] in refs[-32:]), None)

@@ -1,4 +1,5 @@
-"""`mailgw queue list|show|retry|delete`: postqueue-style view of the spool (works with the daemon down)."""
+"""`mailgw queue list|show|retry|delete` (+ cancel|flush|stats, gateway/commands/queue_outbound.py): postqueue-style
+view of the spool (works with the daemon down)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from gateway.commands import SubParsers, add_config_arg, load_config_or_report
+from gateway.commands import SubParsers, add_config_arg, load_config_or_report, queue_outbound
 from gateway.config import Config
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
 from gateway.spool import SpoolEntry, SqliteSpool, State, UnknownEntry, open_spool
@@ -43,6 +44,7 @@ def register(sub: SubParsers) -> None:
         if name == "show":
             sp.add_argument("--json", action="store_true")
         sp.set_defaults(func=lambda a, fn=fn: _with_spool(a, fn))
+    queue_outbound.register(qsub, lst, _with_spool, add_config_arg)  # list --destination, cancel, flush, stats
     p.set_defaults(func=lambda a: (p.print_help(), EX_USAGE)[1])
 
 
@@ -83,7 +85,7 @@ def _row(e: SpoolEntry) -> dict[str, Any]:
 
 
 async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
-    entries = await spool.list(state=State(args.state) if args.state else None, limit=args.limit)
+    entries = await queue_outbound.listed(spool, State(args.state) if args.state else None, args)
     if args.json:
         print(json.dumps([_row(e) for e in entries], indent=1))
         return 0

@@ -23,12 +23,7 @@ from collections.abc import Mapping, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime
 
-from gateway.headers import header_fields, line_ending, split_message, unfold
-
-_INTAKE_PROTOCOL = {
-    "smtp": "ESMTP", "lmtp": "LMTP", "submission": "ESMTPA", "pipe": "local", "imap": "IMAP",
-    "pop3": "POP3", "internal": "local",
-}
+from gateway.headers import header_fields, intake_protocol, line_ending, received_field, split_message, unfold
 
 
 def stable_message_id(queue_id: str, domain: str) -> str:
@@ -55,19 +50,9 @@ def delivery_headers(*, mail_from: str, recipients: Sequence[str], queue_id: str
     """
     lines = [f"Return-Path: <{_clean(mail_from)}>"]
     lines += [f"Delivered-To: {_clean(r)}" for r in (recipients if delivered_to is None else delivered_to)]
-    frm = ""
-    proto = _INTAKE_PROTOCOL.get(intake, intake.upper() or "local")
-    if client:
-        name, addr = client.get("name"), client.get("addr")
-        where = f"{_clean(name or 'unknown')} [{_clean(addr)}]" if addr else _clean(name or "unknown")
-        frm = f"from {_clean(client.get('helo') or name or 'unknown')} ({where})\r\n\t"
-        proto = _clean(client.get("proto") or proto)
-    elif helo or peer:
-        frm = "from " + (_clean(helo or "unknown") + (f" ({_clean(peer)})" if peer else "")) + "\r\n\t"
-    for_clause = f" for <{_clean(recipients[0])}>" if len(recipients) == 1 else ""
-    when = format_datetime(datetime.fromtimestamp(received_at, UTC))
-    lines.append(f"Received: {frm}by {_clean(hostname)} (mailgw) with {proto}\r\n\tid {queue_id}{for_clause};"
-                 f"\r\n\t{when}")
+    lines.append(received_field(hostname=hostname, queue_id=queue_id, protocol=intake_protocol(intake), helo=helo,
+                                peer=peer, recipient=recipients[0] if len(recipients) == 1 else None, client=client,
+                                when=format_datetime(datetime.fromtimestamp(received_at, UTC))))
     if message_id:
         lines.append(f"Message-Id: {_clean(message_id)}")
     text = "\r\n".join(lines) + "\r\n"

@@ -1,11 +1,14 @@
 """Outbound worker: drains the outbound spool (Odoo's submissions, the gateway's DSNs).
 
 Per message: recipients in our own domains are handed back to the inbound spool (local delivery, as an MTA
-does; a DSN to our bounce address reaches Odoo this way); the rest is DKIM-signed once and sent per domain,
-with a VERP return path per recipient when the envelope sender is one of our bounce addresses. Each
-recipient has its own status, so a retry only sends to those still pending: 2xx sent, 5xx failed (DSN to
-the sender), 4xx pending until `outbound.lifetime`, then failed. The entry ends `sent` when every recipient
-is done and at least one was delivered, `exception` when none was — Odoo's mail.mail words.
+does; a DSN to our bounce address reaches Odoo this way); the rest gets a Received line for this hop, is
+DKIM-signed once and sent per domain (gateway/outbound/sender.py), with a VERP return path per recipient when
+the envelope sender is one of our bounce addresses. Each recipient has its own status, so a retry only sends
+to those still pending: 2xx sent, 5xx failed (DSN to the sender), 4xx pending until `outbound.lifetime`, then
+failed. Every other failure — a bug, a broken spool read, an address nothing can encode — is a temporary
+failure of the pending recipients under the same lifetime, so every path ends. A destination that asked us
+to slow down keeps its recipients pending without counting an attempt. The entry ends `sent` when every
+recipient is done and at least one was delivered, `exception` when none was — Odoo's mail.mail words.
 """
 
 from __future__ import annotations
@@ -15,14 +18,17 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from email.utils import format_datetime
 from typing import Any
 
 from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
-from gateway.headers import header_fields, split_message
+from gateway.headers import header_fields, intake_protocol, received_field, split_message
 from gateway.logs import get_logger
 from gateway.outbound.dkim import DkimSigner
-from gateway.outbound.sender import RcptResult, SmtpSender, Transaction, group_by_domain
+from gateway.outbound.results import RcptResult, Transaction, temporary
+from gateway.outbound.sender import SmtpSender, group_by_domain
 from gateway.retry import backoff_delay
 from gateway.spool import Direction, Envelope, Spool, SpoolEntry, State
 
@@ -32,6 +38,7 @@ log = get_logger("mailgw.outbound")
 # Bcc would disclose blind recipients.
 STRIPPED_HEADERS = frozenset({b"return-path", b"bcc"})
 DONE = frozenset({"sent", "failed"})
+THROTTLE_RETRY_MIN = 1.0  # seconds: a throttled entry comes back no sooner than this
 
 
 def strip_headers(raw: bytes) -> bytes:
@@ -48,8 +55,9 @@ class OutboundWorker:
         self.config = config
         self.cfg = config.outbound
         self.spool = spool
-        self.hostname = hostname
-        self.sender = sender or SmtpSender(self.cfg, helo=self.cfg.helo_name or hostname)
+        # Who this hop is: EHLO, Received, DSNs. The configured helo_name wins over the machine's name.
+        self.hostname = self.cfg.helo_name or hostname
+        self.sender = sender or SmtpSender(self.cfg, helo=self.hostname, state_dir=config.state_dir)
         self.signer = signer if signer is not None else DkimSigner.from_config(self.cfg.dkim)
         self.local_domains = set(config.domain_owner)
         # bounce address -> (bounce alias, domain): senders that get a VERP return path
@@ -66,6 +74,14 @@ class OutboundWorker:
 
     def kick(self) -> None:
         self._wake.set()
+
+    async def reload(self, config: Config) -> None:
+        """SIGHUP: new DKIM keys (rotation), retry times and lifetime apply to the next attempt. Sessions,
+        destinations, the relay and MTA-STS settings keep running as started (a restart applies them)."""
+        signer = DkimSigner.from_config(config.outbound.dkim)  # raises on an unreadable key: the old one stays
+        self.signer = signer
+        self.config, self.cfg = config, config.outbound
+        self.local_domains = set(config.domain_owner)
 
     async def run(self) -> None:
         poll = self.config.delivery.poll_interval
@@ -91,6 +107,9 @@ class OutboundWorker:
             _done, pending = await asyncio.wait(self._inflight, timeout=timeout)
             for task in pending:
                 task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=5)
+        await self.sender.close()
 
     async def _guarded(self, entry: SpoolEntry) -> None:
         async with self._slots:
@@ -100,9 +119,13 @@ class OutboundWorker:
                 with contextlib.suppress(Exception):
                     await self.spool.release(entry.queue_id)
                 raise
-            except Exception as exc:  # keep the worker alive; the entry waits and is retried
+            except Exception as exc:  # only the final spool write can get here; the entry waits and is retried
                 log.error("outbound.crashed", queue_id=entry.queue_id, message_id=entry.message_id, error=repr(exc))
                 with contextlib.suppress(Exception):
+                    current = await self.spool.get(entry.queue_id)
+                    if current is None or current.state != State.OUTGOING:  # e.g. cancelled meanwhile: leave it
+                        await self.spool.release(entry.queue_id)
+                        return
                     await self.spool.transition(entry.queue_id, State.OUTGOING, error=f"internal error: {exc!r}",
                                                 next_attempt_at=self.clock() + self._backoff(entry.attempts + 1),
                                                 count_attempt=True)
@@ -110,23 +133,63 @@ class OutboundWorker:
     def _backoff(self, attempts: int) -> float:
         return backoff_delay(attempts, self.cfg.retry_initial, self.cfg.retry_max, self._rng)
 
+    def _expired(self, entry: SpoolEntry) -> bool:
+        return self.clock() - entry.envelope.received_at >= self.cfg.lifetime
+
     async def process(self, entry: SpoolEntry) -> SpoolEntry:
-        raw = await self.spool.raw(entry.queue_id)
         status: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (entry.rcpt_status or {}).items()}
-        rcpts = list(entry.envelope.rcpt_tos)
-        pending = [r for r in rcpts if status.get(r, {}).get("state") not in DONE]
-        local = self.local_domains
-        mine = [r for r in pending if r.rpartition("@")[2].lower() in local]
+        pending = [r for r in entry.envelope.rcpt_tos if status.get(r, {}).get("state") not in DONE]
+        raw = b""
+        try:
+            raw = await self.spool.raw(entry.queue_id)
+            if pending:  # even past the lifetime once more: after a long outage the mail may still go
+                await self._attempt(entry, raw, pending, status)
+        except Exception as exc:  # whatever it was, it is retried under the lifetime like a 4xx
+            log.error("outbound.attempt_failed", queue_id=entry.queue_id, message_id=entry.message_id,
+                      error=repr(exc))
+            for rcpt in pending:
+                if status.get(rcpt, {}).get("state") not in DONE:
+                    self._record(status, rcpt, RcptResult("temporary", 451, f"4.3.0 internal error: {exc!r}"))
+        return await self._finish(entry, raw, status)
+
+    async def _attempt(self, entry: SpoolEntry, raw: bytes, pending: list[str],
+                       status: dict[str, dict[str, Any]]) -> None:
+        mine = [r for r in pending if r.rpartition("@")[2].lower() in self.local_domains]
         if mine:
             await self._deliver_locally(entry, raw, mine, status)
-        remote = [r for r in pending if r not in mine]
-        if remote:
-            message = self.signer.sign(strip_headers(raw))
-            for domain, domain_rcpts in group_by_domain(remote).items():
-                results = await self.sender.deliver(domain, self._transactions(entry, domain_rcpts), message)
-                for rcpt in domain_rcpts:
-                    self._record(status, rcpt, results.get(rcpt) or RcptResult("temporary", 451, "4.4.0 no result"))
-        return await self._finish(entry, raw, status)
+        groups = group_by_domain([r for r in pending if r not in mine])
+        for domain in list(groups):  # a destination that asked us to slow down: no signing, no connection
+            resume = self.sender.destinations.waiting(domain)
+            if resume is not None:
+                for rcpt in groups.pop(domain):
+                    self._record(status, rcpt, RcptResult("temporary", 451, "4.7.0 waiting for destination", True,
+                                                          resume))
+        if not groups:
+            return
+        body = strip_headers(raw)
+        if entry.message_id_generated and entry.message_id:  # given at intake; the same on every attempt
+            body = f"Message-Id: {entry.message_id}\r\n".encode("ascii", "replace") + body
+        message = self._received(entry) + self.signer.sign(body)
+        outcomes = await asyncio.gather(*(self.sender.deliver(domain, self._transactions(entry, rcpts), message)
+                                          for domain, rcpts in groups.items()), return_exceptions=True)
+        for (domain, rcpts), outcome in zip(groups.items(), outcomes, strict=True):
+            if isinstance(outcome, BaseException):
+                log.error("outbound.domain_failed", queue_id=entry.queue_id, domain=domain, error=repr(outcome))
+                outcome = temporary(rcpts, f"4.3.0 internal error: {outcome!r}")
+            for rcpt in rcpts:
+                self._record(status, rcpt, outcome.get(rcpt) or RcptResult("temporary", 451, "4.4.0 no result"))
+
+    def _received(self, entry: SpoolEntry) -> bytes:
+        """This hop's trace field (RFC 5321 §4.4): who handed us the message, when, under which queue id."""
+        env = entry.envelope
+        tls = bool((env.source or {}).get("tls"))
+        rcpts = env.rcpt_tos
+        field = received_field(hostname=self.hostname, queue_id=entry.queue_id,
+                               protocol=intake_protocol(env.intake, tls), helo=env.helo, peer=env.peer,
+                               client=env.client,
+                               recipient=rcpts[0] if len(rcpts) == 1 else None,
+                               when=format_datetime(datetime.fromtimestamp(env.received_at, UTC)))
+        return field.encode("utf-8", "surrogateescape") + b"\r\n"
 
     def _transactions(self, entry: SpoolEntry, rcpts: list[str]) -> list[Transaction]:
         sender = entry.envelope.mail_from
@@ -152,35 +215,53 @@ class OutboundWorker:
     def _record(self, status: dict[str, dict[str, Any]], rcpt: str, result: RcptResult) -> None:
         previous = status.get(rcpt, {})
         state = {"delivered": "sent", "permanent": "failed", "temporary": "deferred"}[result.outcome]
+        attempts = int(previous.get("attempts", 0)) + (0 if result.throttled else 1)
         status[rcpt] = {"state": state, "code": result.code, "status": result.status,
-                        "text": result.text[:500], "attempts": int(previous.get("attempts", 0)) + 1}
+                        "text": result.reply[:500], "attempts": attempts}
+        if result.throttled:
+            status[rcpt]["throttled"] = True
+            status[rcpt]["retry_at"] = result.retry_at
+            # a real failure seen before stays the one reported if the lifetime runs out meanwhile
+            if previous.get("state") == "deferred" and not previous.get("throttled"):
+                status[rcpt]["last_failure"] = previous.get("text", "")
+            elif previous.get("last_failure"):
+                status[rcpt]["last_failure"] = previous["last_failure"]
 
     async def _finish(self, entry: SpoolEntry, raw: bytes, status: dict[str, dict[str, Any]]) -> SpoolEntry:
         now = self.clock()
-        expired = now - entry.envelope.received_at >= self.cfg.lifetime
+        expired = self._expired(entry)
         newly_failed: list[FailedRecipient] = []
         for rcpt in entry.envelope.rcpt_tos:
-            st = status.get(rcpt, {})
+            st = status.setdefault(rcpt, {"state": "deferred", "text": "not attempted", "attempts": 0})
             if st.get("state") == "deferred" and expired:
-                st.update(state="failed", status="5.4.7",
-                          text=f"5.4.7 delivery time expired; last error: {st.get('text', '')}"[:500])
+                last = st.get("last_failure") or st.get("text", "")
+                st.update(state="failed", status="5.4.7", code=550, throttled=False,
+                          text=f"5.4.7 delivery time expired; last error: {last}"[:500])
             if st.get("state") == "failed" and not st.get("dsn"):
                 newly_failed.append(FailedRecipient(rcpt, st.get("status", "5.0.0"), st.get("text", "")))
                 st["dsn"] = True
         if newly_failed:
             await send_dsn(self.spool, entry, raw, newly_failed, hostname=self.hostname)
-        states = [status.get(r, {}).get("state") for r in entry.envelope.rcpt_tos]
+        states = [status[r].get("state") for r in entry.envelope.rcpt_tos]
+        waiting = [status[r] for r in entry.envelope.rcpt_tos if status[r].get("state") not in DONE]
         summary = "; ".join(f"{r}: {status[r]['text']}" for r in entry.envelope.rcpt_tos
-                            if status.get(r, {}).get("state") in ("failed", "deferred"))[:1000] or None
-        if any(s not in DONE for s in states):
-            target, when = State.OUTGOING, now + self._backoff(entry.attempts + 1)
+                            if status[r].get("state") in ("failed", "deferred"))[:1000] or None
+        count = True
+        if waiting:
+            target = State.OUTGOING
+            if all(st.get("throttled") for st in waiting):
+                # only waiting for a destination's pace: back when it is ready, and no attempt is counted
+                when = max(now + THROTTLE_RETRY_MIN, min(float(st.get("retry_at") or 0) for st in waiting))
+                when += self._rng.uniform(0, THROTTLE_RETRY_MIN)
+                count = False
+            else:
+                when = now + self._backoff(entry.attempts + 1)
         elif "sent" in states:
             target, when = State.SENT, now
         else:
             target, when = State.EXCEPTION, now
         new = await self.spool.transition(entry.queue_id, target, error=summary, next_attempt_at=when,
-                                          rcpt_status=status, count_attempt=True)
+                                          rcpt_status=status, count_attempt=count)
         log.info("outbound.processed", queue_id=entry.queue_id, message_id=entry.message_id, state=str(target),
-                 sent=states.count("sent"), failed=states.count("failed"), pending=len(states) - sum(
-                     s in DONE for s in states))
+                 sent=states.count("sent"), failed=states.count("failed"), pending=len(waiting))
         return new

@@ -517,14 +517,21 @@ class SqliteSpool(Spool):
         states = sorted(str(s) for s in ACTIVE[direction])
         marks = ",".join("?" * len(states))
 
+        due = (f"SELECT queue_id FROM entries WHERE direction=? AND state IN ({marks})"
+               f" AND next_attempt_at<=? AND claimed_by IS NULL ORDER BY received_at, queue_id LIMIT ?")
+        if direction == Direction.OUTBOUND:
+            # Round robin between sender domains (one Odoo instance each), each in arrival order: a mailing of
+            # thousands from one instance does not hold back another instance's mail.
+            due = (f"SELECT queue_id FROM (SELECT queue_id, received_at, ROW_NUMBER() OVER (PARTITION BY"
+                   f" lower(substr(mail_from, instr(mail_from, '@') + 1)) ORDER BY received_at, queue_id) AS turn"
+                   f" FROM entries WHERE direction=? AND state IN ({marks}) AND next_attempt_at<=?"
+                   f" AND claimed_by IS NULL) ORDER BY turn, received_at, queue_id LIMIT ?")
+
         def op(conn: sqlite3.Connection) -> list[SpoolEntry]:
             at = time.time() if now is None else now
             # Arrival order among what is due, so a sender's mail reaches Odoo in the order it came.
             rows = conn.execute(
-                f"UPDATE entries SET claimed_by=?, claimed_at=? WHERE queue_id IN ("
-                f" SELECT queue_id FROM entries WHERE direction=? AND state IN ({marks})"
-                f" AND next_attempt_at<=? AND claimed_by IS NULL ORDER BY received_at, queue_id LIMIT ?)"
-                f" RETURNING {_COLUMNS}",
+                f"UPDATE entries SET claimed_by=?, claimed_at=? WHERE queue_id IN ({due}) RETURNING {_COLUMNS}",
                 (worker, at, str(direction), *states, at, limit),
             ).fetchall()
             entries = [_row_to_entry(r) for r in rows]

@@ -62,8 +62,9 @@ def _label(name: str) -> DNSLabel:
 
 class DnsTestServer:
     def __init__(self, *zones: str, servfail: Iterable[NameSpec] = (), drop: Iterable[NameSpec] = (),
-                 host: str = "127.0.0.1"):
+                 host: str = "127.0.0.1", port: int = 0):
         self.host = host
+        self.requested_port = port  # 0: any free port (a fixed one, e.g. 53, only inside a network namespace)
         self.servfail: set[NameSpec] = set(servfail)
         self.drop: set[NameSpec] = set(drop)
         self.queries: list[tuple[str, str, str]] = []
@@ -143,7 +144,7 @@ class DnsTestServer:
         # with a new UDP port in the rare case that TCP one is taken).
         for _attempt in range(20):
             udp = socket.socket(family, socket.SOCK_DGRAM)
-            udp.bind((self.host, 0))
+            udp.bind((self.host, self.requested_port))
             port = udp.getsockname()[1]
             tcp = socket.socket(family, socket.SOCK_STREAM)
             tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)

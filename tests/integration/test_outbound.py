@@ -6,14 +6,12 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import dkim
 import dns.resolver
 import pytest
-from aiosmtpd.smtp import SMTP
 
 from bounce.verp import decode
 from gateway.config import parse_config
@@ -21,40 +19,9 @@ from gateway.outbound.worker import OutboundWorker
 from gateway.spool import Direction, Envelope, SqliteSpool, State
 from tests.dkim_keys import rsa_key
 from tests.integration.dnsserver import DnsTestServer, mail_zone
+from tests.integration.fakemx import FakeMx, fake_mx
 
 SECRET = b"verp-test-secret"
-
-
-@dataclass
-class Capture:
-    """A receiving MTA: records transactions; the local part decides the RCPT answer."""
-
-    transactions: list[tuple[str, list[str], bytes]] = field(default_factory=list)
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
-        local = address.split("@")[0]
-        if local.startswith("bad"):
-            return "550 5.1.1 No such user"
-        if local.startswith("busy"):
-            return "451 4.2.1 Mailbox busy, try later"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.transactions.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 Accepted"
-
-
-@asynccontextmanager
-async def mx_server(host: str) -> AsyncIterator[tuple[Capture, int]]:
-    capture = Capture()
-    loop = asyncio.get_running_loop()
-    server = await loop.create_server(lambda: SMTP(capture, hostname="mx.remote.test"), host, 0)
-    try:
-        yield capture, server.sockets[0].getsockname()[1]
-    finally:
-        server.close()
-        await server.wait_closed()
 
 
 def dnsfunc_for(address: tuple[str, int]) -> Any:
@@ -80,7 +47,7 @@ ODOO_MAIL = (b"Return-Path: <bounce@example.com>\r\nFrom: \"Admin\" <notificatio
 
 
 @asynccontextmanager
-async def world(tmp_path: Path, **outbound: Any) -> AsyncIterator[tuple[OutboundWorker, SqliteSpool, Capture,
+async def world(tmp_path: Path, **outbound: Any) -> AsyncIterator[tuple[OutboundWorker, SqliteSpool, FakeMx,
                                                                         DnsTestServer]]:
     pem, pub = rsa_key()
     (tmp_path / "dkim.key").write_bytes(pem)
@@ -91,7 +58,8 @@ async def world(tmp_path: Path, **outbound: Any) -> AsyncIterator[tuple[Outbound
         mail_zone("nomail.test", mx=["0 ."]),
     ]
     with DnsTestServer(*zones) as dns_server:
-        async with mx_server("127.0.0.2") as (capture, port):
+        async with fake_mx("127.0.0.2") as capture:
+            port = capture.port
             cfg = parse_config({
                 "state_dir": str(tmp_path),
                 "odoo": [{"name": "main", "url": "http://127.0.0.1:9", "database": "d", "password_env": "X",
@@ -134,7 +102,9 @@ async def test_mx_delivery_verp_dkim_and_stripped_headers(tmp_path: Path) -> Non
             assert entry.envelope.rcpt_tos[token.rcpt_index] == rcpts[0]
             assert mail_from.startswith("bounce+") and mail_from.endswith("@example.com")
             assert b"\r\nReturn-Path:" not in b"\r\n" + data and b"\r\nBcc:" not in b"\r\n" + data
-            assert data.startswith(b"DKIM-Signature:")
+            # This hop's trace field on top (RFC 5321 §4.4), then the signature
+            assert data.startswith(b"Received: by gw.example.com (mailgw) with ESMTPA\r\n\tid " + qid.encode())
+            assert data.split(b"\r\n")[3].startswith(b"DKIM-Signature:")
             assert dkim.verify(data, dnsfunc=dnsfunc_for(dns_server.address)), f"transaction {index}"
         # A forged token (another queue id) does not validate.
         forged = capture.transactions[0][0].replace(qid[:4].lower(), "zzzz")
@@ -157,7 +127,7 @@ async def test_per_recipient_results_dsn_and_retry(tmp_path: Path) -> None:
         assert len(dsns) == 1 and dsns[0].envelope.mail_from == ""
         assert dsns[0].envelope.rcpt_tos == ("bounce@example.com",)
         # Second attempt: only busy@ is tried again; after the lifetime it fails (DSN) and the entry is done.
-        capture.transactions.clear()
+        capture.messages.clear()
         await spool.wake([qid])
         entry = await claim_one(spool, qid)
         worker.clock = lambda: time.time() + 6 * 86400
@@ -208,8 +178,9 @@ async def test_dns_timeout_defers(tmp_path: Path) -> None:
 
 
 async def test_relay_mode_sends_everything_to_the_relay(tmp_path: Path) -> None:
-    async with mx_server("127.0.0.1") as (relay_capture, relay_port), world(
-            tmp_path, relay={"host": "127.0.0.1", "port": relay_port, "tls": "none"}) as (worker, spool, mx_capture, _):
+    async with fake_mx("127.0.0.1") as relay_capture, world(
+            tmp_path, relay={"host": "127.0.0.1", "port": relay_capture.port, "tls": "none"}) as (worker, spool,
+                                                                                                  mx_capture, _):
         await put_outbound(spool, ("a@remote.test", "z@other.test"), sender="someone@example.org")
         entry = await worker.process(await claim(spool))
         assert entry.state == State.SENT

@@ -237,6 +237,7 @@ def test_metrics_healthz_and_periodic_dns_check(tmp_path: Path) -> None:
             assert 'mailgw_dns_check_status{domain="example.com"} 2' in text  # +all is a failure
             assert 'mailgw_intake_accepted_total{kind="smtp"' in text and "mailgw_spool_entries{" in text
             assert 'mailgw_directory_aliases{instance="main"} 5' in text
+            assert 'mailgw_outbound_sessions_total{how="opened"} 0' in text
             health = json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5).read())
             assert health["ok"] is True and health["odoo"]["main"] in ("closed", "open", "half_open")
             assert "dnscheck.summary" in d.log_text()
