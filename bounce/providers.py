@@ -19,6 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
+from itertools import groupby
 
 from bounce.phrases import anchor
 
@@ -27,21 +28,33 @@ from bounce.phrases import anchor
 class Rule:
     family: str
     host: re.Pattern[str] | None
-    anchor: str
+    anchors: tuple[str, ...]  # the rule runs only when the reply contains one of these (none: always)
     pattern: re.Pattern[str]
-    reason: str
+    reason: str  # "" for a code table: the name of the group that matched is the reason
     status: re.Pattern[str] | None = None
     raw: bool = False  # matched against the reply as written (links kept), not the normalized text
 
 
-def _rule(family: str, host: str, pattern: str, reason: str, status: str = "", raw: bool = False) -> Rule:
-    return Rule(family, re.compile(host) if host else None, anchor(pattern) or "", re.compile(pattern), reason,
-                re.compile(status) if status else None, raw)
+def _rule(family: str, host: str, pattern: str, reason: str, status: str = "") -> Rule:
+    literal = anchor(pattern)
+    return Rule(family, re.compile(host) if host else None, (literal,) if literal else (), re.compile(pattern),
+                reason, re.compile(status) if status else None)
 
 
 def _table(family: str, host: str, rows: Iterable[tuple[str, str, str]]) -> tuple[Rule, ...]:
     """(status pattern, reply pattern, reason) rows of one provider's published reference."""
     return tuple(_rule(family, host, phrase, reason, status) for status, phrase, reason in rows)
+
+
+def _codes(family: str, anchors: tuple[str, ...], template: str, codes: Iterable[tuple[str, str]],
+           raw: bool = False) -> Rule:
+    """A provider's own error codes as one regex: `template` with {} where the codes go, one named group
+    per reason (run once per reply, and only when it contains one of `anchors`)."""
+    by_reason: dict[str, list[str]] = {}
+    for code, reason in codes:
+        by_reason.setdefault(reason, []).append(code)
+    groups = "|".join(f"(?P<{reason}>{'|'.join(found)})" for reason, found in by_reason.items())
+    return Rule(family, None, anchors, re.compile(template.format(f"(?:{groups})")), "", None, raw)
 
 
 # Hosts of the providers (remote MTA or recipient domain), as their MX and domain names are published.
@@ -261,14 +274,14 @@ _IUA_CODES = (("1|6", "norelaying"), ("2", "userunknown"), ("3", "suspend"), ("4
               ("5", "toomanyconn"), ("7|9", "blocked"), ("8", "rejected"), ("10", "filtered"))
 
 RULES: tuple[Rule, ...] = (
-    *(_rule("outlook", "", rf"\b(?:{code})\b", reason) for code, reason in _OUTLOOK_CODES),
-    *(_rule("franceptt", "", rf"\b(?:lpn|ofr|ouk)\w*?(?:{code})\b", reason) for code, reason in _ORANGE_CODES),
+    _codes("outlook", ("rp-", "sc-", "dy-", "ou-"), r"\b{}\b", _OUTLOOK_CODES),
+    _codes("franceptt", ("lpn", "ofr", "ouk"), r"\b(?:lpn|ofr|ouk)\w*?{}\b", _ORANGE_CODES),
     _rule("franceptt", "", r"spf/dns de votre nom de domaine", "authfailure"),
-    *(_rule("godaddy", "", rf"\bib(?:{code})\b", reason) for code, reason in _GODADDY_CODES),
-    *(_rule("cox", "", rf"aup#(?:{code})\b", reason) for code, reason in _COX_CODES),
-    *(_rule("spectrum", "", rf"aup#[a-z]*-?(?:{code})\b", reason) for code, reason in _SPECTRUM_CODES),
-    *(_rule("facebook", "", rf"\b(?:{code})\b", reason) for code, reason in _FACEBOOK_CODES),
-    *(_rule("iua", "", rf"\.i\.ua/err/(?:{code})/", reason, raw=True) for code, reason in _IUA_CODES),
+    _codes("godaddy", ("ib",), r"\bib{}\b", _GODADDY_CODES),
+    _codes("cox", ("aup#",), r"aup#{}\b", _COX_CODES),
+    _codes("spectrum", ("aup#",), r"aup#[a-z]*-?{}\b", _SPECTRUM_CODES),
+    _codes("facebook", ("-p", "-t"), r"\b{}\b", _FACEBOOK_CODES),
+    _codes("iua", (".i.ua/err/",), r"\.i\.ua/err/{}/", _IUA_CODES, raw=True),
     *GOOGLE,
     *MICROSOFT,
     # Yahoo (senders.yahooinc.com/smtp-error-codes).
@@ -348,12 +361,25 @@ RULES: tuple[Rule, ...] = (
 FAMILIES = frozenset(r.family for r in RULES)
 
 
+# Rules in runs of one family and host, so that a host that does not match skips the whole run.
+_RUNS: tuple[tuple[str, re.Pattern[str] | None, tuple[Rule, ...]], ...] = tuple(
+    (family, host, tuple(run)) for (family, host), run in groupby(RULES, key=lambda r: (r.family, r.host)))
+
+
 def provider_reason(text: str, host: str, disabled: Collection[str] = (), status: str = "", raw: str = "") -> str:
     """The reason a provider's own code or published reply gives, or "". `text` is the normalized reply,
     `raw` the reply as written (lower case), `status` its enhanced status code."""
-    for rule in RULES:
-        where = raw if rule.raw else text
-        if rule.anchor in where and rule.family not in disabled and (rule.host is None or rule.host.search(host)) \
-                and (rule.status is None or rule.status.fullmatch(status)) and rule.pattern.search(where):
-            return rule.reason
+    for family, pattern, run in _RUNS:
+        if family in disabled or (pattern is not None and pattern.search(host) is None):
+            continue
+        for rule in run:
+            where = raw if rule.raw else text
+            anchors = rule.anchors
+            if anchors and anchors[0] not in where and not any(a in where for a in anchors[1:]):
+                continue
+            if rule.status is not None and not rule.status.fullmatch(status):
+                continue
+            m = rule.pattern.search(where)
+            if m:
+                return rule.reason or m.lastgroup or ""
     return ""
