@@ -34,7 +34,10 @@ _SENDMAIL_LINE = re.compile(r"^[ \t]*(?:<<< )?[245]\d\d[ -](?:[245]\.\d{1,3}\.\d
 _REASON_THEN_ADDR = re.compile(
     r"^[ \t]*((?=[^:\n]*(?:unknown|invalid|exceed|fail|full|not |denied|reject|unavailable|error|no such|"
     r"quota|disabled|suspend))[A-Za-z][^:\n]{3,80}):[ \t]*<?(" + ADDR + r")>?[ \t]*$", re.I)
-_COMMAND_ECHO = re.compile(r"^[ \t]*(?:>>>|in:|out:)[ \t]*rcpt to:", re.I)
+_SESSION_START = re.compile(r"^[ \t]*(?:\.\.\.[ \t]*)?while talking to ", re.I)
+# A transcript's echo of what was sent (">>> RCPT TO:<a@b>") and the remote reply quoted in it ("<<< 550
+# <a@b>..."): an alias may have been expanded there; the recipient is the one the notice names.
+_COMMAND_ECHO = re.compile(r"^[ \t]*(?:(?:>>>|in:|out:)[ \t]*rcpt to:|<<<)", re.I)
 # A recipient named inside a sentence: "There was an error delivering your mail to <a@b>."
 _RCPT_SENTENCE = re.compile(
     r"(?:deliver(?:ing|ed|y)? (?:of )?(?:your |the )?(?:mail|message|e-?mail)(?: (?:that )?you sent)? to|"
@@ -87,13 +90,15 @@ def read_generic(mail: Mail, text: str | None = None) -> list[Finding]:
                 continue
             addr, rest, style = m.group(1), m.group(2).strip(), "line"
         addr = addr.strip(".").lower()
+        if _COMMAND_ECHO.match(line):
+            style = "command"
         if marks and marks[-1][1] == addr:
-            continue  # the same recipient again ("550 5.1.1 <a@b>... User unknown"): same block
+            if marks[-1][3] != "command" or style == "command":
+                continue  # the same recipient again ("550 5.1.1 <a@b>... User unknown"): same block
+            marks.pop()  # the reply to ">>> RCPT TO:<a@b>" names the recipient; the echo does not count
         lead = line[: line.lower().find(addr)].strip(" \t<\"([:-*#>")
         if lead and not _PLAIN_LEAD.fullmatch(lead):
             rest = (lead + ": " + rest).strip()
-        if _COMMAND_ECHO.match(line):
-            style = "command"
         marks.append((i, addr, rest, style))
     if any(mark[3] != "command" for mark in marks):
         # ">>> RCPT TO:<a@b>" echoes what was sent (an alias may have been expanded): the recipient is the
@@ -109,7 +114,9 @@ def read_generic(mail: Mail, text: str | None = None) -> list[Finding]:
         before: list[str] = []
         if style == "sendmail":
             start = marks[n - 1][0] + 1 if n else _paragraph_start(lines, i)
-            before = lines[start:i]
+            # A new "While talking to <host>:" session starts what concerns this recipient.
+            talks = [j for j in range(start, i) if _SESSION_START.match(lines[j])]
+            before = lines[talks[-1] if talks else start : i]
         following = n + 1 < len(marks) and marks[n + 1][3] == "sendmail"
         end = i + 1 if following else marks[n + 1][0] if n + 1 < len(marks) else len(lines)
         diag = clean_lines([*before, rest, *lines[i + 1 : end]])
