@@ -74,6 +74,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
     "hasmoved": (
         r"(?:user|mailbox|address|recipient) has moved", r"has been moved",
         r"no longer (?:at|with|available at) this", r"address has changed", r"moved (?:to|permanently)",
+        r"user not local; please try",  # RFC 5321's 551 reply: the mailbox is elsewhere now
     ),
     "norelaying": (
         r"relay(?:ing)? (?:access )?(?:denied|prohibited|not (?:allowed|permitted|authori[sz]ed))",
@@ -142,7 +143,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"refuse to receive", r"not authorized to (?:send|receive|post)",
     ),
     "requireptr": (
-        r"\bptr\b", r"reverse ?(?:dns|lookup|name|address|resolution)", r"\brdns\b",
+        r"\bptr\b", r"reverse ?(?:dns|lookup|name|address|resolution|host ?name)", r"\brdns\b",
         r"(?:cannot|can'?t|could not|unable to) (?:find|resolve|verify) (?:your |the )?"
         r"(?:hostname|host name|ip address|address|client)",
         r"unresolvable (?:ip|address|hostname|host)", r"no (?:dns )?(?:ptr|reverse)",
@@ -252,7 +253,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:has been |is |was )?(?:rejected|blocked|not allowed|denied|refused|listed)",
         r"messages from .{0,80} (?:weren'?t|were not) sent", r"please use the smtp server of your isp",
         r"dial-?up", r"dynamic(?:ally)? (?:ip|assigned|address|pool)", r"residential",
-        r"invalid ip for sending", r"connection (?:refused|rejected|denied)", r"not allowed to (?:send|connect)",
+        r"invalid ip for sending", r"connection refused by", r"connection (?:rejected|denied)",
+        r"not allowed to (?:send|connect)",
         r"refused by (?:local )?policy", r"(?:ip|host) (?:address )?(?:is )?not (?:allowed|permitted)",
         r"greylist", r"refused to talk to me", r"poor email", r"rejected (?:due to|because of) (?:your )?ip",
         r"mail server (?:at .{0,80} )?(?:is )?(?:rejected|blocked)", r"rejecting (?:connection|mail) from",
@@ -291,7 +293,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"unable to resolve route",
         r"exceeded \d+ hops",
         r"loops back to myself", r"(?:dns|mx) records? for the destination", r"malformed (?:name ?server|dns) reply",
-        r"forwarding loop", r"message looping",
+        r"forwarding loop", r"message (?:is )?looping", r"already has my delivered-to line",
         r"network error", r"connection (?:reset|lost|dropped)", r"no route to host",
         r"dns (?:lookup )?(?:error|problem|timeout)", r"name ?server (?:timeout|failure|error)",
         r"bad connection", r"host (?:is )?unreachable", r"lost connection", r"(?:routing|mail) loop",

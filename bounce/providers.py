@@ -42,8 +42,18 @@ def _rule(family: str, host: str, pattern: str, reason: str, status: str = "") -
 
 
 def _table(family: str, host: str, rows: Iterable[tuple[str, str, str]]) -> tuple[Rule, ...]:
-    """(status pattern, reply pattern, reason) rows of one provider's published reference."""
-    return tuple(_rule(family, host, phrase, reason, status) for status, phrase, reason in rows)
+    """(status pattern, reply pattern, reason) rows of one provider's published reference. A row whose
+    status is the provider's own (a detail number the IANA registry does not have, such as Microsoft's
+    5.7.509) needs no host: no other system writes that code."""
+    return tuple(_rule(family, host if _registered(status) else "", phrase, reason, status)
+                 for status, phrase, reason in rows)
+
+
+def _registered(status: str) -> bool:
+    """Whether the status pattern matches a code of the IANA registry (details up to x.7.30)."""
+    pattern = re.compile(status)
+    return any(pattern.fullmatch(f"{klass}.{subject}.{detail}")
+               for klass in "245" for subject in range(8) for detail in range(31))
 
 
 def _codes(family: str, anchors: tuple[str, ...], template: str, codes: Iterable[tuple[str, str]],
@@ -176,7 +186,8 @@ MICROSOFT: tuple[Rule, ...] = _table("microsoft", _MICROSOFT, (
     (r"5\.3\.4", "message size exceeds fixed maximum message size", "mesgtoobig"),
     (r"4\.4\.1", "connection timed out", "expired"),
     (r"4\.4\.7", "message delayed", "expired"),
-    (r"[45]\.4\.(?:7|300|316)", "message expired", "expired"),
+    (r"4\.4\.7", "message expired", "expired"),
+    (r"5\.4\.(?:300|316)", "message expired", "expired"),
     (r"[45]\.4\.8", "failed mta-sts validation", "failedstarttls"),
     (r"[45]\.4\.317", "starttls is required to send mail", "failedstarttls"),
     (r"[45]\.7\.(?:32[1-5]|51)", "starttls|certificate|tlsa|dnssec|restrictdomains", "failedstarttls"),
@@ -185,6 +196,7 @@ MICROSOFT: tuple[Rule, ...] = _table("microsoft", _MICROSOFT, (
     (r"[45]\.4\.312", "dns query failed", "networkerror"),
     (r"[45]\.4\.316", "connection refused", "networkerror"),
     (r"5\.4\.(?:6|14)", "loop", "networkerror"),
+    (r"5\.7\.520", "does not allow external forwarding", "policyviolation"),
     (r"5\.7\.1", "unable to relay", "norelaying"),
     (r"5\.4\.1", "relay access denied", "norelaying"),
     (r"5\.7\.64", "relay access denied", "norelaying"),
@@ -197,7 +209,8 @@ MICROSOFT: tuple[Rule, ...] = _table("microsoft", _MICROSOFT, (
     (r"5\.1\.0", "sender denied", "rejected"),
     (r"5\.1\.8", "access denied, bad outbound sender", "rejected"),
     (r"5\.7\.1", "delivery not authorized", "rejected"),
-    (r"5\.7\.1(?:2|24|33|34|35|36)", "sender ", "rejected"),
+    (r"5\.7\.12", "sender was not authenticated by organization", "rejected"),
+    (r"5\.7\.1(?:24|29|3[3-6])", "sender|restrictedtorecipientspermission", "rejected"),
     (r"5\.7\.50[1-3]", "access denied, ", "rejected"),
     (r"5\.7\.512", "message must be rfc 5322 section 3.6.2 compliant", "rejected"),
     (r"5\.7\.750", "client blocked from sending from unregistered domains", "rejected"),
