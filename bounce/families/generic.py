@@ -163,7 +163,9 @@ def _lead_reason(text: str) -> str:
 
 _PLAIN_LEAD = re.compile(r"(?:original |final |failed )?(?:recipient(?:\(s\))?|address|to|rcpt to|rcpt|"
                          r"e-?mail|user|mailbox|destination|addressee)[ \t]*:?", re.I)
-_PREAMBLE_ERROR = re.compile(r"^\s*(?:[45]\d\d[ -]|[45]\.\d{1,3}\.\d{1,3}\b|error:|reason:)", re.I)
+# An error line above the recipients, possibly quoted from a transcript ("Received >>> 550 …").
+_PREAMBLE_ERROR = re.compile(r"^\s*(?:(?:received|remote host said:?)?\s*(?:<<<|>>>)\s*)?"
+                             r"(?:[45]\d\d[ -]|[45]\.\d{1,3}\.\d{1,3}\b|error:|reason:)", re.I)
 _HAS_CODE = re.compile(r"\b[45]\d\d\b|\b[45]\.\d{1,3}\.\d{1,3}\b")
 
 

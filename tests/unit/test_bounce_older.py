@@ -5,8 +5,9 @@ GroupWise and NTMail, Yahoo old and new, SMTP32/IMail, Sina (GB2312, with and wi
 with and without MIME and with a site's own introduction, Lotus Notes and Domino, Microsoft SMTPSVC,
 Postfix 1.x and renamed copies of it, Netscape Messaging Server, Smail, MDaemon, LSMTP, InterScan,
 university and ISP notices (recipient in a sentence, "Intended recipient:", "Failed Recipient:" …) and the
-"still trying" warnings of several of them. Addresses are example.* ones; no sample is a copy of a
-collected bounce.
+"still trying" warnings of several of them; and formats Sisimai reads with modules of their own
+(Active!hunter, InterScan MSS, Google Workspace, Mimecast, Smail 3 and Deutsche Telekom's copy of it).
+Addresses are example.* ones; no sample is a copy of a collected bounce.
 
 What is checked is what these formats can tell: that the notice is a bounce, which recipients failed,
 and that a warning is a delay that is never hard.
@@ -24,6 +25,7 @@ OLDER = Path(__file__).parent / "bounce_samples" / "older"
 
 # sample: (failed recipients in report order, delay warning?)
 EXPECTED: dict[str, tuple[list[str], bool]] = {
+    "activehunter": (["yamada@ah.example.jp"], False),
     "dadoservice": (["ketchuy@dado.example.it"], False),
     "demon_addressed_to": (["james@jeb.demon.example.uk"], False),
     "domino_because": (["rshaw@domino.example.com"], False),
@@ -41,8 +43,10 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
     "eyou": (["mahau@cnb.example.com"], False),
     "failed_recipient_field": (["garyt@example.com"], False),
     "failed_recipients_block": (["duke@ald.example.com"], False),
+    "googleworkspace": (["nobody@ws.example.org"], False),
     "groupwise_full_addr": (["tkramer@gw.example.edu"], False),
     "hotpop": (["smithee@hotpop.example.com"], False),
+    "interscan_mss": (["suzuki@imss.example.co.jp"], False),
     "interscan_nt": (["isam@kv.example.be"], False),
     "interscan_viruswall": (["kim@s1.example.com"], False),
     "kundenserver": (["severin@t-online.example.de"], False),
@@ -52,6 +56,7 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
     "mdaemon": (["bsss@turbo.example.com"], False),
     "mdaemon_pro": (["kulp@webmail.pla.example.net.py"], False),
     "message_could_not_be_delivered_to": (["dyc@ademe.example.fr"], False),
+    "mimecast_notice": (["hoshi@mc.example.com"], False),
     "mxlogic": (["hmu@extra.example.com"], False),
     "netscape": (["alpha@nms.example.com", "beta@nms.example.com"], False),
     "netscape41": (["gamma@verio.example.net"], False),
@@ -75,6 +80,7 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
     "sina": (["wang.li@sina.example", "zhao.min@sina.example"], False),
     "sina_cn": (["chen.hua@sina.example"], False),
     "smail": (["jkl@smail.example.org"], False),
+    "smail_failed": (["kurz@nowhere.example.org"], False),
     "smtp32_attempts": (["lists@mail.example.com"], False),
     "smtp32_full": (["oliver@mail.example.ph"], False),
     "smtp32_two": (["one_bad_address@example.net", "after_another@example.net"], False),
@@ -82,6 +88,7 @@ EXPECTED: dict[str, tuple[list[str], bool]] = {
     "smtpsvc_old_message": (["midge@iis.example.com"], False),
     "smtpsvc_transcript": (["ddavis@win.example.com"], False),
     "socgen_sentence": (["duke.k@socg.example.com"], False),
+    "telekom_smail": (["mueller@t-online.example.de"], False),
     "usanet": (["chris.gm@usa.example.net"], False),
     "warn_googlemail": (["laggard@example.com"], True),
     "warn_messageswitch": (["nobody.home@switch.example.com"], True),
