@@ -72,7 +72,10 @@ _WEAK_SENDER = re.compile(r"^(?:no-?reply|bounces?|returned|administrator|system
 _SYSTEM_NAME = re.compile(
     r"(?:^|[\W_])(?:smtp|e?smtpd?|mta|mailer|daemon|postmaster|mail[ _.-]?(?:delivery|service|system|server|"
     r"gateway|administrator|admin)|delivery[ _.-]?(?:system|subsystem|notification|service)|"
-    r"anti-?virus|virus ?wall|system administrator)(?:$|[\W_\d])", re.I)
+    r"anti-?virus|anti-?spam|virus ?wall|system administrator|"
+    # Mail gateways and filters that write notices in their own name.
+    r"mail ?(?:marshal|scanner|sweeper|guard)|interscan|ironport|barracuda|mimecast|messagelabs|postini|"
+    r"scanmail)(?:$|[\W_\d])", re.I)
 _REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|fwd?|aw|wg|tr|rv|sv|vs)\s*(?:\[\d+\])?\s*:", re.I)
 _BOUNCE_SUBJECT = re.compile(
     r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report|delay)|"
