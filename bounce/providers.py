@@ -45,8 +45,10 @@ def _table(family: str, host: str, rows: Iterable[tuple[str, str, str]]) -> tupl
     """(status pattern, reply pattern, reason) rows of one provider's published reference. A row whose
     status is the provider's own (a detail number the IANA registry does not have, such as Microsoft's
     5.7.509) needs no host: no other system writes that code."""
-    return tuple(_rule(family, host if _registered(status) else "", phrase, reason, status)
-                 for status, phrase, reason in rows)
+    rules = [_rule(family, host if _registered(status) else "", phrase, reason, status)
+             for status, phrase, reason in rows]
+    # The provider's own codes first, then the rows that need its host: each part is one run (see _RUNS).
+    return tuple(sorted(rules, key=lambda r: r.host is not None))
 
 
 def _registered(status: str) -> bool:
@@ -375,15 +377,25 @@ FAMILIES = frozenset(r.family for r in RULES)
 
 
 # Rules in runs of one family and host, so that a host that does not match skips the whole run.
-_RUNS: tuple[tuple[str, re.Pattern[str] | None, tuple[Rule, ...]], ...] = tuple(
-    (family, host, tuple(run)) for (family, host), run in groupby(RULES, key=lambda r: (r.family, r.host)))
+# A run of a provider's own status codes (Microsoft's 5.7.509 …) is skipped for any registered code.
+_RUNS: tuple[tuple[str, re.Pattern[str] | None, bool, tuple[Rule, ...]], ...] = tuple(
+    (family, host, own, tuple(run)) for (family, host, own), run in groupby(
+        RULES, key=lambda r: (r.family, r.host, r.status is not None and r.host is None)))
+_DETAIL = re.compile(r"[245]\.\d\.(\d{1,3})")
+
+
+def _own_code(status: str) -> bool:
+    """A status whose detail number the IANA registry does not have (a provider's own code)."""
+    m = _DETAIL.fullmatch(status)
+    return m is not None and int(m.group(1)) > 30
 
 
 def provider_reason(text: str, host: str, disabled: Collection[str] = (), status: str = "", raw: str = "") -> str:
     """The reason a provider's own code or published reply gives, or "". `text` is the normalized reply,
     `raw` the reply as written (lower case), `status` its enhanced status code."""
-    for family, pattern, run in _RUNS:
-        if family in disabled or (pattern is not None and pattern.search(host) is None):
+    own = _own_code(status)
+    for family, pattern, own_codes, run in _RUNS:
+        if family in disabled or (own_codes and not own) or (pattern is not None and pattern.search(host) is None):
             continue
         for rule in run:
             where = raw if rule.raw else text
