@@ -21,7 +21,7 @@ from __future__ import annotations
 import re
 from collections.abc import Collection
 
-from bounce.phrases import TEXT, Doc, normalize
+from bounce.phrases import MAX_TEXT, TEXT, Doc, normalize
 from bounce.providers import provider_reason
 from bounce.status import (  # noqa: F401 - find_* and *_status are part of this module's interface
     REPLY_REASON,
@@ -108,6 +108,8 @@ def _specific(reason: str, mapped: str, doc: Doc, command: str, temporary: bool)
         return False
     if reason == "contenterror":
         return says(doc)
+    if reason == "spamdetected" and mapped != reason and command in _BEFORE_DATA:
+        return False  # a content filter has not seen the content before DATA
     if reason == "hostunknown":
         if "not found, try again" in doc.text or TEXT["notaccept"].search(doc):
             return False
@@ -140,7 +142,7 @@ def _reason(status: str, reply_code: str, diagnostic: str, command: str, action:
     doc = Doc(text)
     mapped = status_reason(status)
     if text or mapped:
-        by_provider = provider_reason(text, host, disabled)
+        by_provider = provider_reason(text, host, disabled, status, " ".join(diagnostic[:MAX_TEXT].lower().split()))
         if by_provider:
             return by_provider
         if not command and _AT_RCPT.search(text):

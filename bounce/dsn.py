@@ -144,7 +144,7 @@ def _parse(raw: bytes, verp_secret: bytes | None, _depth: int = 0, *,
     if undecided and notices.is_delay_notice(mail):
         for f in undecided:
             f.action = "delayed"
-    recipients = tuple(_finish(f, disabled) for f in findings[:MAX_RECIPIENTS] if f.address)
+    recipients = tuple(_finish(f, disabled, reporting_mta or "") for f in findings[:MAX_RECIPIENTS] if f.address)
     if recipients and all(r.reason == "feedback" for r in recipients):
         ftype = findings[0].feedback_type or "abuse"
         return BounceReport(False, False, True, ftype, message_id, original, recipients, None, token,
@@ -247,7 +247,7 @@ def _verp_token(root: Part, secret: bytes | None) -> verp.VerpToken | None:
 
 
 # --- one recipient, finished ------------------------------------------------------------------------
-def _finish(f: Finding, disabled: frozenset[str] = frozenset()) -> BouncedRecipient:
+def _finish(f: Finding, disabled: frozenset[str] = frozenset(), reporting_mta: str = "") -> BouncedRecipient:
     if f.reason in ("feedback", "vacation"):
         return BouncedRecipient(f.address, f.original_recipient, f.action or "", "", "", f.diagnostic,
                                 f.remote_mta, f.reason, False, "none")
@@ -261,7 +261,8 @@ def _finish(f: Finding, disabled: frozenset[str] = frozenset()) -> BouncedRecipi
         reply = cls.find_reply_code(diag, status[0]) or ("" if status[0] == "2" else reply)
     diag = _unfold_reply(diag, reply, status)
     command = f.command or find_command(diag)
-    host = f"{f.remote_mta} {f.address.rpartition('@')[2]}"
+    # Whose rules apply: the remote MTA, the recipient's domain, or a provider's gateway that wrote the report.
+    host = f"{f.remote_mta} {f.address.rpartition('@')[2]} {reporting_mta}"
     reason, _ = cls.classify(status, reply, diag, command=command, action=f.action, preset=f.reason,
                              host=host, disabled=disabled)
     if reason in ("onhold", "undefined") and f.diagnostic_type.startswith("x-unix"):

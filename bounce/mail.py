@@ -199,7 +199,7 @@ _COMMAND_PHRASES = (
     ("does not like recipient", "RCPT"), ("at rcpt", "RCPT"), ("during rcpt", "RCPT"),
     ("sender was rejected", "MAIL"), ("failed after i sent the message", "DATA"),
     ("did not like our final data", "DATA"), ("end of data", "DATA"), ("my name was rejected", "EHLO"),
-    ("while connected to", "CONN"), ("during connection", "CONN"), ("at connection", "CONN"),
+    ("sent: rcpt to", "RCPT"), ("while connected to", "CONN"), ("during connection", "CONN"), ("at connection", "CONN"),
 )
 
 
@@ -226,7 +226,7 @@ _BOILERPLATE = re.compile(
     r"this is a permanent error.*|(?:the )?following address(?:es)? failed:?|"
     r"рекомендуем.*|\*{3,}|={3,}|-{3,}.*|please (?:do not|don'?t) reply.*|"
     r"if you (?:have|need).*|for (?:further|more) (?:assistance|information).*|"
-    r"learn more at .*)$",
+    r"learn more at .*|please reply to .*|if you feel this message .*)$",
     re.I,
 )
 

@@ -66,9 +66,19 @@ _DAEMON = re.compile(r"^(?:mailer[-_.]?daemon|post_?master|mail-?daemon|mailer|m
 # Senders some notifiers use that ordinary mail uses too: they need the subject and the wording as well.
 _WEAK_SENDER = re.compile(r"^(?:no-?reply|bounces?|returned|administrator|system ?administrator|root|"
                           r"mail(?:er)?|daemon)$", re.I)
+# Names that say a sender is a mail system, not a person, whatever the local part looks like
+# ("E500_SMTP_Mail_Service", "Symantec_AntiVirus_for_SMTP_Gateways", "Mail Delivery Subsystem" as
+# the display name of a plain address): a notifier's sender, never a daemon on its own.
+_SYSTEM_NAME = re.compile(
+    r"(?:^|[\W_])(?:smtp|e?smtpd?|mta|mailer|daemon|postmaster|mail[ _.-]?(?:delivery|service|system|server|"
+    r"gateway|administrator|admin)|delivery[ _.-]?(?:system|subsystem|notification|service)|"
+    r"anti-?virus|anti-?spam|virus ?wall|system administrator|"
+    # Mail gateways and filters that write notices in their own name.
+    r"mail ?(?:marshal|scanner|sweeper|guard)|interscan|ironport|barracuda|mimecast|messagelabs|postini|"
+    r"scanmail)(?:$|[\W_\d])", re.I)
 _REPLY_OR_FORWARD = re.compile(r"^\s*(?:re|fwd?|aw|wg|tr|rv|sv|vs)\s*(?:\[\d+\])?\s*:", re.I)
 _BOUNCE_SUBJECT = re.compile(
-    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report)|"
+    r"undeliver|undelivered|delivery (?:status|failure|failed|notification|problem|report|delay)|"
     r"returned mail|mail delivery|failure notice|delivery has failed|could not be delivered|"
     r"non remis|unzustellbar|nicht zustellbar|mail system error|message not delivered|"
     r"rejected|bounce|warning: message|delayed mail|returned to sender|not delivered|"
@@ -83,9 +93,10 @@ _BOUNCE_TEXT = re.compile(
     r"could ?n[o']t be delivered|undeliverable|delivery (?:has )?failed|failed permanently|"
     r"(?:wasn'?t|was not|were not|unable|not) (?:able to )?deliver|permanent (?:fatal )?error|"
     r"returned to (?:the )?sender|transcript of session|following address(?:es)? failed|"
-    r"delivery status notification|did not reach|not (?:be )?delivered|error (?:sending|delivering)|"
+    r"delivery status notification|did not reach|not (?:yet )?(?:be |been )?delivered|error (?:sending|delivering)|"
     r"delivery (?:to the following|problem|failure)|message (?:was )?(?:rejected|bounced)|"
-    r"invalid (?:user|recipient) address|error message below",
+    r"invalid (?:user|recipient) address|error message below|no such (?:user|recipient|mailbox)|"
+    r"(?:user|recipient|mailbox) unknown|unknown (?:user|recipient)",
     re.I,
 )
 
@@ -120,8 +131,17 @@ def bounce_signs(mail: Mail) -> int:
         return BOUNCE_LIKE if subject_like or text_like else NOT_A_BOUNCE
     if not (subject_like and text_like):
         return NOT_A_BOUNCE
-    person = "@" in mail.from_addr and not _WEAK_SENDER.match(mail.from_local)
+    person = "@" in mail.from_addr and not _WEAK_SENDER.match(mail.from_local) and not system_sender(mail)
     return STRUCTURE_NEEDED if person or _REPLY_OR_FORWARD.match(mail.subject) else BOUNCE_LIKE
+
+
+def system_sender(mail: Mail) -> bool:
+    """The sender's local part or display name names a mail system (see _SYSTEM_NAME)."""
+    if _SYSTEM_NAME.search(mail.from_local):
+        return True
+    value = mail.header("from")
+    name = value[: value.find("<")] if "<" in value else value[value.find("(") + 1:] if "(" in value else ""
+    return bool(name.strip()) and bool(_SYSTEM_NAME.search(name[:200]))
 
 
 def looks_like_bounce(mail: Mail) -> bool:
@@ -140,7 +160,8 @@ _DELAY_TEXT = ("this is a warning message only", "this is a warning only", "you 
                "will be retried", "will retry", "will continue to try", "will keep trying", "will try again",
                "still trying", "continue trying", "continue to try", "delivery attempts will continue",
                "has not yet been delivered", "has been delayed", "not been delivered yet",
-               "not yet been delivered", "transient non-fatal")
+               "not yet been delivered", "transient non-fatal", "this is just a warning",
+               "has been postponed")
 _FINAL_TEXT = ("permanent error", "permanent fatal", "permanently failed", "failed permanently",
                "permanent failure", "giving up", "given up", "not going to try again",
                "has been returned", "has been bounced")

@@ -20,6 +20,7 @@ MAX_TEXT = 4000
 # "x@x" and links are reduced to their host name. Written from the wording of real MTAs and providers.
 PHRASES: dict[str, tuple[str, ...]] = {
     "mailboxfull": (
+        r"boite du destinataire pleine", r"would exceed (?:the )?(?:maximum )?(?:allowed )?(?:storage|quota)",
         r"(?:mailbox|inbox)\b[^.]{0,40}\bis (?:full|over quota)",
         r"out of storage space",
         r"(?:account|user|recipient|mailbox|inbox) (?:is |has )?(?:temporarily )?"
@@ -54,6 +55,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"message too large for this recipient",
     ),
     "suspend": (
+        r"(?:is currently|has been) suspended", r"temporar(?:y|ily) (?:locked|inactive)",
+        r"(?:user|domain) (?:or domain )?is disabled",
         r"inactive (?:account|user|mailbox)", r"(?:user|account) (?:is )?terminated", r"archived (?:recipient|mailbox)",
         r"no longer accepts (?:e-?)?mail",
         r"(?:mailbox|account|user|recipient) (?:is )?currently (?:suspended|disabled|inactive)",
@@ -71,6 +74,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
     "hasmoved": (
         r"(?:user|mailbox|address|recipient) has moved", r"has been moved",
         r"no longer (?:at|with|available at) this", r"address has changed", r"moved (?:to|permanently)",
+        r"user not local; please try",  # RFC 5321's 551 reply: the mailbox is elsewhere now
     ),
     "norelaying": (
         r"relay(?:ing)? (?:access )?(?:denied|prohibited|not (?:allowed|permitted|authori[sz]ed))",
@@ -92,6 +96,15 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"required authentication level",
     ),
     "userunknown": (
+        r"not present in (?:the )?directory", r"mailbox not present", r"can'?t accept user",
+        r"destination addresses? (?:were|was|is) unknown", r"destination server rejected recipients",
+        r"\binvalid address\b", r"mailbox is inactive", r"user not active", r"no mail ?box available",
+        r"no valid recipients", r"not a local address",
+        r"envelope recipient (?:has been denied|is in my badrcptto)", r"email name is not found",
+        r"badrecipientto", r"validrcptto", r"unknown virtual user", r"adresse nicht gefunden", r"x@x>? not found",
+        r"no \S+ in name directory", r"non-?existent user", r"x@x[>)]? does ?n[o']t exist",
+        r"(?:recipient|user) \S+ was not found", r"user \(\S+\) unknown",
+        r"recipient (?:address )?rejected: (?:user ?unknown|invalid[- ](?:user|recipient))",
         r"(?:user|recipient|mailbox|account|addressee|local part)s? (?:is )?"
         r"(?:unknown|not (?:found|known|exist|valid|listed|recognized|recognised|local|present)"
         r"|does ?n[o']t exist|doesn'?t exist|non-?existent|invalid|unavailable|not found)",
@@ -130,7 +143,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"refuse to receive", r"not authorized to (?:send|receive|post)",
     ),
     "requireptr": (
-        r"\bptr\b", r"reverse ?(?:dns|lookup|name|address|resolution)", r"\brdns\b",
+        r"\bptr\b", r"reverse ?(?:dns|lookup|name|address|resolution|host ?name)", r"\brdns\b",
         r"(?:cannot|can'?t|could not|unable to) (?:find|resolve|verify) (?:your |the )?"
         r"(?:hostname|host name|ip address|address|client)",
         r"unresolvable (?:ip|address|hostname|host)", r"no (?:dns )?(?:ptr|reverse)",
@@ -156,6 +169,11 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"invalid (?:mime|header|charset|encoding)", r"mime (?:error|type)", r"line too long",
     ),
     "rejected": (
+        r"can'?t determine purported responsible address", r"bouncedeny", r"valid-address-filter",
+        r"senderfilterconfig", r"envelope blocked", r"invalid domain, see", r"not a registered gateway user",
+        r"recursive cname", r"rule imposed mailbox access", r"from a different address or alias",
+        r"sender address has been blacklisted", r"sender is spammer", r"spam reporting address",
+        r"empty e-?mail address", r"unsigned dsn", r"your access to submit messages",
         r"sender (?:address )?(?:verify|verification) failed",
         r"(?:empty|null) (?:envelope )?senders? (?:is |are )?not allowed",
         r"no third-party dsns?", r"\bbatv\b", r"backscatter", r"(?:isn'?t|not) on the recipient'?s list of senders",
@@ -193,6 +211,9 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:^|\b\d{3} )(?:[a-z0-9-]+\.)+[a-z]{2,} does not exist",
     ),
     "spamdetected": (
+        r"mail content denied", r"our system has detected that this message is", r"bulk\.advertising",
+        r"bulk e-?mail", r"rejecting (?:mail|banned) content", r"recurrent pattern detection",
+        r"blocked by our (?:spam )?filter",
         r"(?:probable|probably|likely) (?:spam|junk)", r"anti-?spam", r"mass mailer", r"unacceptable content",
         r"spam(?!haus|cop|trap|-?rl)", r"junk ?mail", r"\bube\b", r"message content rejected", r"unsolicited",
         r"bulk ?mail", r"blacklisted url", r"uribl", r"surbl", r"message (?:content )?(?:looks|appears) like",
@@ -213,6 +234,13 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"too much (?:load|traffic)",
     ),
     "blocked": (
+        r"connection (?:was )?dropped", r"reset by peer", r"(?:esmtp )?not accepting connections", r"\bgo away\b",
+        r"access (?:from|forbidden by) (?:your )?(?:ip|mail server)", r"your access ip",
+        r"no matches to nameserver query", r"refused - see", r"has not passed validation",
+        r"service not available, closing transmission channel", r"unwanted messages have been sent",
+        r"temporarily deferred due to user complaints", r"to submit messages to this e-?mail system",
+        r"looks suspiciously like (?:a )?spammer", r"(?:too many spams|sending spam) from your ip",
+        r"you are sending spam", r"currently sending spam",
         r"traffic not accepted from this ip",
         r"(?:dynamic|zombie|dial-?up) (?:ip|hosts?|pool)", r"helo command rejected", r"open proxy",
         r"not (?:currently )?accepting (?:mail|connections) from your ip", r"listed as abusive",
@@ -225,7 +253,8 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:has been |is |was )?(?:rejected|blocked|not allowed|denied|refused|listed)",
         r"messages from .{0,80} (?:weren'?t|were not) sent", r"please use the smtp server of your isp",
         r"dial-?up", r"dynamic(?:ally)? (?:ip|assigned|address|pool)", r"residential",
-        r"invalid ip for sending", r"connection (?:refused|rejected|denied)", r"not allowed to (?:send|connect)",
+        r"invalid ip for sending", r"connection refused by", r"connection (?:rejected|denied)",
+        r"not allowed to (?:send|connect)",
         r"refused by (?:local )?policy", r"(?:ip|host) (?:address )?(?:is )?not (?:allowed|permitted)",
         r"greylist", r"refused to talk to me", r"poor email", r"rejected (?:due to|because of) (?:your )?ip",
         r"mail server (?:at .{0,80} )?(?:is )?(?:rejected|blocked)", r"rejecting (?:connection|mail) from",
@@ -234,6 +263,9 @@ PHRASES: dict[str, tuple[str, ...]] = {
     ),
     # Reasons looked for in the text only, after the ones above.
     "policyviolation": (
+        r"by non-member to a members-only list", r"closed mailing list", r"\bheaders? (?:error|are not accepted)",
+        r"organizational settings", r"message given low priority", r"messages with multiple addresses",
+        r"not subscribed to this group", r"containing images or other attachments", r"without solving a captcha",
         r"(?:a|its|their) policy that prohibit",
         r"(?:attachment|file type|extension)s? (?:is |are )?(?:not allowed|not permitted|prohibited|blocked|forbidden)",
         r"policy (?:violation|reasons|rejection|restriction)", r"violat\w* (?:\w+ )?polic",
@@ -245,6 +277,10 @@ PHRASES: dict[str, tuple[str, ...]] = {
     ),
     "virusdetected": (r"virus", r"malware", r"infected", r"trojan", r"\bworm\b", r"malicious"),
     "systemerror": (
+        r"can'?t create user output file", r"interrupted system call",
+        r"encountered an error while being processed", r"loop was found in the mail exchanger",
+        r"there is no mdb", r"remote server is misconfigured", r"system config(?:uration)? error",
+        r"unable to connect to (?:the )?\S*\s?daemon",
         r"system error", r"internal (?:server |system )?error", r"local error in processing", r"server error",
         r"mail (?:system|server) (?:problem|error)", r"configuration error",
         r"temporar(?:y|ily) (?:local )?(?:problem|error)", r"out of memory",
@@ -253,9 +289,11 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"service (?:currently |temporarily )?(?:unavailable|not available)", r"could not load",
     ),
     "networkerror": (
+        r"could not connect and send the mail", r"malformed or unexpected name ?server reply",
+        r"unable to resolve route",
         r"exceeded \d+ hops",
         r"loops back to myself", r"(?:dns|mx) records? for the destination", r"malformed (?:name ?server|dns) reply",
-        r"forwarding loop", r"message looping",
+        r"forwarding loop", r"message (?:is )?looping", r"already has my delivered-to line",
         r"network error", r"connection (?:reset|lost|dropped)", r"no route to host",
         r"dns (?:lookup )?(?:error|problem|timeout)", r"name ?server (?:timeout|failure|error)",
         r"bad connection", r"host (?:is )?unreachable", r"lost connection", r"(?:routing|mail) loop",
@@ -274,6 +312,7 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"accepts no mail", r"no mx found",
     ),
     "expired": (
+        r"could not find a gateway for", r"failed to deliver to domain", r"\bhas been delayed",
         r"(?:has|have) been failing for a long time", r"(?:has|have) been in the queue too long",
         r"after (?:multiple|several|repeated) (?:retries|attempts)", r"server did not respond", r"not been collected",
         r"within the allowed queue period",
@@ -292,6 +331,9 @@ PHRASES: dict[str, tuple[str, ...]] = {
         r"(?:does not|doesn'?t) support (?:tls|ssl|starttls)", r"must issue a starttls",
     ),
     "securityerror": (
+        r"account not subscribed to ses", r"authentication failure",
+        r"authentication turned on in your e-?mail client", r"executable files are not allowed",
+        r"insecure mail relay", r"authentification (?:invalide|requise)", r"is a dead domain",
         r"authentication (?:required|failed|credentials)", r"unauthenticated senders?", r"smtp authentication",
         r"security (?:policy|error)", r"\bcertificate\b", r"not authori[sz]ed", r"sender address forgery",
     ),

@@ -21,7 +21,7 @@ _INTRO = re.compile(r"did not reach the following recipient\(?s?\)?:?|"
                     r"the following recipient\(?s?\)? (?:could|can)not be reached:?|"
                     r"your message did not reach some or all of the intended recipients", re.I)
 # "user@host on <date>", or the X.400 form "c=US;a= ;p=…;dda:SMTP=user@host; on <date>".
-_RCPT = re.compile(r"^[ \t]*(?:\S*?(?:SMTP|smtp)[=:])?<?(" + ADDR + r")>?;?[ \t]+on[ \t]+\S", re.M)
+_RCPT = re.compile(r"^[ \t]*(?:[^\n]{0,300}?(?:SMTP|smtp)[=:])?<?(" + ADDR + r")>?;?[ \t]+on[ \t]+\S", re.M)
 _IMS_CODE = re.compile(r"MSEXCH:\S*.{0,120}?\(([0-9A-F]{8})\)", re.I)
 # Internet Mail Service error codes (Microsoft KB articles on IMS non-delivery reports).
 _IMS_REASONS = {

@@ -2,6 +2,8 @@
 
     The message that you sent was undeliverable to the following:     (Novell GroupWise)
         jdoe (user not found)
+    Message not delivered to the following:                           (the same, university MTAs)
+        jdoe    Mailbox unknown
     Receiver not found: jdoe                                          (CompuServe)
     Your mail to the following recipients could not be delivered because they are not accepting
     mail from sender@example.com:                                     (AOL, a recipient's sender block)
@@ -16,8 +18,12 @@ import re
 
 from bounce.mail import ADDR_RE, Finding, Mail
 
-_GROUPWISE = re.compile(r"undeliverable to the following(?: recipients?| addresses)?:?[ \t]*\n", re.I)
-_GW_LINE = re.compile(r"^[ \t]+([^\s()<>@,;:]+(?:@[^\s()<>,;:]+)?)[ \t]+\(([^)\n]{1,200})\)[ \t]*$")
+_GROUPWISE = re.compile(r"(?:undeliverable|not delivered) to the following(?: recipients?| addresses| users?)?:?"
+                        r"[ \t]*\n", re.I)
+# "jdoe (user not found)" or "jdoe    Mailbox unknown" (the reason after two spaces or more).
+_GW_LINE = re.compile(r"^[ \t]+([^\s()<>@,;:]+(?:@[^\s()<>,;:]+)?)(?:[ \t]+\(([^)\n]{1,200})\)|[ \t]{2,}"
+                      r"([A-Za-z][^\n]{0,200}?))[ \t]*$")
+_REPLY = re.compile(r"\b[45]\d\d[ -](?:[45]\.\d{1,3}\.\d{1,3}\b)?")
 _RECEIVER = re.compile(r"^[ \t]*receiver not found:[ \t]*([^\s@]+)[ \t]*$", re.I | re.M)
 _NOT_ACCEPTING = re.compile(r"could not be delivered because they are not accepting mail from\b[^\n]*\n", re.I)
 _BARE_NAME = re.compile(r"^[ \t]*([^\s()<>@,;:]+)[ \t]*$")
@@ -40,7 +46,8 @@ def read_groupwise(mail: Mail) -> list[Finding] | None:
     if m is None:
         return None
     out: list[Finding] = []
-    for line in mail.text[m.end():].split("\n"):
+    lines = mail.text[m.end():].split("\n")
+    for n, line in enumerate(lines):
         if not line.strip():
             if out:
                 break
@@ -50,7 +57,12 @@ def read_groupwise(mail: Mail) -> list[Finding] | None:
             break
         addr = _qualify(got.group(1), mail)
         if addr:
-            out.append(Finding(addr, diagnostic=got.group(2).strip(), command="RCPT"))
+            name = got.group(1).split("@", 1)[0].lower()
+            # The SMTP reply quoted further down ("Error detail: 550 5.1.1 jdoe… User unknown").
+            reply = next((ln.strip() for ln in lines[n + 1 : n + 40]
+                          if name in ln.lower() and _REPLY.search(ln)), "")
+            out.append(Finding(addr, diagnostic=f"{reply} {(got.group(2) or got.group(3)).strip()}".strip(),
+                               command="RCPT"))
     return out or None
 
 
