@@ -96,6 +96,8 @@ class Daemon:
         report = await self.spool.recover(crash_limit=cfg.delivery.crash_limit)
         log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=str(cfg.spool_path),
                  recovered=len(report.released), parked=len(report.parked))
+        for problem in cfg.secret_problems():  # what check-config warns about, said once here too
+            log.warning("config.secret_missing", problem=problem)
         self.services.extend(self._build_services())
         for svc in self.services:
             self._service_tasks.append(asyncio.create_task(self._run_service(svc), name=type(svc).__name__))

@@ -19,7 +19,7 @@ import dns.nameserver
 import dns.resolver
 
 from dns_checks.resolver import parse_nameserver
-from gateway.config import OutboundConfig, RelayConfig, resolve_secret
+from gateway.config import ConfigError, OutboundConfig, RelayConfig, resolve_secret
 from gateway.logs import get_logger
 
 log = get_logger("mailgw.outbound")
@@ -137,14 +137,21 @@ class SmtpSender:
         self._mx_tls = ssl.create_default_context()
         self._mx_tls.check_hostname = False
         self._mx_tls.verify_mode = ssl.CERT_NONE
-        self._relay_password = (resolve_secret(cfg.relay.password_env, cfg.relay.password_file,
-                                               what="outbound.relay.password")
-                                if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file) else None)
+        self._relay_password: str | None = None
+        self._relay_problem: str | None = None  # the relay's password cannot be read: defer, never bounce
+        if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file):
+            try:
+                self._relay_password = resolve_secret(cfg.relay.password_env, cfg.relay.password_file,
+                                                      what="outbound.relay.password")
+            except ConfigError as exc:
+                self._relay_problem = "; ".join(exc.errors)
 
     async def deliver(self, domain: str, transactions: Sequence[Transaction], message: bytes
                       ) -> dict[str, RcptResult]:
         """Send to every recipient (all in `domain`); never raises: failures become per-recipient results."""
         all_rcpts = [r for t in transactions for r in t.rcpts]
+        if self._relay_problem is not None:
+            return {r: RcptResult("temporary", 451, f"4.3.5 {self._relay_problem}") for r in all_rcpts}
         if self.relay is not None:
             targets = [(self.relay.host, self.relay.port)]
         else:
