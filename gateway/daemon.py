@@ -90,7 +90,7 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.lock.acquire()  # before the spool and the sockets: a second daemon touches neither
         self.spool = await open_spool(cfg)
         report = await self.spool.recover(crash_limit=cfg.delivery.crash_limit)

@@ -17,6 +17,7 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
@@ -425,7 +426,11 @@ class SqliteSpool(Spool):
 
     def __init__(self, path: Path, *, max_batch: int = 256, commit_window: float = 0.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # The spool holds mail. SQLite would create the file with the umask's mode (0644 as a rule) and gives the
+        # -wal and -shm files the mode of the database file: create it 0600 first (an existing file keeps the
+        # mode an operator gave it).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         conn = connect(self.path)
         conn.executescript(SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(FIRST_SCHEMA_VERSION),))
