@@ -1,6 +1,9 @@
 """Bounces parsed per second over the bounce corpus, beside the bare stdlib parser in the same run.
 
-    .venv/bin/python bench/bounce.py [--dir ../shared/corpus/bounces] [--rounds 5]
+    .venv/bin/python bench/bounce.py [--dir CORPUS] [--rounds 5]
+
+CORPUS: a directory of bounces in eml/ (default: $MAILGW_BOUNCE_CORPUS, else ../shared/corpus/bounces next to
+the checkout); docs/bounces.md says where such a corpus comes from.
 
 On one core (the process is pinned to one CPU when the OS allows it), over every .eml file:
   stdlib      email.message_from_bytes(raw) (policy compat32): only builds the MIME tree
@@ -41,7 +44,8 @@ def rate(func: Callable[[bytes], object], corpus: list[bytes], rounds: int) -> f
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--dir", default=str(HERE.parent.parent / "shared" / "corpus" / "bounces"))
+    ap.add_argument("--dir", default=os.environ.get("MAILGW_BOUNCE_CORPUS")
+                    or str(HERE.parent.parent / "shared" / "corpus" / "bounces"))
     ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     root = Path(args.dir)

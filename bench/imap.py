@@ -35,7 +35,6 @@ from gateway.spool import SqliteSpool  # noqa: E402
 from tests.integration.dovecot import (  # noqa: E402
     DovecotServer,
     MailUser,
-    ensure_vmail_user,
     mailbox_config_dict,
     message,
     preload_maildir,
@@ -91,7 +90,6 @@ def main() -> int:
     if reason:
         print(f"bench/imap.py: {reason}", file=sys.stderr)
         return 1
-    ensure_vmail_user()
     devnull = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process
     setup_logging(args.log_level, "json", stream=devnull)
     run = asyncio.run

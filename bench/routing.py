@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/routing.py [--messages 20000] [--runs 5] [--corpus DIR]
 
-The header blocks come from the real bounce corpus (../shared/corpus/bounces/eml: Received chains, DKIM
-signatures, vendor headers of many MTAs). Bounces are kept as they are (sent to our bounce address); copies
+The header blocks come from a real bounce corpus ($MAILGW_BOUNCE_CORPUS/eml, else ../shared/corpus/bounces/eml
+next to the checkout; docs/bounces.md says where one comes from): Received chains, DKIM signatures, vendor
+headers of many MTAs. Bounces are kept as they are (sent to our bounce address); copies
 of the other header blocks are re-addressed to make the mix the gateway sees (the addressing headers are
 replaced, everything else is the real message's):
 
@@ -30,6 +31,7 @@ import argparse
 import email
 import email.policy
 import gc
+import os
 import random
 import statistics
 import sys
@@ -46,7 +48,7 @@ from routing.policy import FallbackPolicy, InstancePolicy, ReferencePattern, Rou
 from routing.replies import KnownMessage  # noqa: E402
 from routing.router import Router  # noqa: E402
 
-CORPUS = HERE.parent.parent / "shared" / "corpus" / "bounces" / "eml"
+CORPUS = Path(os.environ.get("MAILGW_BOUNCE_CORPUS") or HERE.parent.parent / "shared" / "corpus" / "bounces") / "eml"
 DOMAINS = {"a": ["sales.example.com", "help.example.com"], "b": ["shop.example.org"]}
 MODELS = ["crm.lead", "helpdesk.ticket", "project.task", "sale.order", "hr.applicant", "mail.channel"]
 REPLACED = ("to:", "cc:", "from:", "references:", "in-reply-to:", "delivered-to:", "content-type:", "subject:")
@@ -187,7 +189,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=4)
     args = ap.parse_args()
     if not args.corpus.is_dir():
-        print(f"corpus {args.corpus} not found (it lives in ../shared/corpus/bounces/eml)", file=sys.stderr)
+        print(f"corpus {args.corpus} not found: set MAILGW_BOUNCE_CORPUS to a bounce corpus (docs/bounces.md)",
+              file=sys.stderr)
         return 66
     rng = random.Random(args.seed)
     router, known, aliases_of = build_router(rng)

@@ -157,7 +157,7 @@ async def lookup_dmarc(dns: DnsLookup, domain: str) -> DmarcLookup:
 
 async def check_dmarc(dns: DnsLookup, found: DmarcLookup) -> CheckResult:
     if found.answer is not None:
-        return CheckResult("dmarc", Status.WARN, found.problem, tuple(found.records))
+        return CheckResult("dmarc", Status.UNKNOWN, found.problem, tuple(found.records))
     pol = found.policy
     if pol is None:
         return CheckResult("dmarc", Status.WARN, f"{found.problem}: Gmail and Yahoo require DMARC from bulk "
@@ -166,7 +166,9 @@ async def check_dmarc(dns: DnsLookup, found: DmarcLookup) -> CheckResult:
     where = "" if found.found_at == found.domain else f" (inherited from {found.found_at})"
     p = found.effective_p
     if p == "none":
-        problems.append(Problem(Status.OK, "p=none: monitoring only, spoofed mail is delivered"))
+        # It protects nothing: internet.nl and MXToolbox flag it too. Fine for a first weeks of reports.
+        problems.append(Problem(Status.WARN, "p=none: monitoring only, mail spoofing the domain is delivered; "
+                                "move to p=quarantine or p=reject once the reports show your own mail passes"))
     if pol.pct < 100 and p != "none":
         problems.append(Problem(Status.OK, f"pct={pol.pct}: the policy applies to {pol.pct}% of failing mail"))
     if not pol.rua:
@@ -194,7 +196,7 @@ async def _report_uri_problems(dns: DnsLookup, policy_domain: str, uri: str) -> 
     name = f"{policy_domain}._report._dmarc.{target}"
     ans = await dns.query(name, "TXT")
     if ans.is_error:
-        return [Problem(Status.WARN, f"cannot verify report destination {target}: {ans.describe()}")]
+        return [Problem(Status.UNKNOWN, f"cannot verify report destination {target}: {ans.describe()}")]
     if not any(is_dmarc_record(t) for t in ans.texts()):
         return [Problem(Status.WARN, f"{target} does not accept DMARC reports for {policy_domain} "
                         f"(no v=DMARC1 at {name}): receivers will not send them")]
@@ -207,7 +209,9 @@ class DkimSigner:
 
     domain: str  # d=
     selector: str
-    usable: bool  # its DKIM check found a valid published key (and, if configured, the matching one)
+    # Its DKIM check found a valid published key (and, if configured, the matching one): True, False, or None
+    # when the key could not be looked up (DNS error).
+    usable: bool | None
 
 
 def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str, spf_result: str | None,
@@ -215,53 +219,67 @@ def check_alignment(found: DmarcLookup, *, from_domain: str, bounce_domain: str,
     """Will mail From `from_domain`, Return-Path @`bounce_domain`, signed by `signers`, pass DMARC?
 
     `spf_result` is check_host() for the gateway IP at the bounce domain; None when it could not be
-    evaluated (no IP given), but "none" when the bounce domain has no SPF record.
+    evaluated (no IP given, or the record could not be read), but "none" when the bounce domain has no SPF
+    record. Each leg (SPF, DKIM) passes, fails or is unknown; DMARC passes when one leg passes, fails when
+    both fail, and is `unknown` otherwise — never "ok" on something that was not looked at. When the DMARC
+    record itself could not be read, a leg counts as passing only if it passes under strict alignment.
     """
     pol = found.policy
-    aspf = pol.aspf if pol else "r"
-    adkim = pol.adkim if pol else "r"
+    policy_unknown = found.answer is not None
+    aspf = pol.aspf if pol else ("s" if policy_unknown else "r")
+    adkim = pol.adkim if pol else ("s" if policy_unknown else "r")
     records = [f"From: @{from_domain}", f"Return-Path: @{bounce_domain}"]
-    records += [f"DKIM d={s.domain} s={s.selector}{'' if s.usable else ' (broken)'}" for s in signers]
+    records += [f"DKIM d={s.domain} s={s.selector}"
+                + {True: "", False: " (broken)", None: " (not looked up: DNS error)"}[s.usable] for s in signers]
     if spf_result is not None:
         records.append(f"SPF at {bounce_domain}: {spf_result}")
 
-    unknown = " (SPF not evaluated: no --ip)"
-    if spf_result == "temperror":
-        spf_result = None  # a DNS failure says nothing about alignment: judge as if no IP were given
-        unknown = " (SPF not evaluated: DNS error, see spf)"
-    spf_aligned = is_aligned(bounce_domain, from_domain, aspf)
-    if not spf_aligned:
+    # The SPF leg: (passes, fails, unknown) -> (True, False, None), and why when it does not pass.
+    spf: bool | None
+    if not is_aligned(bounce_domain, from_domain, aspf):
+        spf = False
         spf_why = (f"Return-Path @{bounce_domain} is not aligned with From @{from_domain}"
                    f" ({'aspf=s needs the same domain' if aspf == 's' else 'different organizational domain'})")
+    elif spf_result == "pass":
+        spf, spf_why = True, ""
+    elif spf_result is None:
+        spf, spf_why = None, f"SPF at {bounce_domain} was not evaluated (give --ip, the gateway's sending address)"
+    elif spf_result == "temperror":
+        spf, spf_why = None, f"SPF at {bounce_domain} could not be evaluated (DNS error, see spf)"
     elif spf_result == "none":
-        spf_why = f"no SPF record at {bounce_domain}"
-    elif spf_result not in (None, "pass"):
-        spf_why = f"SPF {spf_result} for the gateway IP at {bounce_domain}"
+        spf, spf_why = False, f"no SPF record at {bounce_domain}"
     else:
-        spf_why = ""
-    spf_ok = not spf_why
-    aligned_signers = [s for s in signers if is_aligned(s.domain, from_domain, adkim)]
-    dkim_ok = any(s.usable for s in aligned_signers)
-    if dkim_ok:
-        dkim_why = ""
-    elif aligned_signers:
-        dkim_why = "the aligned DKIM key is broken (see dkim)"
-    elif signers:
-        dkim_why = (f"DKIM d={signers[0].domain} is not aligned with @{from_domain}"
-                    + (" (adkim=s)" if adkim == "s" else ""))
-    else:
-        dkim_why = "no DKIM signature (no key configured for this domain)"
+        spf, spf_why = False, f"SPF {spf_result} for the gateway IP at {bounce_domain}"
 
-    p = found.effective_p
-    if spf_ok and dkim_ok:
-        how = "SPF and DKIM both aligned" + (unknown if spf_result is None else "")
-        return CheckResult("dmarc-alignment", Status.OK, how, tuple(records))
-    if spf_ok or dkim_ok:
-        leg, other = ("SPF", dkim_why) if spf_ok else ("DKIM", spf_why)
-        note = unknown if spf_ok and spf_result is None else ""
-        return CheckResult("dmarc-alignment", Status.OK,
-                           f"passes DMARC through {leg} only{note}; {other}", tuple(records))
+    aligned_signers = [s for s in signers if is_aligned(s.domain, from_domain, adkim)]
+    dkim: bool | None
+    if any(s.usable for s in aligned_signers):
+        dkim, dkim_why = True, ""
+    elif any(s.usable is None for s in aligned_signers):
+        dkim, dkim_why = None, "the aligned DKIM key could not be looked up (DNS error, see dkim)"
+    elif aligned_signers:
+        dkim, dkim_why = False, "the aligned DKIM key is broken (see dkim)"
+    elif signers:
+        dkim, dkim_why = False, (f"DKIM d={signers[0].domain} is not aligned with @{from_domain}"
+                                 + (" (adkim=s)" if adkim == "s" else ""))
+    else:
+        dkim, dkim_why = False, "no DKIM signature (no key configured for this domain)"
+
+    if spf and dkim:
+        return CheckResult("dmarc-alignment", Status.OK, "SPF and DKIM both aligned", tuple(records))
+    if spf or dkim:
+        leg, other, known = ("SPF", dkim_why, dkim is False) if spf else ("DKIM", spf_why, spf is False)
+        return CheckResult("dmarc-alignment", Status.OK, f"passes DMARC through {leg}{' only' if known else ''}; "
+                           f"{other}", tuple(records))
+    if policy_unknown:
+        return CheckResult("dmarc-alignment", Status.UNKNOWN,
+                           f"cannot tell: the DMARC record could not be read ({found.problem}); "
+                           f"{'; '.join(w for w in (spf_why, dkim_why) if w)}", tuple(records))
     why = f"{spf_why}; {dkim_why}"
+    if spf is None or dkim is None:
+        return CheckResult("dmarc-alignment", Status.UNKNOWN,
+                           f"cannot tell whether DMARC passes: {why}", tuple(records))
+    p = found.effective_p
     if p in ("reject", "quarantine"):
         effect = "rejects" if p == "reject" else "sends to spam"
         return CheckResult("dmarc-alignment", Status.FAIL,

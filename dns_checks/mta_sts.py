@@ -31,7 +31,7 @@ async def check_mta_sts(dns: DnsLookup, domain: str) -> CheckResult:
     a, aaaa = await asyncio.gather(dns.query(host, "A"), dns.query(host, "AAAA"))
     if a.is_error or aaaa.is_error:
         bad = a if a.is_error else aaaa
-        return CheckResult("mta-sts", Status.WARN, f"record ok (id={policy_id}); policy host: "
+        return CheckResult("mta-sts", Status.UNKNOWN, f"record ok (id={policy_id}); policy host: "
                            f"{bad.describe()}", records)
     if not (a.addresses() or aaaa.addresses()):
         return CheckResult("mta-sts", Status.WARN, f"record published (id={policy_id}) but the policy host "

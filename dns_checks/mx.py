@@ -91,7 +91,7 @@ def check_mx(info: MxInfo) -> CheckResult:
     ans = info.answer
     records = [h.describe() for h in sorted(info.hosts, key=lambda h: h.preference)]
     if ans.is_error:
-        return CheckResult("mx", Status.WARN, ans.describe(), ())
+        return CheckResult("mx", Status.UNKNOWN, ans.describe(), ())
     if ans.outcome == "nxdomain":
         return CheckResult("mx", Status.FAIL, f"{info.domain} does not exist (NXDOMAIN): mail to it bounces")
     if info.implicit is not None:
@@ -101,7 +101,7 @@ def check_mx(info: MxInfo) -> CheckResult:
                                f"{info.domain} ({', '.join(h.addresses)}); publish an MX",
                                (f"A/AAAA {info.domain} ({', '.join(h.addresses)})",))
         if h.errors:
-            return CheckResult("mx", Status.WARN, f"no MX record, and {'; '.join(h.errors)}")
+            return CheckResult("mx", Status.UNKNOWN, f"no MX record, and {'; '.join(h.errors)}")
         return CheckResult("mx", Status.FAIL, f"no MX and no address for {info.domain}: mail to it bounces")
     if info.null_mx:
         if len(info.hosts) == 1 and info.hosts[0].preference == 0:
@@ -122,7 +122,7 @@ def check_mx(info: MxInfo) -> CheckResult:
         if h.addresses:
             usable += 1
         elif h.errors:
-            problems.append(Problem(Status.WARN, f"MX {h.name}: {'; '.join(h.errors)}"))
+            problems.append(Problem(Status.UNKNOWN, f"MX {h.name}: {'; '.join(h.errors)}"))
         else:
             problems.append(Problem(Status.WARN, f"MX {h.name} has no A/AAAA record: senders skip it"))
     if usable == 0 and not any(h.errors for h in info.hosts):
@@ -173,7 +173,7 @@ async def check_mx_gateway(dns: DnsLookup, info: MxInfo, expect: Sequence[str]) 
     hosts = info.receiving_hosts
     records = [h.describe() for h in hosts] + [f"expected: {shown}"]
     if info.answer.is_error:
-        return CheckResult("mx-gateway", Status.WARN, f"cannot compare with {shown}: "
+        return CheckResult("mx-gateway", Status.UNKNOWN, f"cannot compare with {shown}: "
                            f"{info.answer.describe()}", tuple(records))
     if not hosts or info.null_mx:
         return CheckResult("mx-gateway", Status.FAIL, f"mail for {info.domain} never reaches the gateway "

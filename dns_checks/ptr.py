@@ -16,7 +16,7 @@ async def check_ptr(dns: DnsLookup, ip: str, helo_name: str | None = None) -> Ch
     rname = reverse_name(ip)
     ans = await dns.query(rname, "PTR")
     if ans.is_error:
-        return CheckResult("ptr", Status.WARN, f"PTR of {ip}: {ans.describe()}")
+        return CheckResult("ptr", Status.UNKNOWN, f"PTR of {ip}: {ans.describe()}")
     names = ans.targets()
     if not names:
         return CheckResult("ptr", Status.FAIL, f"{ip} has no PTR record: many receivers (Gmail, Microsoft) "
@@ -29,7 +29,7 @@ async def check_ptr(dns: DnsLookup, ip: str, helo_name: str | None = None) -> Ch
     for name, fwd in zip(names, forwards, strict=True):
         records.append(f"{name} {rtype} {', '.join(fwd.addresses()) or fwd.outcome}")
         if fwd.is_error:
-            problems.append(Problem(Status.WARN, f"cannot confirm {name}: {fwd.describe()}"))
+            problems.append(Problem(Status.UNKNOWN, f"cannot confirm {name}: {fwd.describe()}"))
         elif any(ipaddress.ip_address(a) == addr for a in fwd.addresses()):
             confirmed.append(name)
     if not confirmed and not problems:

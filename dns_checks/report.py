@@ -8,9 +8,10 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from dns_checks.result import CheckResult, DomainReport, Status, worst
+from dns_checks.result import CheckResult, DomainReport, Status, severity, worst
 
-_COLOURS = {Status.OK: "\033[32m", Status.WARN: "\033[33m", Status.FAIL: "\033[1;31m"}
+_COLOURS = {Status.OK: "\033[32m", Status.INFO: "\033[36m", Status.UNKNOWN: "\033[35m", Status.WARN: "\033[33m",
+            Status.FAIL: "\033[1;31m"}
 _RESET = "\033[0m"
 
 
@@ -28,17 +29,17 @@ def render_table(reports: Sequence[DomainReport], *, colour: bool = False, verbo
     rows: list[tuple[str, CheckResult]] = [(r.domain, c) for r in reports for c in r.checks]
     w_dom = max([len("DOMAIN"), *(len(d) for d, _ in rows)])
     w_chk = max([len("CHECK"), *(len(c.check) for _, c in rows)])
-    lines = [f"{'DOMAIN':<{w_dom}}  {'CHECK':<{w_chk}}  STATUS  FINDING"]
+    lines = [f"{'DOMAIN':<{w_dom}}  {'CHECK':<{w_chk}}  STATUS   FINDING"]
     previous = None
     for domain, c in rows:
         shown = domain if domain != previous else ""
         previous = domain
-        status = f"{c.status.value:<6}"
+        status = f"{c.status.value:<7}"
         if colour:
             status = f"{_COLOURS[c.status]}{status}{_RESET}"
         lines.append(f"{shown:<{w_dom}}  {c.check:<{w_chk}}  {status}  {c.finding}")
         if verbose or c.status is not Status.OK:
-            indent = " " * (w_dom + w_chk + 14)
+            indent = " " * (w_dom + w_chk + 15)
             lines.extend(f"{indent}| {rec}" for rec in c.records)
     summary = summarize(reports)
     lines += ["", summary.line]
@@ -66,6 +67,8 @@ class Summary:
         n = len(self.domains)
         head = (f"dns-check {self.status.value}: {n} domain{'s' if n != 1 else ''}, {self.counts['ok']} ok, "
                 f"{self.counts['warn']} warn, {self.counts['fail']} fail")
+        extra = [f"{self.counts[s]} {s}" for s in ("info", "unknown") if self.counts[s]]
+        head += f", {', '.join(extra)}" if extra else ""
         bad = [f"{d} {s}" for d, s in self.domains.items() if s != "ok"]
         return head + (f" ({', '.join(bad)})" if bad else "")
 
@@ -76,12 +79,12 @@ class Summary:
 
 def summarize(reports: Sequence[DomainReport]) -> Summary:
     counts = {s.value: 0 for s in Status}
-    problems: list[tuple[int, str]] = []
+    problems: list[tuple[tuple[int, int], str]] = []
     for r in reports:
         for c in r.checks:
             counts[c.status.value] += 1
-            if c.status is not Status.OK:
-                problems.append((-c.status.rank, f"{r.domain} {c.check} {c.status.value}: {c.finding}"))
+            if c.status.rank:
+                problems.append((severity(c.status), f"{r.domain} {c.check} {c.status.value}: {c.finding}"))
     problems.sort(key=lambda p: p[0])
     return Summary(worst(r.status for r in reports), counts, {r.domain: r.status.value for r in reports},
                    [p for _, p in problems])

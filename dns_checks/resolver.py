@@ -11,6 +11,7 @@ of RFC 2308), so a cached answer costs a dict lookup, not a resolver call.
 from __future__ import annotations
 
 import asyncio
+import copy
 import ipaddress
 import socket
 import time
@@ -20,6 +21,7 @@ from typing import Any, Literal, Protocol
 
 import dns.asyncresolver
 import dns.exception
+import dns.message
 import dns.name
 import dns.nameserver
 import dns.rcode
@@ -182,6 +184,30 @@ class DnsClient:
         """The same servers (and cache) with an empty per-run memo (one per `run_checks`, one per message)."""
         return DnsClient(self._resolver, self._cache)
 
+    async def drop_silent_servers(self) -> tuple[str | None, bool]:
+        """Ask every server once (`probe`) and keep those that answer for this client's queries: dnspython tries
+        the servers in order and would spend each query's whole time limit on a dead first one. Returns
+        ("no answer from SERVER (why); …" or None, whether any server is left). Call it on a `session()`."""
+        servers: list[tuple[str, int]] = []
+        for ns in self._resolver.nameservers:
+            if isinstance(ns, dns.nameserver.Do53Nameserver):
+                servers.append((ns.address, ns.port))
+            elif isinstance(ns, str):
+                servers.append((ns, self._resolver.port))
+            else:
+                return None, True  # DoH/DoT and the like: not probed
+        whys = await asyncio.gather(*(probe(ip, port, self._resolver.lifetime) for ip, port in servers))
+        silent = [(f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}", why)
+                  for (ip, port), why in zip(servers, whys, strict=True) if why is not None]
+        if not silent:
+            return None, True
+        answering = [s for s, why in zip(servers, whys, strict=True) if why is None]
+        if answering:
+            resolver = copy.copy(self._resolver)  # the caller's client keeps its list
+            resolver.nameservers = [dns.nameserver.Do53Nameserver(ip, port) for ip, port in answering]
+            self._resolver = resolver
+        return "no answer from " + "; ".join(f"{name} ({why})" for name, why in silent), bool(answering)
+
     async def query(self, name: str, rdtype: str) -> Answer:
         key = (normalize(name), rdtype.upper())
         if self._cache is not None and (hit := self._cache.get(key)) is not None:
@@ -234,3 +260,44 @@ def _servfail_or_error(exc: dns.resolver.NoNameservers) -> tuple[Outcome, tuple[
     if not rcodes or rcodes == {dns.rcode.SERVFAIL}:
         return "servfail", (), None, ""
     return "error", (), None, ", ".join(sorted(dns.rcode.to_text(r) for r in rcodes))
+
+
+class _Probe(asyncio.DatagramProtocol):
+    def __init__(self, answered: asyncio.Future[None]):
+        self.answered = answered
+
+    def datagram_received(self, data: bytes, addr: Any) -> None:
+        if not self.answered.done():
+            self.answered.set_result(None)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable on the connected socket
+        if not self.answered.done():
+            self.answered.set_exception(exc)
+
+
+async def probe(ip: str, port: int, timeout: float) -> str | None:
+    """None when the DNS server at ip:port answers a query (whatever the answer: REFUSED is an answer); else
+    why not. A connected UDP socket hears the ICMP "port unreachable" that dnspython's resolver ignores, so a
+    port nobody listens on is "refused", not a timeout. The query goes out twice (UDP may lose one)."""
+    loop = asyncio.get_running_loop()
+    answered: asyncio.Future[None] = loop.create_future()
+    wire = dns.message.make_query(".", "NS").to_wire()
+    try:
+        transport, _ = await loop.create_datagram_endpoint(lambda: _Probe(answered), remote_addr=(ip, port))
+    except OSError as exc:
+        return f"cannot send to it: {exc.strerror or exc}"
+    try:
+        for wait in (timeout / 2, timeout / 2):
+            transport.sendto(wire)
+            try:
+                await asyncio.wait_for(asyncio.shield(answered), wait)
+                return None
+            except TimeoutError:
+                continue
+            except ConnectionRefusedError:
+                return "connection refused: nothing listens on that port"
+            except OSError as exc:
+                return exc.strerror or str(exc)
+        return f"no reply within {timeout:g}s"
+    finally:
+        transport.close()

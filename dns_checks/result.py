@@ -9,9 +9,15 @@ from typing import Any
 
 
 class Status(enum.Enum):
-    """ok < warn < fail; the value is also the process exit code for that worst status."""
+    """What a check found. `rank` orders them and is the exit code: 0 ok/info, 1 warn/unknown, 2 fail.
+
+    info: worth knowing, nothing wrong (an optional record is not published). unknown: the verdict depends on
+    something that could not be read (a DNS timeout, SERVFAIL, refused) or was not given (no --ip) — never
+    "ok", never "missing"."""
 
     OK = "ok"
+    INFO = "info"
+    UNKNOWN = "unknown"
     WARN = "warn"
     FAIL = "fail"
 
@@ -23,12 +29,18 @@ class Status(enum.Enum):
         return self.value
 
 
-_RANK = {Status.OK: 0, Status.WARN: 1, Status.FAIL: 2}
+_RANK = {Status.OK: 0, Status.INFO: 0, Status.UNKNOWN: 1, Status.WARN: 1, Status.FAIL: 2}
+_PLAIN = (Status.OK, Status.WARN, Status.FAIL)  # a domain's status, by rank
 
 
 def worst(statuses: Iterable[Status]) -> Status:
-    """The most severe status; OK for an empty iterable."""
-    return max(statuses, key=lambda s: s.rank, default=Status.OK)
+    """The most severe rank as ok, warn or fail (a domain's status, the exit code); OK for nothing."""
+    return _PLAIN[max((s.rank for s in statuses), default=0)]
+
+
+def severity(status: Status) -> tuple[int, int]:
+    """Sort key, most severe first; at one rank what was found (warn) before what could not be (unknown)."""
+    return -status.rank, int(status in (Status.UNKNOWN, Status.INFO))
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,7 +66,7 @@ class CheckResult:
     def from_problems(cls, check: str, problems: Sequence[Problem], ok_text: str,
                       records: Iterable[str] = ()) -> CheckResult:
         """Worst problem first, then the others; `ok_text` when nothing is wrong."""
-        bad = sorted((p for p in problems if p.status is not Status.OK), key=lambda p: -p.status.rank)
+        bad = sorted((p for p in problems if p.status is not Status.OK), key=lambda p: severity(p.status))
         notes = [p.text for p in problems if p.status is Status.OK]
         if not bad:
             finding = "; ".join([ok_text, *notes]) if ok_text else "; ".join(notes)

@@ -22,15 +22,27 @@ from dns_checks.spf_eval import check_host, fetch_spf
 from dns_checks.tlsrpt import check_tls_rpt
 from gateway.config import DkimConfig
 
-CHECK_ORDER = ("mx", "mx-gateway", "spf", "spf-bounce", "dkim", "dmarc", "dmarc-alignment", "ptr",
+CHECK_ORDER = ("resolver", "mx", "mx-gateway", "spf", "spf-bounce", "dkim", "dmarc", "dmarc-alignment", "ptr",
                "mta-sts", "tls-rpt")
 
 
 async def run_checks(plan: CheckPlan, dns: DnsLookup) -> list[DomainReport]:
-    """One report per domain, in plan order. DNS failures become warnings, never exceptions."""
+    """One report per domain, in plan order. DNS failures become findings, never exceptions. Resolvers that do
+    not answer at all are a `resolver` result: a failure when none answers (nothing was checked: one line, not
+    a list of timeouts), a warning when the others were used instead."""
+    resolver: CheckResult | None = None
     if isinstance(dns, DnsClient):
         dns = dns.session()  # answers are shared within this run only
-    return list(await asyncio.gather(*(check_domain(dns, t, plan) for t in plan.targets)))
+        silent, usable = await dns.drop_silent_servers()
+        if not usable:
+            resolver = CheckResult("resolver", Status.FAIL, f"{silent}: nothing was checked")
+            return [DomainReport(t.domain, (resolver,)) for t in plan.targets]
+        if silent:
+            resolver = CheckResult("resolver", Status.WARN, f"{silent}: the checks asked the other servers")
+    reports = await asyncio.gather(*(check_domain(dns, t, plan) for t in plan.targets))
+    if resolver is not None:
+        reports = [DomainReport(r.domain, (resolver, *r.checks)) for r in reports]
+    return list(reports)
 
 
 async def _guard(check: str, coro: Awaitable[CheckResult]) -> CheckResult:
@@ -102,10 +114,13 @@ async def _dmarc_checks(dns: DnsLookup, target: DomainTarget, plan: CheckPlan,
         else:
             # Without an IP SPF cannot be evaluated, but without a record it cannot pass either.
             ans, records = await fetch_spf(dns, target.bounce_domain)
-            if not ans.is_error and not records:
+            if ans.is_error:
+                spf_result = "temperror"
+            elif not records:
                 spf_result = "none"
-        # A key is usable for DMARC when its dkim check did not fail (a short key still verifies).
-        signers = [DkimSigner(d, s, res.status is not Status.FAIL)
+        # A key is usable for DMARC when its dkim check did not fail (a short key still verifies); unknown when
+        # it could not be looked up.
+        signers = [DkimSigner(d, s, None if res.status is Status.UNKNOWN else res.status is not Status.FAIL)
                    for (d, s), res in zip(keyed, await dkim, strict=True)]
         out.append(check_alignment(found, from_domain=target.domain, bounce_domain=target.bounce_domain,
                                    spf_result=spf_result, signers=signers))

@@ -54,7 +54,7 @@ async def _walk(dns: DnsLookup, out: SpfAnalysis, domain: str, via: str | None,
     ans, texts = await fetch_spf(dns, domain)
     if ans.is_error:
         out.dns_error = True
-        out.problems.append(Problem(Status.WARN, f"cannot read SPF: {ans.describe()}"))
+        out.problems.append(Problem(Status.UNKNOWN, f"cannot read SPF: {ans.describe()}"))
         return None, None
     if not texts:
         if via is None:
@@ -173,7 +173,7 @@ async def _ip_problem(dns: DnsLookup, domain: str, ip: str, role: Role, from_dom
         return Problem(Status.OK, f"{ip} is authorised for {domain} ({out.matched})")
     detail = f"SPF {out.result}" + (f": {out.reason}" if out.reason else "")
     if out.result == "temperror":
-        return Problem(Status.WARN, f"could not evaluate SPF for {ip}: {out.reason}")
+        return Problem(Status.UNKNOWN, f"could not evaluate SPF for {ip}: {out.reason}")
     if role == "from":
         bounce = f" (the bounce domain {from_domain} is what receivers check)" if from_domain else ""
         return Problem(Status.WARN, f"{ip} is not authorised for {domain} as {what} ({detail}){bounce}")

@@ -28,16 +28,17 @@ def parse_tags(text: str) -> dict[str, str]:
 
 async def lookup_tagged_txt(dns: DnsLookup, name: str, version: str, check: str, *, absent: str,
                             several: str) -> TaggedRecord | CheckResult:
-    """The single `v=<version>` TXT record at `name`, or the result that ends the check: a DNS error (warn),
-    none published (ok, `absent`), more than one (warn, `several`: receivers then ignore them all)."""
+    """The single `v=<version>` TXT record at `name`, or the result that ends the check: a DNS error (unknown),
+    none published (info, `absent`: these records are optional), more than one (warn, `several`: receivers then
+    ignore them all)."""
     ans = await dns.query(name, "TXT")
     if ans.is_error:
-        return CheckResult(check, Status.WARN, ans.describe())
+        return CheckResult(check, Status.UNKNOWN, ans.describe())
     start = re.compile(rf"v={re.escape(version)}\s*(;|\Z)")
     texts = [t for t in ans.texts() if start.match(t)]
     records = tuple(f"{name}: {t}" for t in texts)
     if not texts:
-        return CheckResult(check, Status.OK, absent)
+        return CheckResult(check, Status.INFO, absent)
     if len(texts) > 1:
         return CheckResult(check, Status.WARN, f"{len(texts)} {several}", records)
     return TaggedRecord(parse_tags(texts[0]), records)

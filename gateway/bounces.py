@@ -2,7 +2,7 @@
 
 Odoo 19 marks a bounce only when it receives a well-formed RFC 3464 report addressed exactly to an alias
 domain's bounce address, naming the recipient (Final-Recipient of the second block) and carrying the original
-Message-Id (gateway-spec §7). Real bounces rarely look like that, so the gateway parses them (bounce/), finds
+Message-Id (docs/odoo.md §10.6). Real bounces rarely look like that, so the gateway parses them (bounce/), finds
 the original through the VERP token of our own return path when there is one (its MAC proves it is ours), and
 hands Odoo a report in the form it understands — for hard bounces only by default, since Odoo counts every
 report as a dead address and would otherwise punish a full mailbox or a DMARC rejection. Every other permanent

@@ -50,11 +50,30 @@ def build_parser(only: str | None = None) -> argparse.ArgumentParser:
         "durably, routes it like Odoo does and delivers it to Odoo; relays Odoo's outbound mail.",
     )
     parser.add_argument("--version", action="version", version=f"mailgw {__version__}")
+    # -c is accepted before the command too (`mailgw -c config.yaml queue list`). Nobody's default is written
+    # (SUPPRESS): a subcommand's default would otherwise overwrite the value given before it; main() fills
+    # in the default when -c was given nowhere.
+    from gateway.commands import add_config_arg
+
+    add_config_arg(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     modules = [COMMANDS[only]] if only in COMMANDS else COMMAND_MODULES
     for name in modules:
         importlib.import_module(f"gateway.commands.{name}").register(sub)
     return parser
+
+
+def command_name(argv: Sequence[str]) -> str | None:
+    """The first word that is not an option nor the value of a -c/--config before it."""
+    skip = False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ("-c", "--config"):
+            skip = True
+        elif not arg.startswith("-"):
+            return arg
+    return None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -65,9 +84,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         rc = quick_run(argv[1:])
         if rc is not None:
             return rc
-    first = next((a for a in argv if not a.startswith("-")), None)
-    parser = build_parser(first)
+    parser = build_parser(command_name(argv))
     args = parser.parse_args(argv)
+    args.config_given = hasattr(args, "config")  # `bounce parse` reads a config only when given one
+    if not args.config_given:
+        from gateway.commands import DEFAULT_CONFIG
+
+        args.config = DEFAULT_CONFIG
     # Commands print results on stdout; log lines go to stderr (serve reconfigures from its config; pipe sets
     # logging up only on its slow path).
     if not getattr(args, "own_logging", False):

@@ -18,7 +18,7 @@ from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, model_validator
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _SIZE_UNITS = {
@@ -63,9 +63,86 @@ def parse_mode(value: Any) -> int:
         raise ValueError(f"{value!r} is not an octal file mode like 0o660") from None
 
 
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+def check_host(host: str) -> str:
+    """An IP address or a host name (RFC 1123 labels), syntax only: nothing is resolved."""
+    if re.fullmatch(r"[0-9.]+", host):  # looks like IPv4: must be one (300.1.1.1 is not a host name either)
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv4 address") from None
+        return host
+    if ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise ValueError(f"{host!r} is not a valid IPv6 address") from None
+        return host
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253 or not all(_HOST_LABEL.fullmatch(label) for label in name.split(".")):
+        raise ValueError(f"{host!r} is neither an IP address nor a host name")
+    return host
+
+
+def check_port(port: int, *, any_port: bool = False) -> int:
+    low = 0 if any_port else 1
+    if isinstance(port, bool) or not low <= port <= 65535:
+        raise ValueError(f"port {port} is out of range ({low}-65535)")
+    return port
+
+
+def split_host_port(text: str, *, default_port: int | None = None, any_port: bool = False) -> tuple[str, int]:
+    """``HOST:PORT`` or ``[IPv6]:PORT`` -> (host, port), checked (syntax only, nothing is resolved). With
+    `default_port` the port may be left out (``HOST``, ``[IPv6]``, or a bare IPv6 address). `any_port` allows
+    port 0 (a listener on a port the kernel picks: tests)."""
+    text = text.strip()
+    port_text: str | None = None
+    if text.startswith("["):
+        host, bracket, rest = text[1:].partition("]")
+        if not bracket or (rest and not rest.startswith(":")):
+            raise ValueError(f"{text!r}: write an IPv6 address as [ADDRESS]:PORT, e.g. [::1]:25")
+        if ":" not in host:
+            raise ValueError(f"{text!r}: only an IPv6 address goes in brackets")
+        port_text = rest[1:] if rest else None
+    elif text.count(":") > 1:
+        if default_port is None:
+            raise ValueError(f"{text!r}: write an IPv6 address in brackets with its port, e.g. [::1]:25")
+        host = text
+    else:
+        host, colon, port_text_ = text.partition(":")
+        port_text = port_text_ if colon else None
+    if port_text is None:
+        if default_port is None:
+            raise ValueError(f"{text!r} must be HOST:PORT (an IPv6 address as [ADDRESS]:PORT)")
+        port = default_port
+    elif not port_text.isdigit() or not port_text.isascii():
+        raise ValueError(f"{text!r}: the port must be a number")
+    else:
+        port = check_port(int(port_text), any_port=any_port)
+    if not host:
+        raise ValueError(f"{text!r}: the host is missing")
+    return check_host(host), port
+
+
+def _bind(value: str) -> str:
+    split_host_port(value, any_port=True)
+    return value
+
+
+def _nameserver(value: str) -> str:
+    split_host_port(value, default_port=53)
+    return value
+
+
 Duration = Annotated[float, BeforeValidator(parse_duration)]
 FileMode = Annotated[int, BeforeValidator(parse_mode)]
 Size = Annotated[int, BeforeValidator(parse_size)]
+Port = Annotated[int, AfterValidator(check_port)]
+Host = Annotated[str, AfterValidator(check_host)]
+HostPort = Annotated[str, AfterValidator(_bind)]  # "host:port" / "[v6]:port" to listen on
+Nameserver = Annotated[str, AfterValidator(_nameserver)]  # "host", "host:port", "[v6]:port", bare IPv6
 
 
 class ConfigError(Exception):
@@ -128,10 +205,19 @@ class AuthConfig(_Model):
     users_file: Path
 
 
+def _listener_bind(value: str) -> str:
+    if value.startswith("unix:"):
+        if len(value) <= 5:
+            raise ValueError("unix: needs a path")
+        return value
+    return _bind(value)
+
+
 class ListenerConfig(_Model):
     # policy: Postfix's check_policy_service asks it about every RCPT (gateway/intake/policy.py)
     kind: Literal["smtp", "lmtp", "submission", "policy"]
-    bind: str = Field(description='"host:port" or, for LMTP and policy, "unix:/path/to/socket"')
+    bind: Annotated[str, AfterValidator(_listener_bind)] = Field(
+        description='"host:port", "[IPv6]:port" or, for LMTP and policy, "unix:/path/to/socket"')
     hostname: str | None = None  # name in the banner and EHLO; default: the machine's FQDN
     banner: str = "ESMTP ready"  # never a version string
     max_message_size: Size = parse_size("25MiB")
@@ -154,15 +240,8 @@ class ListenerConfig(_Model):
 
     @model_validator(mode="after")
     def _check_bind(self) -> ListenerConfig:
-        if self.bind.startswith("unix:"):
-            if self.kind not in ("lmtp", "policy"):
-                raise ValueError("unix: sockets are only for kind: lmtp and kind: policy")
-            if len(self.bind) <= 5:
-                raise ValueError("unix: needs a path")
-        else:
-            host, sep, port = self.bind.rpartition(":")
-            if not sep or not port.isdigit() or not host:
-                raise ValueError(f'bind {self.bind!r} must be "host:port" or "unix:PATH"')
+        if self.bind.startswith("unix:") and self.kind not in ("lmtp", "policy"):
+            raise ValueError(f"bind {self.bind!r}: unix: sockets are only for kind: lmtp and kind: policy")
         return self
 
     @model_validator(mode="after")
@@ -188,8 +267,7 @@ class ListenerConfig(_Model):
 
     @property
     def host_port(self) -> tuple[str, int]:
-        host, _, port = self.bind.rpartition(":")
-        return host.strip("[]"), int(port)
+        return split_host_port(self.bind, any_port=True)
 
 
 class FallbackConfig(_Model):
@@ -345,19 +423,24 @@ class BounceConfig(_SecretHolder):
     report_failures: bool = True
 
     def verp_secret(self) -> bytes | None:
-        """The VERP key, or None (VERP off) when none is configured or the named variable is unset. An unset
-        variable is not fatal: mail flows with Odoo's static bounce address; `verp_warning()` says why."""
-        if self.verp_warning() is not None or not (self.verp_secret_env or self.verp_secret_file):
+        """The VERP key, or None (VERP off) when VERP is off, no secret is configured, or it cannot be read. A
+        missing secret is not fatal: mail flows with Odoo's static bounce address; `verp_warning()` says why."""
+        if not self.verp or not (self.verp_secret_env or self.verp_secret_file):
             return None
-        return resolve_secret(self.verp_secret_env, self.verp_secret_file, what="bounce.verp_secret").encode()
+        try:
+            return resolve_secret(self.verp_secret_env, self.verp_secret_file, what="bounce.verp_secret").encode()
+        except ConfigError:
+            return None
 
     def verp_warning(self) -> str | None:
         if not self.verp:
             return None
         if not (self.verp_secret_env or self.verp_secret_file):
             return "bounce.verp is on but no verp_secret_env/verp_secret_file is set: VERP is off"
-        if self.verp_secret_file is None and not os.environ.get(self.verp_secret_env or ""):
-            return f"bounce.verp_secret: environment variable {self.verp_secret_env} is not set: VERP is off"
+        try:
+            resolve_secret(self.verp_secret_env, self.verp_secret_file, what="bounce.verp_secret")
+        except ConfigError as exc:
+            return f"{'; '.join(exc.errors)}: VERP is off"
         return None
 
 
@@ -385,8 +468,8 @@ Rate = Annotated[float, BeforeValidator(parse_rate), Field(gt=0)]
 
 
 class RelayConfig(_SecretHolder):
-    host: str
-    port: int = 25
+    host: Host
+    port: Port = 25
     tls: Literal["none", "starttls", "implicit"] = "starttls"
     username: str | None = None
     password_env: str | None = None
@@ -449,9 +532,9 @@ class OutboundConfig(_Model):
     retry_max: Duration = parse_duration("2h")
     lifetime: Duration = parse_duration("5d")
     helo_name: str | None = None  # EHLO, Received, DSNs and generated Message-Ids (default: the machine's FQDN)
-    smtp_port: int = Field(25, ge=1, le=65535)  # port of the recipients' MX hosts (tests use another)
+    smtp_port: Port = 25  # port of the recipients' MX hosts (tests use another)
     # Resolvers for MX lookups, "host" or "host:port" (empty: the system's /etc/resolv.conf).
-    nameservers: list[str] = []
+    nameservers: list[Nameserver] = []
     timeout: Duration = parse_duration("5m")  # per SMTP command (RFC 5321 §4.5.3.2)
     connect_timeout: Duration = parse_duration("30s")
     sessions: SessionReuseConfig = SessionReuseConfig()
@@ -503,8 +586,8 @@ class OAuth2Config(_SecretHolder):
 
 class MailboxBase(_SecretHolder):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    host: str
-    port: int | None = None
+    host: Host
+    port: Port | None = None
     tls: Literal["implicit", "starttls", "none"] = "implicit"
     ca_file: Path | None = None
     user: str
@@ -566,12 +649,12 @@ class LoggingConfig(_Model):
 
 
 class MetricsConfig(_Model):
-    bind: str | None = None  # "127.0.0.1:9925" serves /metrics and /healthz
+    bind: HostPort | None = None  # "127.0.0.1:9925" serves /metrics and /healthz
 
 
 class DnsCheckConfig(_Model):
     interval: Duration | None = None  # periodic dns-check inside the daemon (None: off)
-    nameservers: list[str] = []  # "host" or "host:port"; empty: the system's resolver
+    nameservers: list[Nameserver] = []  # "host" or "host:port"; empty: the system's resolver
     selector: str | None = None
     ip: str | None = None
     expect_mx: list[str] = []
@@ -628,6 +711,30 @@ class Config(_Model):
             if inst.name == name:
                 return inst
         raise KeyError(name)
+
+    def secret_problems(self) -> list[str]:
+        """One line per secret the config names that cannot be read now, and what will not work without it (the
+        values are never returned). Not config errors: the daemon runs without them and says so at start;
+        `check-config` prints them as warnings. (VERP has its own: `bounce.verp_warning()`.)"""
+        out: list[str] = []
+
+        def check(read: Any, consequence: str) -> None:
+            try:
+                read()
+            except ConfigError as exc:
+                out.append(f"{'; '.join(exc.errors)}: {consequence}")
+
+        for inst in self.odoo:
+            check(inst.password, f"nothing can be delivered to Odoo instance {inst.name} and its aliases cannot be "
+                  "read; its mail waits in the spool (deferred, never bounced), and without a cached alias "
+                  "directory RCPT is answered 451")
+        for box in [*self.imap, *self.pop3]:
+            check(box.check_secrets, f"mailbox {box.name} is not read (the poller retries and logs it)")
+        relay = self.outbound.relay
+        if relay is not None and (relay.password_env or relay.password_file):
+            check(lambda: resolve_secret(relay.password_env, relay.password_file, what="outbound.relay.password"),
+                  "outbound mail through the relay waits in the spool (deferred) until it can log in")
+        return out
 
 
 def _yaml_path(loc: tuple[Any, ...]) -> str:

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 from gateway import __version__
 from gateway.admission import AdmissionPolicy
 from gateway.config import Config, ConfigError, load_config
-from gateway.exitcodes import EX_CONFIG, EX_OSERR
+from gateway.exitcodes import EX_CONFIG, EX_OSERR, EX_TEMPFAIL
 from gateway.host import default_hostname
 from gateway.intake.pipe import PipeListener
 from gateway.intake.pipe_handoff import config_identity
@@ -30,6 +30,7 @@ from gateway.logs import get_logger, setup_logging
 from gateway.routing_policy import rcpt_precheck, smtp_line
 from gateway.sdnotify import notify, watchdog_interval
 from gateway.spool import Direction, SqliteSpool, open_spool
+from gateway.state_lock import StateDirLocked, StateLock
 
 if TYPE_CHECKING:
     from gateway.inbound import IntakeHold
@@ -69,6 +70,7 @@ class Daemon:
         # One identity for banners, Received lines, DSNs and generated Message-Ids, as an MTA's myhostname.
         self.hostname = config.outbound.helo_name or default_hostname()
         self.spool: SqliteSpool | None = None
+        self.lock = StateLock(config.state_dir)
         self.admission = AdmissionPolicy(config)
         self.listeners: list[SmtpListener] = []
         # Not mail sessions: `mailgw pipe`'s hand-over socket and Postfix policy listeners.
@@ -89,11 +91,14 @@ class Daemon:
 
     async def start(self) -> None:
         cfg = self.config
-        cfg.state_dir.mkdir(parents=True, exist_ok=True)
+        cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
+        self.lock.acquire()  # before the spool and the sockets: a second daemon touches neither
         self.spool = await open_spool(cfg)
         report = await self.spool.recover(crash_limit=cfg.delivery.crash_limit)
         log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=str(cfg.spool_path),
                  recovered=len(report.released), parked=len(report.parked))
+        for problem in cfg.secret_problems():  # what check-config warns about, said once here too
+            log.warning("config.secret_missing", problem=problem)
         self.services.extend(self._build_services())
         for svc in self.services:
             self._service_tasks.append(asyncio.create_task(self._run_service(svc), name=type(svc).__name__))
@@ -326,6 +331,7 @@ class Daemon:
                 await task
         if self.spool is not None:
             await self.spool.close()
+        self.lock.release()
         log.info("daemon.stopped")
 
 
@@ -336,6 +342,10 @@ async def serve(config: Config, config_path: Path | None = None, ready: Callable
     try:
         try:
             await daemon.start()
+        except StateDirLocked as exc:
+            # 75: not a broken config or machine, only "not now" — it starts once the other daemon has stopped.
+            log.error("daemon.already_running", error=str(exc))
+            return EX_TEMPFAIL
         except OSError as exc:
             log.error("daemon.start_failed", error=str(exc))
             await daemon.drain()

@@ -536,7 +536,8 @@ class InboundWorker:
             raise ConfigProblem(f"odoo instance {plan.instance!r} is not configured")
         env = entry.envelope
         # Delivered-To only for recipients the headers do not already show: Odoo reads Delivered-To as To, so
-        # a Cc'd alias written there would turn Odoo's reply into a forward (routing-cases 50, 73b).
+        # a Cc'd alias written there would turn Odoo's reply into a forward (docs/odoo.md §10.2; routing test
+        # cases 50 and 73b).
         block = delivery_headers(
             mail_from=env.mail_from, recipients=plan.recipients, queue_id=entry.queue_id,
             received_at=env.received_at, intake=env.intake, helo=env.helo, peer=env.peer, hostname=self.hostname,

@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from gateway.config import split_host_port
 from gateway.logs import get_logger
 
 log = get_logger("mailgw.metrics")
@@ -40,8 +41,7 @@ class MetricsServer:
     """Serves what `collect()` returns. `health()` returns (ok, details) for /healthz."""
 
     def __init__(self, bind: str, collect: Callable[[], Any], health: Callable[[], Any]):
-        host, _, port = bind.rpartition(":")
-        self.host, self.port = host.strip("[]") or "127.0.0.1", int(port)
+        self.host, self.port = split_host_port(bind, any_port=True)
         self.collect = collect
         self.health = health
         self.server: asyncio.Server | None = None

@@ -2,7 +2,7 @@
 
 Keys follow Odoo 19 exactly: `alias_full_name` is ``name@<alias domain name as stored>`` and the bounce and
 catchall addresses are ``alias@<name as stored>``; incoming addresses are lower-cased before comparison, so
-an alias domain stored with capitals never matches in Odoo (gateway-spec §3.2), and not here either.
+an alias domain stored with capitals never matches in Odoo (docs/odoo.md §10.3), and not here either.
 """
 
 from __future__ import annotations

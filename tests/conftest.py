@@ -14,8 +14,23 @@ if TYPE_CHECKING:
     from tests.odoo_standin import OdooStandin
 
 REPO = Path(__file__).resolve().parents[1]
-# ../shared next to the repository: the bounce corpus and the Odoo docs. Absent on a user's fresh clone.
+# Optional test data that the repository does not ship (licence, size): found through an environment variable,
+# or in ../shared next to the checkout (the development workspace's layout). Absent from a fresh clone: the
+# tests that need it skip and say how to provide it.
 SHARED = REPO.parent / "shared"
+BOUNCE_CORPUS_HINT = (
+    "set MAILGW_BOUNCE_CORPUS to a directory holding eml/*.eml and answers.json (real bounces with the expected "
+    "result per recipient; docs/bounces.md, 'Scoring the parser', gives the format — e.g. messages from "
+    "Sisimai's set-of-emails, BSD-2-Clause, https://github.com/sisimai/set-of-emails), or put that directory "
+    "at ../shared/corpus/bounces next to the checkout")
+
+
+def bounce_corpus() -> Path | None:
+    """The bounce corpus: $MAILGW_BOUNCE_CORPUS, else ../shared/corpus/bounces next to the checkout, else None."""
+    for candidate in (os.environ.get("MAILGW_BOUNCE_CORPUS"), SHARED / "corpus" / "bounces"):
+        if candidate and Path(candidate, "answers.json").is_file():
+            return Path(candidate)
+    return None
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -36,14 +51,6 @@ def _no_logging_config_leaks() -> Iterator[None]:
     structlog.reset_defaults()
     yield
     structlog.reset_defaults()
-
-
-def shared_path(*parts: str) -> Path:
-    """A path under ../shared, or skip the test with the reason when it is not there."""
-    path = SHARED.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"{path} is absent (../shared is only present in the development workspace)")
-    return path
 
 
 # Odoo side (gateway/odoo): a real HTTP stand-in Odoo speaking XML-RPC and JSON-2 (tests/odoo_standin.py).

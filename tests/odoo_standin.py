@@ -1,4 +1,4 @@
-"""A stand-in Odoo: a real HTTP server speaking the RPC contract of /work/shared/odoo/api-contract.md.
+"""A stand-in Odoo: a real HTTP server speaking the RPC contract of docs/odoo.md §10.7.
 
 - XML-RPC: ``/xmlrpc/2/common`` (version, authenticate, login, about) and ``/xmlrpc/2/object``
   (execute_kw, execute), integer fault codes 1-4 with Odoo's texts (fault 1 = traceback text, 3 =
@@ -585,7 +585,7 @@ class OdooStandin:
                                         f"missing a required argument: {required!r}", fault=1, status=422)
                 raw = kwargs["message"]
                 call.message_type = "str" if isinstance(raw, str) else type(raw).__name__
-                call.message = str(raw).encode("utf-8")  # Odoo encodes text as UTF-8 (contract §10)
+                call.message = str(raw).encode("utf-8")  # Odoo encodes text as UTF-8 (docs/odoo.md §10.1)
                 args = [kwargs.pop("model"), kwargs.pop("message")]
             elif method == "read":
                 args = [kwargs.pop("ids", [])]

@@ -20,8 +20,12 @@ DEFAULT_CONFIG = os.environ.get("MAILGW_CONFIG", "config.yaml")
 
 
 def add_config_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-c", "--config", default=DEFAULT_CONFIG, help="config file (default: %(default)s, "
-                   "or $MAILGW_CONFIG)")
+    """-c/--config, with no default in argparse (SUPPRESS): a subcommand's default would overwrite a -c given
+    before the command name. `gateway.cli.main` fills in DEFAULT_CONFIG when -c was given nowhere."""
+    import argparse
+
+    p.add_argument("-c", "--config", default=argparse.SUPPRESS, help=f"config file (default: {DEFAULT_CONFIG}, "
+                   "or $MAILGW_CONFIG; may also come before the command)")
 
 
 def load_config_or_report(path: str, *, prefix: str = "") -> Config | None:

@@ -34,7 +34,7 @@ def register(sub: SubParsers) -> None:
                           "recipients in report order with status, reply code, reason and hard/soft.")
     pp.add_argument("file", metavar="FILE.eml", help="the message; - for stdin")
     pp.add_argument("--json", action="store_true", help="print one JSON object")
-    pp.add_argument("-c", "--config", default=None,
+    pp.add_argument("-c", "--config", default=argparse.SUPPRESS,
                     help="config file whose bounce.verp_secret checks VERP tokens (optional)")
     pp.set_defaults(func=run_parse)
     ps = inner.add_parser("score", help="score the parser on a directory of .eml files with answers.json",
@@ -62,7 +62,7 @@ def _usage(p: argparse.ArgumentParser) -> int:
 
 def run_parse(args: argparse.Namespace) -> int:
     secret = None
-    if args.config:
+    if args.config_given:
         try:
             secret = load_config(args.config).bounce.verp_secret()
         except ConfigError as exc:

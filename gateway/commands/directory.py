@@ -22,11 +22,17 @@ def register(sub: SubParsers) -> None:
                        "fetches from Odoo now and rewrites the cache (the daemon also refreshes on a timer "
                        "and on SIGHUP).")
     dsub = p.add_subparsers(dest="directory_command", metavar="ACTION")
-    show = dsub.add_parser("show", help="print the cached directory")
+    show = dsub.add_parser("show", help="print the cached directory", description=(
+        "Print the cached alias directory: per Odoo instance its mail domains, alias domains (bounce, catchall "
+        "and default From addresses), the loop-guard limits and every alias with its model. Read from "
+        "<state_dir>/directory.json, so it works while Odoo is down."))
     show.add_argument("--json", action="store_true", help="machine-readable (the cache format)")
     add_config_arg(show)
     show.set_defaults(func=run_show)
-    refresh = dsub.add_parser("refresh", help="fetch from Odoo now and write the cache")
+    refresh = dsub.add_parser("refresh", help="fetch from Odoo now and write the cache", description=(
+        "Read aliases and alias domains from each Odoo instance now and rewrite the cache. Prints one line per "
+        "instance: 'NAME: ok', or 'NAME: why' on stderr. Exit 0, 75 when an instance could not be read (the "
+        "cache keeps its previous snapshot), 78 on a config problem."))
     refresh.add_argument("--instance", action="append", help="only this instance (repeatable)")
     add_config_arg(refresh)
     refresh.set_defaults(func=run_refresh)
@@ -86,6 +92,11 @@ def render(directory: Directory, cfg: Config) -> str:
 
 
 def run_refresh(args: argparse.Namespace) -> int:
+    from gateway.logs import setup_logging
+
+    # One line per instance below says how each refresh went; the sync's own warnings (directory.refresh_failed)
+    # would say it a second time, as JSON.
+    setup_logging("error", "auto")
     cfg = _load(args.config)
     if cfg is None:
         return EX_CONFIG

@@ -30,7 +30,12 @@ def register(sub: SubParsers) -> None:
                        "NAME from the config, logs in, selects the folder and reports capabilities and the number "
                        "of new messages, without reading or flagging anything.")
     verbs = p.add_subparsers(dest="verb", metavar="VERB")
-    t = verbs.add_parser("test", help="connect, log in, select, report capabilities and new messages")
+    t = verbs.add_parser("test", help="connect, log in, select, report capabilities and new messages",
+                         description="Connect to the IMAP or POP3 mailbox NAME of the config as the poller does "
+                         "(TLS, login or OAuth 2.0), select its folder and report the server's capabilities and how "
+                         "many messages wait, without reading, flagging or deleting anything. Exit 0 when it "
+                         "works, 77 when the login is refused, 75 when the server cannot be reached or answers "
+                         "wrongly (TLS included), 78 on a config problem.")
     t.add_argument("name", help="the mailbox name (imap[].name or pop3[].name)")
     t.add_argument("--protocol", choices=("imap", "pop3"), help="when an IMAP and a POP3 mailbox share the name")
     add_config_arg(t)

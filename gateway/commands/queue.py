@@ -18,6 +18,7 @@ from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
 from gateway.spool import SpoolEntry, SqliteSpool, State, UnknownEntry, open_spool
 from gateway.spool.base import InvalidTransition
 
+TEXT_LIMIT = 1000  # entries `queue list` prints without --json unless told otherwise
 LIST_FIELDS = ("queue_id", "state", "mail_from", "rcpt_tos", "message_id", "attempts", "last_error",
                "next_attempt_at", "direction", "intake", "received_at", "size")
 
@@ -26,23 +27,35 @@ def register(sub: SubParsers) -> None:
     p = sub.add_parser("queue", help="inspect and act on the spool",
                        description="Inspect and act on the spool. Works whether the daemon runs or not.")
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION")
-    lst = qsub.add_parser("list", help="list entries (oldest first)")
+    lst = qsub.add_parser("list", help="list entries (oldest first)", description=(
+        "List spool entries, oldest first: inbound and outbound, every state, or those of --state. The text "
+        f"listing stops at --limit ({TEXT_LIMIT} by default) and says on stderr how many it left out; --json "
+        "prints every entry unless --limit is given, streamed as it is read."))
     add_config_arg(lst)
     lst.add_argument("--state", choices=[str(s) for s in State], help="only entries in this state")
-    lst.add_argument("--limit", type=int, default=1000)
-    lst.add_argument("--json", action="store_true", help="one JSON array of objects")
+    lst.add_argument("--limit", type=int, default=None, metavar="N",
+                     help=f"at most N entries (default: all with --json, {TEXT_LIMIT} otherwise; 0: all)")
+    lst.add_argument("--json", action="store_true", help="one JSON array of objects, one object per line")
     lst.set_defaults(func=lambda a: _with_spool(a, _list))
-    for name, helptext, fn in (
-        ("show", "show one entry with its headers", _show),
-        ("retry", "requeue a failed/deferred entry now (re-routed and redelivered)", _retry),
-        ("delete", "delete an entry and its message", _delete),
-        ("release", "deliver a held entry (sender authentication) as if it had passed", _release),
+    for name, helptext, description, fn in (
+        ("show", "show one entry with its headers",
+         "Show one entry: envelope, state, attempts, errors, routing, per-recipient status, then the "
+         "message's header section. --json prints the same as one JSON object.", _show),
+        ("retry", "requeue a failed/deferred entry now (re-routed and redelivered)",
+         "Requeue an entry now: an inbound entry goes back to `received` (routed and delivered again), an "
+         "outbound one to `outgoing`. For a dead letter whose cause an operator fixed (an alias, Odoo's "
+         "configuration). A placeholder of a message left in its mailbox is refused: it holds no message.", _retry),
+        ("delete", "delete an entry and its message",
+         "Delete an entry and its message from the spool, whatever its state. There is no undo.", _delete),
+        ("release", "deliver a held entry (sender authentication) as if it had passed",
+         "Release an entry held by sender authentication (odoo[].auth): it is delivered to Odoo as if it had "
+         "passed (docs/authentication.md).", _release),
     ):
-        sp = qsub.add_parser(name, help=helptext)
+        sp = qsub.add_parser(name, help=helptext, description=description)
         add_config_arg(sp)
-        sp.add_argument("queue_id")
+        sp.add_argument("queue_id", help="the entry's queue id (see `mailgw queue list`)")
         if name == "show":
-            sp.add_argument("--json", action="store_true")
+            sp.add_argument("--json", action="store_true", help="one JSON object, headers included")
         sp.set_defaults(func=lambda a, fn=fn: _with_spool(a, fn))
     queue_outbound.register(qsub, lst, _with_spool, add_config_arg)  # list --destination, cancel, flush, stats
     p.set_defaults(func=lambda a: (p.print_help(), EX_USAGE)[1])
@@ -84,25 +97,51 @@ def _row(e: SpoolEntry) -> dict[str, Any]:
     return {k: d[k] for k in LIST_FIELDS}
 
 
+def _entries(n: int) -> str:
+    return f"{n} entr{'y' if n == 1 else 'ies'}"
+
+
 async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
-    entries = await queue_outbound.listed(spool, State(args.state) if args.state else None, args)
+    state = State(args.state) if args.state else None
+    destination = getattr(args, "destination", None)
+    limit = args.limit if args.limit is not None else (0 if args.json else TEXT_LIMIT)
+    shown = 0
+    out = sys.stdout
     if args.json:
-        print(json.dumps([_row(e) for e in entries], indent=1))
-        return 0
-    if not entries:
-        print("queue is empty")
-        return 0
-    now = time.time()
-    print(f"{'QUEUE ID':<20} {'STATE':<9} {'SIZE':>8} {'ARRIVED (UTC)':<19} {'TRIES':>5} {'NEXT':<8} "
-          "SENDER -> RECIPIENTS")
-    for e in entries:
-        nxt = "-" if e.state not in (State.DEFERRED, State.OUTGOING) else (
-            "now" if e.next_attempt_at <= now else f"+{int(e.next_attempt_at - now)}s")
-        print(f"{e.queue_id:<20} {e.state!s:<9} {e.size:>8} {_when(e.envelope.received_at):<19} {e.attempts:>5} "
-              f"{nxt:<8} <{e.envelope.mail_from}> -> {', '.join(e.envelope.rcpt_tos)}")
-        if e.last_error:
-            print(f"{'':<20} ({e.last_error})")
-    print(f"-- {len(entries)} entr{'y' if len(entries) == 1 else 'ies'}")
+        # Streamed: one object per line, written as the spool reads them, so memory stays flat.
+        out.write("[")
+        async for e in spool.scan(state=state):
+            if destination and not queue_outbound.matches_destination(e, destination):
+                continue
+            if limit and shown >= limit:
+                break
+            out.write(("\n" if not shown else ",\n") + json.dumps(_row(e)))
+            shown += 1
+        out.write("\n]\n" if shown else "]\n")
+    else:
+        now = time.time()
+        async for e in spool.scan(state=state):
+            if destination and not queue_outbound.matches_destination(e, destination):
+                continue
+            if limit and shown >= limit:
+                break
+            if not shown:
+                out.write(f"{'QUEUE ID':<20} {'STATE':<9} {'SIZE':>8} {'ARRIVED (UTC)':<19} {'TRIES':>5} "
+                          f"{'NEXT':<8} SENDER -> RECIPIENTS\n")
+            nxt = "-" if e.state not in (State.DEFERRED, State.OUTGOING) else (
+                "now" if e.next_attempt_at <= now else f"+{int(e.next_attempt_at - now)}s")
+            out.write(f"{e.queue_id:<20} {e.state!s:<9} {e.size:>8} {_when(e.envelope.received_at):<19} "
+                      f"{e.attempts:>5} {nxt:<8} <{e.envelope.mail_from}> -> {', '.join(e.envelope.rcpt_tos)}\n")
+            if e.last_error:
+                out.write(f"{'':<20} ({e.last_error})\n")
+            shown += 1
+        out.write(f"-- {_entries(shown)}\n" if shown else "queue is empty\n")
+    out.flush()
+    if limit and shown >= limit and not destination:
+        total = sum(n for (_d, s), n in (await spool.counts()).items() if state is None or s == state)
+        if total > shown:
+            print(f"mailgw queue list: showing the first {_entries(shown)} of {total}; {total - shown} left out "
+                  "(--limit N, or 0 for all)", file=sys.stderr)
     return 0
 
 
@@ -116,15 +155,88 @@ async def _show(spool: SqliteSpool, args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({**entry.to_dict(), "headers": head.decode("utf-8", "replace")}, indent=1))
         return 0
-    for key, value in entry.to_dict().items():
-        if key in ("received_at", "updated_at", "next_attempt_at"):
-            value = _when(value)
-        print(f"{key:>22}: {value}")
+    for label, value in describe(entry, time.time()):
+        print(f"{label:<17}{value}" if value is not None else label)
     if entry.state == State.HELD:
         print(_held_note(entry))
     print()
     print(head.decode("utf-8", "replace"))
     return 0
+
+
+def _plain(value: Any) -> str:
+    """A JSON-ish value as words: no Python reprs, no braces for flat mappings."""
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(_plain(v) for v in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {_plain(v)}" for k, v in value.items()) or "-"
+    return str(value)
+
+
+def _in(seconds: float) -> str:
+    """Time to a due date, in words: "in 1h 5m", or "due now"."""
+    if seconds <= 0:
+        return "due now"
+    days, rest = divmod(int(seconds), 86400)
+    hours, rest = divmod(rest, 3600)
+    minutes, secs = divmod(rest, 60)
+    parts = [f"{n}{unit}" for n, unit in ((days, "d"), (hours, "h"), (minutes, "m"), (secs, "s")) if n]
+    return "in " + " ".join(parts[:2] or ["1s"])
+
+
+def describe(entry: SpoolEntry, now: float) -> list[tuple[str, str | None]]:
+    """`queue show`'s lines: (label, value), or (text, None) for a line of its own."""
+    env = entry.envelope
+    intake = env.intake + (f" from {env.peer}" if env.peer else "") + (f" (HELO {env.helo})" if env.helo else "")
+    due = "-"
+    if entry.state in (State.DEFERRED, State.OUTGOING, State.RECEIVED, State.ROUTED):
+        due = f"{_when(entry.next_attempt_at)} UTC ({_in(entry.next_attempt_at - now)})"
+    lines: list[tuple[str, str | None]] = [
+        ("Queue ID", entry.queue_id),
+        ("Direction", str(entry.direction)),
+        ("State", str(entry.state) + (f" (claimed by {entry.claimed_by})" if entry.claimed_by else "")),
+        ("Sender", f"<{env.mail_from}>"),
+        ("Recipients", _plain(env.rcpt_tos)),
+        ("Intake", intake),
+    ]
+    if env.source:
+        lines.append(("Source", _plain(dict(env.source))))
+    lines += [
+        ("Received", f"{_when(env.received_at)} UTC"),
+        ("Updated", f"{_when(entry.updated_at)} UTC"),
+        ("Message-Id", (entry.message_id or "-") + (" (assigned by the gateway)" if entry.message_id_generated
+                                                     else "")),
+        ("Size", f"{entry.size} bytes"),
+        ("Attempts", f"{entry.attempts}" + (f" ({entry.crashes} crashed the worker)" if entry.crashes else "")),
+        ("Next attempt", due),
+        ("Last error", entry.last_error or "-"),
+    ]
+    if entry.route:
+        lines.append(("Route", None))
+        for d in entry.route if isinstance(entry.route, list) else [entry.route]:
+            if not isinstance(d, dict):
+                lines.append((f"  {_plain(d)}", None))
+                continue
+            target = " ".join(str(x) for x in (d.get("instance"), d.get("model")) if x)
+            if d.get("thread_id"):
+                target += f" #{d['thread_id']}"
+            why = "; ".join(str(x) for x in (d.get("rule"), d.get("reason")) if x)
+            lines.append((f"  {d.get('recipient', '?')}: {d.get('route', '?')}"
+                          + (f" -> {target}" if target else "") + (f" ({why})" if why else ""), None))
+    if entry.rcpt_status:
+        lines.append(("Recipient status", None))
+        for rcpt, st in entry.rcpt_status.items():
+            if not isinstance(st, dict):
+                lines.append((f"  {rcpt}: {_plain(st)}", None))
+                continue
+            rest = {k: (f"{_when(v)} UTC" if k == "at" and isinstance(v, int | float) else v)
+                    for k, v in st.items() if k != "state"}
+            lines.append((f"  {rcpt}: {st.get('state', '?')}" + (f" ({_plain(rest)})" if rest else ""), None))
+    return lines
 
 
 def _held_note(entry: SpoolEntry) -> str:
@@ -157,6 +269,15 @@ async def _move(queue_id: str, verb: str, move: Awaitable[SpoolEntry], done: Cal
 
 
 async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+    from gateway.intake.mailbox import is_placeholder
+
+    current = await spool.get(args.queue_id)
+    if current is not None and is_placeholder(current):
+        src = current.envelope.source or {}
+        print(f"cannot retry {args.queue_id}: it only records a message left in mailbox {src.get('mailbox')!r} "
+              "(there is no message in it to deliver); the poller spools the message itself once it can fetch "
+              "it whole (see docs/mailboxes.md)", file=sys.stderr)
+        return EX_DATAERR
     return await _move(args.queue_id, "retry", spool.requeue(args.queue_id),
                        lambda e: f"{e.state}, due now (the daemon re-routes and redelivers it)")
 

@@ -1,7 +1,7 @@
 """The outbound side of `mailgw queue`: `list --destination`, `cancel`, `flush`, `stats`.
 
 A message's destinations are the domains of its recipients still waiting (neither sent nor failed). Kept apart
-from gateway/commands/queue.py, which only calls `register` and `listed`.
+from gateway/commands/queue.py, which calls `register` and filters `list` with `matches_destination`.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ from gateway.spool import Direction, SpoolEntry, SqliteSpool, State, UnknownEntr
 from gateway.spool.base import InvalidTransition
 
 DONE = ("sent", "failed")
-SCAN_LIMIT = 10_000_000  # entries read when filtering by destination (the filter runs after the read)
 
 WithSpool = Callable[[argparse.Namespace, Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]], int]
 
@@ -65,15 +64,6 @@ def matches_destination(entry: SpoolEntry, domain: str | None) -> bool:
     return entry.direction == Direction.OUTBOUND and domain.lower().rstrip(".") in destinations(entry)
 
 
-async def listed(spool: SqliteSpool, state: State | None, args: argparse.Namespace) -> list[SpoolEntry]:
-    """What `queue list` shows: --limit entries in --state, only those waiting for --destination if given (that
-    filter runs after the read, so everything in the state is read)."""
-    if not getattr(args, "destination", None):
-        return await spool.list(state=state, limit=args.limit)
-    entries = await spool.list(state=state, limit=SCAN_LIMIT)
-    return [e for e in entries if matches_destination(e, args.destination)][:args.limit]
-
-
 async def _cancel(spool: SqliteSpool, args: argparse.Namespace) -> int:
     rc = 0
     for queue_id in args.queue_id:
@@ -102,8 +92,8 @@ async def _cancel(spool: SqliteSpool, args: argparse.Namespace) -> int:
 
 
 async def _flush(spool: SqliteSpool, args: argparse.Namespace) -> int:
-    entries = await spool.list(state=State.OUTGOING, direction=Direction.OUTBOUND, limit=SCAN_LIMIT)
-    due = [e.queue_id for e in entries if matches_destination(e, args.destination)]
+    due = [e.queue_id async for e in spool.scan(state=State.OUTGOING, direction=Direction.OUTBOUND)
+           if matches_destination(e, args.destination)]
     moved = await spool.wake(due)
     where = f" for {args.destination}" if args.destination else ""
     print(f"{moved} outgoing message{'s' if moved != 1 else ''}{where} due now "
@@ -115,7 +105,7 @@ async def _stats(spool: SqliteSpool, args: argparse.Namespace) -> int:
     counts = await spool.counts()
     per_dest: dict[str, Counter[str]] = {}
     for state in (State.OUTGOING, State.EXCEPTION):
-        for entry in await spool.list(state=state, direction=Direction.OUTBOUND, limit=SCAN_LIMIT):
+        async for entry in spool.scan(state=state, direction=Direction.OUTBOUND):
             status = entry.rcpt_status or {}
             seen: set[str] = set()
             for rcpt in entry.envelope.rcpt_tos:

@@ -30,6 +30,7 @@ import json
 import re
 import socket
 import ssl
+import time
 from collections import deque
 from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -88,9 +89,11 @@ FETCH_WINDOW = 3  # FETCHes outstanding at once: the server works on the next ba
 STORES_IN_FLIGHT = 6
 LITERAL_SLACK = 64 * 1024  # a literal may exceed max_message_size by this much (RFC822.SIZE vs. what is sent)
 IDLE_RENEW_MAX = 28 * 60.0  # RFC 2177: servers may log an idle client out after 30 minutes
-# A message whose FETCH failed this often (the server said NO or dropped the connection; the last times fetched
-# alone) is recorded as unreadable and left in the mailbox, so that it cannot block the rest forever.
+# A message whose FETCH failed this often while it was fetched alone (the server said NO or dropped the connection)
+# is recorded as unreadable and left in the mailbox, so that it cannot block the rest forever; it is tried again,
+# once, every UNREADABLE_RETRY seconds (and at every start), and spooled when the server can read it again.
 UNREADABLE_AFTER = 4
+UNREADABLE_RETRY = 3600.0
 
 _EXISTS = re.compile(rb"^\* \d+ EXISTS")
 _UIDVALIDITY = re.compile(rb"\[UIDVALIDITY (\d+)\]")
@@ -449,8 +452,10 @@ class ImapPoller(MailboxPoller):
         self.uidvalidity: int | None = None
         self.idle_active = False  # True while an IDLE is acknowledged by the server (tests and metrics read it)
         self._left: set[int] = set()  # UIDs (of the current UIDVALIDITY) deliberately left in the mailbox
-        self._suspects: dict[int, int] = {}  # UID -> failed FETCHes it was part of (reset by a good FETCH)
-        self._inflight: list[int] | None = None  # UIDs of the FETCH in progress, to blame if the session dies
+        # UID -> failed FETCHes while it was fetched alone. A UID becomes a suspect when a FETCH for it failed
+        # before its data came; suspects are fetched one at a time, after the others. Reset by a good FETCH.
+        self._suspects: dict[int, int] = {}
+        self._unreadable_at: dict[int, float] = {}  # UIDs recorded unreadable -> when (monotonic), for the retry
         self._caps: set[str] = set()  # the server's capabilities, as of this session's login
         self._tokens = TokenSource(cfg.oauth2, what=cfg.name) if cfg.oauth2 is not None else None
 
@@ -481,7 +486,6 @@ class ImapPoller(MailboxPoller):
                     self.log.exception("imap.poller_error", error=repr(exc))
                 finally:
                     self.idle_active = False
-                    self._blame_inflight()
                     if client is not None:
                         await client.close_gracefully()
                 if not self._stopping:
@@ -489,13 +493,6 @@ class ImapPoller(MailboxPoller):
         finally:
             self._finished.set()
             self.log.info("imap.stopped")
-
-    def _blame_inflight(self) -> None:
-        """The session ended during a FETCH: suspect its UIDs (they are fetched alone from now on)."""
-        if self._inflight:
-            for u in self._inflight:
-                self._suspects[u] = self._suspects.get(u, 0) + 1
-        self._inflight = None
 
     # -- one connection ---------------------------------------------------------------------------------
 
@@ -517,6 +514,7 @@ class ImapPoller(MailboxPoller):
             self.log.warning("imap.uidvalidity_changed", old=self.uidvalidity, new=uidvalidity)
             self._left.clear()
             self._suspects.clear()
+            self._unreadable_at.clear()
         self.uidvalidity = uidvalidity
         if cfg.after.startswith("move:"):
             target = cfg.after[5:]
@@ -545,6 +543,7 @@ class ImapPoller(MailboxPoller):
     async def _catch_up(self, client: ImapClient) -> None:
         """Spool and flag everything in the "new" view; repeat while the server reports new arrivals."""
         handled: set[int] = set()
+        self._retry_unreadable()
         while not self._stopping:
             client.protocol.exists_seen = False
             resp = await client.ok(client.uid_search(search_criteria(self.cfg), charset=None), "UID SEARCH")
@@ -556,35 +555,58 @@ class ImapPoller(MailboxPoller):
                 return
 
     async def _process(self, client: ImapClient, uids: list[int]) -> None:
-        """Spool and flag these UIDs: batches bounded in count and bytes, on a `Pipeline` so that the server is
-        never idle waiting for us. FETCH_WINDOW FETCHes are outstanding at once (the server starts on the next
-        batch while we read this one), a batch's spool commit (fsync) runs while the next is fetched, and
-        committed UIDs are flagged, a command per MAX_UIDS_PER_COMMAND of them, without waiting for the answer
-        before the next FETCH goes out.
+        """Spool and flag these UIDs: the unsuspected ones pipelined (`_process_on`), then each suspect alone,
+        the least suspected first, with nothing else outstanding — so that when one fails, it is the one.
+
+        A FETCH that fails makes suspects of the UIDs it did not deliver (`Pipeline.unanswered`), never of the
+        FETCH that happened to be awaited. A suspect's failure while fetched alone counts against it; after
+        UNREADABLE_AFTER such failures it is recorded as unreadable and left in the mailbox.
+        """
+        for u in [u for u in uids if self._suspects.get(u, 0) >= UNREADABLE_AFTER]:
+            await self._unreadable(u)
+        uids = [u for u in uids if u not in self._left]
+        plain = [u for u in uids if u not in self._suspects]
+        suspects = sorted((u for u in uids if u in self._suspects), key=lambda u: (self._suspects[u], u))
+        pipe = client.start_pipeline(max_literal=self.cfg.max_message_size + LITERAL_SLACK)
+        alone: int | None = None
+        try:
+            if plain:
+                await self._process_on(pipe, plain)
+            for alone in suspects:
+                await self._process_on(pipe, [alone])
+            alone = None
+        except Exception:
+            for u in pipe.unanswered():
+                self._suspects[u] = self._suspects.get(u, 0) + (1 if u == alone else 0)
+            raise
+        finally:
+            pipe.close()  # after a failure it never hands back: the session ends and the connection is dropped
+
+    def _retry_unreadable(self) -> None:
+        """UIDs recorded unreadable UNREADABLE_RETRY ago get one more try, alone (the server may read them now)."""
+        now = time.monotonic()
+        for u, since in list(self._unreadable_at.items()):
+            if now - since >= UNREADABLE_RETRY:
+                del self._unreadable_at[u]
+                self._left.discard(u)
+                self._suspects[u] = UNREADABLE_AFTER - 1
+
+    async def _process_on(self, pipe: Pipeline, uids: list[int]) -> None:
+        """Batches bounded in count and bytes, so that the server is never idle waiting for us. FETCH_WINDOW
+        FETCHes are outstanding at once (the server starts on the next batch while we read this one), a batch's
+        spool commit (fsync) runs while the next is fetched, and committed UIDs are flagged, a command per
+        MAX_UIDS_PER_COMMAND of them, without waiting for the answer before the next FETCH goes out. For one UID
+        every command waits for the one before it.
 
         No ledger look-up before fetching: the spool's put() checks the ledger key in the same transaction, so a
         message spooled before (crash before the flag, a human marked it unread) costs one re-download and is
         then only flagged. That keeps the common case at zero extra round trips to the spool.
         """
-        # A UID that was in a failed FETCH is fetched alone; after UNREADABLE_AFTER failures it is given up on.
-        for u in [u for u in uids if self._suspects.get(u, 0) >= UNREADABLE_AFTER]:
-            await self._unreadable(u)
-        uids = [u for u in uids if u not in self._left]
-        pipe = client.start_pipeline(max_literal=self.cfg.max_message_size + LITERAL_SLACK)
-        try:
-            await self._process_on(pipe, uids)
-        finally:
-            pipe.close()  # after a failure it never hands back: the session ends and the connection is dropped
-
-    async def _process_on(self, pipe: Pipeline, uids: list[int]) -> None:
-        suspects = [u for u in uids if u in self._suspects]
-        plain = [u for u in uids if u not in self._suspects]
-        size_fetches = [(list(group), self._send_fetch(pipe, group, "(UID RFC822.SIZE)"))
-                        for group in (*_chunks(plain, MAX_UIDS_PER_COMMAND), *([u] for u in suspects)) if group]
+        size_fetches = [self._send_fetch(pipe, group, "(UID RFC822.SIZE)")
+                        for group in _chunks(uids, MAX_UIDS_PER_COMMAND)]
         sizes: dict[int, int | None] = {}
-        for group, fut in size_fetches:
-            sizes.update({u: s for u, (s, _) in (await self._fetched(pipe, fut, group, "UID FETCH RFC822.SIZE")
-                                                 ).items()})
+        for fut in size_fetches:
+            sizes.update({u: s for u, (s, _) in (await self._fetched(pipe, fut, "UID FETCH RFC822.SIZE")).items()})
         batches: list[tuple[list[int], int]] = []  # (UIDs, bytes)
         for u in uids:
             size = sizes.get(u)
@@ -594,8 +616,7 @@ class ImapPoller(MailboxPoller):
                 await self._oversized(pipe, u, size)
                 continue
             if not batches or len(batches[-1][0]) >= self.cfg.batch_size \
-                    or batches[-1][1] + size > MAX_BATCH_BYTES or u in self._suspects \
-                    or batches[-1][0][0] in self._suspects:
+                    or batches[-1][1] + size > MAX_BATCH_BYTES:
                 batches.append(([], 0))
             batches[-1][0].append(u)
             batches[-1] = (batches[-1][0], batches[-1][1] + size)
@@ -629,7 +650,7 @@ class ImapPoller(MailboxPoller):
                     continue
                 batch, nbytes, fut = fetches.popleft()
                 stores.append((nbytes, asyncio.ensure_future(self.ledger.store(self._messages(
-                    batch, await self._fetched(pipe, fut, batch, "UID FETCH"))))))
+                    batch, await self._fetched(pipe, fut, "UID FETCH"))))))
                 while stores and (len(stores) > STORES_IN_FLIGHT or stores[0][1].done()):
                     settle(await stores.popleft()[1])
                 while actions and actions[0].done():
@@ -652,16 +673,12 @@ class ImapPoller(MailboxPoller):
 
     @staticmethod
     def _send_fetch(pipe: Pipeline, uids: Sequence[int], items: str) -> asyncio.Future[Reply]:
-        return pipe.send(f"UID FETCH {uid_set(uids)} {items}", fetch_uids=uids)
+        return pipe.send(f"UID FETCH {uid_set(uids)} {items}", fetch_uids=uids, body="BODY" in items)
 
-    async def _fetched(self, pipe: Pipeline, future: asyncio.Future[Reply], uids: list[int], what: str
-                       ) -> FetchItems:
-        """A FETCH's items. If it failed (NO, the connection dropped while the server was answering it, stop()),
-        its UIDs are the ones to suspect (see `_blame_inflight`)."""
-        self._inflight = uids
-        reply = await pipe.ok(future, what)
-        self._inflight = None
-        return reply.items
+    @staticmethod
+    async def _fetched(pipe: Pipeline, future: asyncio.Future[Reply], what: str) -> FetchItems:
+        """A FETCH's items (if it fails, the pipeline knows which of its UIDs it did not deliver)."""
+        return (await pipe.ok(future, what)).items
 
     def _messages(self, uids: list[int], fetched: FetchItems) -> list[FetchedMessage]:
         assert self.uidvalidity is not None
@@ -686,7 +703,7 @@ class ImapPoller(MailboxPoller):
     async def _oversized(self, pipe: Pipeline, uid: int, size: int) -> None:
         assert self.uidvalidity is not None
         fut = self._send_fetch(pipe, [uid], "(UID RFC822.SIZE BODY.PEEK[HEADER])")
-        head = (await self._fetched(pipe, fut, [uid], "UID FETCH HEADER")).get(uid, (None, None))[1] or b""
+        head = (await self._fetched(pipe, fut, "UID FETCH HEADER")).get(uid, (None, None))[1] or b""
         outcome = await self.ledger.store_oversized(
             imap_key(self.cfg.name, self.uidvalidity, uid), head, size,
             {"uidvalidity": self.uidvalidity, "uid": uid, "folder": self.cfg.folder})
@@ -707,6 +724,7 @@ class ImapPoller(MailboxPoller):
         if outcome.committed:
             self.stats["unreadable"] += int(outcome.created)
             self._left.add(uid)
+            self._unreadable_at[uid] = time.monotonic()
 
     async def _after(self, pipe: Pipeline, committed: list[tuple[int, str]]) -> None:
         """Take committed messages out of the "new" view, as configured. Commands that do not depend on each

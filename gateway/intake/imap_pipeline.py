@@ -4,13 +4,18 @@ aioimaplib runs one command per kind of untagged answer at a time (a second FETC
 FETCH before it), and hands every response line through several layers of parsing. Catching up on 2,000 small
 messages that way left Dovecot idle between commands and cost ~40 µs of CPU per message. While a `Pipeline` is
 installed on the protocol it owns the connection: it writes commands without waiting for earlier ones (the
-caller decides how many are outstanding) and reads the answers itself — one `bytes.find` per line, a literal
-taken as one slice. Untagged FETCH data is collected by UID and handed to the FETCH command that asked for the
-UID when its tagged completion arrives; other untagged lines go to the protocol's `note_untagged` (EXISTS, BYE),
-as on aioimaplib's path.
+caller decides how many are outstanding; the commands of one turn of the event loop go out in one write, so one
+TLS record and one syscall, and the server reads them together) and reads the answers itself — one `bytes.find`
+per line, a literal taken as one slice. Untagged FETCH data is collected by UID and handed to the FETCH command
+that asked for the UID when its tagged completion arrives; other untagged lines go to the protocol's
+`note_untagged` (EXISTS, BYE), as on aioimaplib's path.
 
 Only commands whose answers are plain (UID FETCH/STORE/COPY/MOVE/EXPUNGE) go through it; IDLE, SEARCH, LOGOUT
 stay with aioimaplib. `close()` hands the connection back at a response boundary.
+
+When something goes wrong, `unanswered()` names the UIDs a FETCH asked for and did not get: the ones to suspect.
+Which command was being *awaited* says nothing: a server may work on several pipelined FETCHes at once (Dovecot
+does) and die on a later one before it sends the tagged OK of an earlier one whose data it already sent.
 
 RFC 3501 §5.5: a server answers pipelined commands in order, and the client must not pipeline commands whose
 outcome depends on each other — the poller waits for a COPY before it flags the copied messages \\Deleted.
@@ -157,6 +162,7 @@ class Reply:
 class _Command:
     future: asyncio.Future[Reply]
     uids: list[int] | None  # a FETCH's UIDs
+    wants: int = 0  # which item of FetchItems the FETCH is for: 0 its RFC822.SIZE, 1 a body (BODY[]/BODY[HEADER])
 
 
 class Pipeline:
@@ -175,13 +181,17 @@ class Pipeline:
         self._commands: dict[str, _Command] = {}
         self._items: FetchItems = {}
         self._wanted: set[int] = set()
+        self._unanswered: set[int] = set()  # UIDs of FETCHes that failed (NO/BAD, connection lost) without them
         self._failed: BaseException | None = None
         self._closing = False
+        self._out: list[bytes] = []  # commands of this loop turn, written together by `_flush`
 
     # -- the caller's side ---------------------------------------------------------------------------------
 
-    def send(self, command: str, *, fetch_uids: Iterable[int] | None = None) -> asyncio.Future[Reply]:
-        """Write `command` (without tag) now; the future resolves with its tagged completion."""
+    def send(self, command: str, *, fetch_uids: Iterable[int] | None = None, body: bool = False
+             ) -> asyncio.Future[Reply]:
+        """Write `command` (without tag) now; the future resolves with its tagged completion. A FETCH names its
+        UIDs (`fetch_uids`) and whether it asks for a body (else for RFC822.SIZE)."""
         future: asyncio.Future[Reply] = self.loop.create_future()
         if self._failed is not None:
             future.set_exception(self._failed)
@@ -192,9 +202,16 @@ class Pipeline:
             self._wanted.update(uids)
         if not self._commands:
             self.last_data = self.loop.time()  # the silence clock starts with the first outstanding command
-        self._commands[tag] = _Command(future, uids)
-        self.protocol.transport.write(f"{tag} {command}\r\n".encode())
+        self._commands[tag] = _Command(future, uids, 1 if body else 0)
+        self._out.append(f"{tag} {command}\r\n".encode())
+        if len(self._out) == 1:
+            self.loop.call_soon(self._flush)
         return future
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self._failed is None:
+            self.protocol.transport.write(b"".join(out))
 
     async def wait(self, future: asyncio.Future[Reply], what: str) -> Reply:
         while True:
@@ -213,12 +230,23 @@ class Pipeline:
             raise ImapError(f"{what}: {reply.result} {reply.text}")
         return reply
 
+    def unanswered(self) -> set[int]:
+        """UIDs that FETCHes which failed (NO/BAD, or outstanding when the connection failed) asked for and did
+        not get. A UID whose data arrived is not among them: it was readable, whatever happened next."""
+        return set(self._unanswered)
+
+    def _missing(self, cmd: _Command) -> None:
+        if cmd.uids is not None:
+            self._unanswered.update(u for u in cmd.uids
+                                    if (got := self._items.get(u)) is None or got[cmd.wants] is None)
+
     def fail(self, error: BaseException) -> None:
         """The connection is unusable (lost, timed out, protocol error): every outstanding command fails."""
         if self._failed is None:
             self._failed = error
         commands, self._commands = self._commands, {}
         for cmd in commands.values():
+            self._missing(cmd)
             if not cmd.future.done():
                 cmd.future.set_exception(error)
                 # Nobody may be waiting for this one (its waiter failed first): don't warn "never retrieved".
@@ -251,7 +279,12 @@ class Pipeline:
             if _FETCH.match(head):
                 item = fetch_item(texts, literals)
                 if item is not None and item[0] in self._wanted:
-                    self._items[item[0]] = (item[1], item[2])
+                    uid, size, body = item
+                    old = self._items.get(uid)
+                    # Another FETCH response for the UID (an unsolicited flag update) adds to what came, never
+                    # erases it.
+                    self._items[uid] = (size, body) if old is None else (
+                        old[0] if size is None else size, old[1] if body is None else body)
             else:
                 self.protocol.note_untagged(head)
             return
@@ -263,6 +296,8 @@ class Pipeline:
             raise ImapError(f"tagged response for no command of ours: {head[:80]!r}")
         result, _, text = rest.partition(b" ")
         items: FetchItems = {}
+        if result.upper() != b"OK":
+            self._missing(cmd)
         if cmd.uids is not None:
             for u in cmd.uids:
                 self._wanted.discard(u)

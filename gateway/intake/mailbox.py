@@ -8,6 +8,12 @@ key cannot see — a new UIDVALIDITY (server migration, mailbox rebuilt), a POP3
 same message delivered into the mailbox twice: a message whose Message-Id this mailbox already spooled is not
 spooled again (Odoo would drop it as a duplicate anyway).
 
+A message the poller leaves in the mailbox (over max_message_size, or a server that cannot return it) gets a
+*placeholder* under its key: an entry parked `failed` that holds its header section or nothing, marked
+`left_in_mailbox`, so that an operator sees it and it is reported once. A placeholder never counts as stored:
+the message is not flagged, and once the poller can fetch it whole (the server reads it again, the limit was
+raised) the message replaces the placeholder under the key.
+
 Envelope of mailbox mail (there was no SMTP transaction we saw):
 - mail_from: the topmost Return-Path (the final delivery agent's record of the envelope sender; ``<>`` -> "").
   Without one: "" — never the From header, so a DSN the gateway might send later cannot be backscatter to a
@@ -28,14 +34,14 @@ import re
 import signal
 import ssl
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.config import Config, MailboxBase
 from gateway.headers import address_domain, envelope_from_head, header_section
 from gateway.logs import get_logger
-from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State
+from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State, UnknownEntry
 
 log = get_logger("mailgw.intake.mailbox")
 
@@ -48,6 +54,11 @@ def imap_key(name: str, uidvalidity: int, uid: int) -> str:
 
 def pop3_key(name: str, uidl: str) -> str:
     return f"pop3:{name}:{uidl}"
+
+
+def is_placeholder(entry: SpoolEntry) -> bool:
+    """Does this entry only record a message left in its mailbox (not the message itself)?"""
+    return bool(entry.envelope.source and entry.envelope.source.get("left_in_mailbox"))
 
 
 def broken_reason(raw: bytes, head: bytes | None = None) -> str | None:
@@ -144,21 +155,28 @@ class MailboxLedger:
         self.identity = identity
         self.log = get_logger(f"mailgw.intake.{intake}").bind(mailbox=mailbox.name)
 
-    async def lookup(self, keys: Sequence[str]) -> dict[str, str]:
-        """Keys already in the spool -> their queue_id."""
-        return await self.spool.has_dedup_keys(keys)
+    async def stored(self, keys: Sequence[str]) -> dict[str, str]:
+        """Keys whose message is in the spool -> its queue_id. A key held by a placeholder is not stored."""
+        found = await self.spool.has_dedup_keys(keys)
+        placeholders = await self._placeholders(found.values())
+        return {k: q for k, q in found.items() if q not in placeholders}
 
-    async def left_in_mailbox(self, queue_id: str) -> bool:
-        """Was this entry recorded as "left in the mailbox" (oversized)? Then the mailbox action must not run."""
-        entry = await self.spool.get(queue_id)
-        return bool(entry and entry.envelope.source and entry.envelope.source.get("left_in_mailbox"))
+    async def _placeholders(self, queue_ids: Iterable[str]) -> set[str]:
+        """Which of these entries are placeholders. Asked only for keys found in the spool (a re-fetch), so one
+        read per entry is fine."""
+        out: set[str] = set()
+        for queue_id in queue_ids:
+            entry = await self.spool.get(queue_id)
+            if entry is not None and is_placeholder(entry):
+                out.add(queue_id)
+        return out
 
     def _already_spooled(self, entries: Sequence[SpoolEntry], source: dict[str, Any]) -> str | None:
         """Queue id of another message of this mailbox among these entries (all with one Message-Id), if any."""
         for entry in entries:
             src = entry.envelope.source or {}
             if entry.envelope.intake != self.intake or src.get("mailbox") != self.mailbox.name \
-                    or src.get("left_in_mailbox"):
+                    or is_placeholder(entry):
                 continue
             if all(src.get(f) == source.get(f) for f in self.identity):
                 continue  # the same mailbox message: the ledger key decides (a re-fetch)
@@ -174,17 +192,14 @@ class MailboxLedger:
         first_in_batch: dict[str, int] = {}  # Message-Id -> index of its first copy in this batch
         to_put = [i for i, (_m, p) in enumerate(prepared)
                   if not earlier[i] and first_in_batch.setdefault(p.message_id, i) == i]
+        items = {i: PutItem(p.envelope, m.raw, message_id=p.message_id, message_id_generated=p.message_id_generated,
+                            dedup_key=m.key, state=p.state, last_error=p.reason)
+                 for i in to_put for m, p in (prepared[i],)}
         # One writer operation for the whole chunk: one commit, no per-message round trip to the writer thread.
-        try:
-            results: list[Any] = await self.spool.put_many([
-                PutItem(p.envelope, m.raw, message_id=p.message_id, message_id_generated=p.message_id_generated,
-                        dedup_key=m.key, state=p.state, last_error=p.reason)
-                for m, p in (prepared[i] for i in to_put)])
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:  # the commit itself failed: every message of the chunk is unstored
-            results = [exc] * len(to_put)
-        put_result = dict(zip(to_put, results, strict=True))
+        put_result = await self._put_many(items)
+        refetched = {i: res[0] for i, res in put_result.items() if isinstance(res, tuple) and not res[1]}
+        if refetched:
+            put_result.update(await self._replace_placeholders(refetched, items))
 
         outcomes: list[SpoolOutcome] = []
         for i, (m, p) in enumerate(prepared):
@@ -220,10 +235,49 @@ class MailboxLedger:
                 # A message spooled normally is logged once, by the spool ("spool.put" with mailbox and key).
         return outcomes
 
+    async def _put_many(self, items: dict[int, PutItem]) -> dict[int, Any]:
+        """put_many keyed like `items`; a failed commit is every item's error (none of them is stored)."""
+        try:
+            results: list[Any] = await self.spool.put_many(list(items.values()))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            results = [exc] * len(items)
+        return dict(zip(items, results, strict=True))
+
+    async def _replace_placeholders(self, refetched: dict[int, str], items: dict[int, PutItem]) -> dict[int, Any]:
+        """Of these fetched messages whose key was already in the spool, spool those whose key held only a
+        placeholder: the placeholder is deleted, then the message is put under the key. A crash between the two
+        writes leaves the message unflagged in the mailbox with no entry: the next pass spools it."""
+        placeholders = await self._placeholders(refetched.values())
+        redo: dict[int, PutItem] = {}
+        out: dict[int, Any] = {}
+        for i, queue_id in refetched.items():
+            if queue_id not in placeholders:
+                continue
+            try:
+                await self.spool.delete(queue_id)
+            except UnknownEntry:
+                pass  # deleted meanwhile (an operator): the key is free all the same
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                out[i] = exc
+                continue
+            redo[i] = items[i]
+        for i, res in (await self._put_many(redo)).items() if redo else ():
+            out[i] = res
+            if isinstance(res, tuple):
+                self.log.info(f"{self.intake}.readable_again", queue_id=res[0], replaces=refetched[i],
+                              key=items[i].dedup_key, message_id=items[i].message_id,
+                              note="the message left in the mailbox was fetched whole and replaces its placeholder")
+        return out
+
     async def store_left(self, key: str, head: bytes, source: dict[str, Any], *, event: str, reason: str,
                          **log_fields: Any) -> SpoolOutcome:
-        """Record a message the gateway leaves in the mailbox (oversized, unreadable): its header section (or
-        nothing), parked `failed` with the reason, so an operator sees it and the next pass skips it."""
+        """Record a message the gateway leaves in the mailbox (oversized, unreadable): a placeholder holding its
+        header section (or nothing), parked `failed` with the reason, so an operator sees it, once. If the key
+        holds the message itself already (spooled before, only the flag was lost), that entry stays."""
         src = dict(source, left_in_mailbox=True)
         p = build_envelope(head, self.mailbox, self.config, intake=self.intake, source=src)
         message_id = p.message_id

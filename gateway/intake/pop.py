@@ -281,7 +281,7 @@ class Pop3Poller(MailboxPoller):
         self.log.debug("pop3.connected", host=cfg.host, messages=len(sizes), uidl=uidl is not None,
                        tls=client.tls_info())
         keys = {n: pop3_key(cfg.name, uidl[n]) for n in sizes if uidl and n in uidl}
-        known = await self.ledger.lookup(list(keys.values()))
+        known = await self.ledger.stored(list(keys.values()))  # a placeholder's key is not: fetched again
         deleted: list[str] = []
         batch: list[tuple[int, FetchedMessage]] = []
         retrieved = 0
@@ -294,9 +294,6 @@ class Pop3Poller(MailboxPoller):
                 continue
             if key is not None and key in known:
                 qid = known[key]
-                if await self.ledger.left_in_mailbox(qid):
-                    self._left.add(key)
-                    continue
                 # Spooled before; the DELE (or the QUIT that makes it real) was lost.
                 self.stats["refetched"] += 1
                 self.log.info("pop3.already_spooled", queue_id=qid, key=key)
@@ -320,14 +317,14 @@ class Pop3Poller(MailboxPoller):
             except Pop3ConnectionLost:
                 raise
             except Pop3Error as exc:
-                # The server cannot deliver this one (-ERR): record it and go on with the others.
+                # The server cannot deliver this one (-ERR): record it (once) and go on with the others. It is
+                # asked for again next session (a refused RETR costs the session nothing) and spooled once the
+                # server returns it.
                 if key is not None:
                     outcome = await self.ledger.store_left(
                         key, b"", source, event="unreadable",
                         reason=f"the server refused RETR ({exc}); the message was left in the mailbox")
-                    if outcome.committed:
-                        self.stats["unreadable"] += int(outcome.created)
-                        self._left.add(key)
+                    self.stats["unreadable"] += int(outcome.created)
                 else:
                     self.log.warning("pop3.unreadable", msgno=n, error=str(exc))
                 continue

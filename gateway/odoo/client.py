@@ -2,7 +2,7 @@
 
 It authenticates once, keeps connections alive, bounds concurrent calls (`max_concurrency`), times out
 every call, and turns every failure into one of the gateway's three kinds, following the fault table of
-api-contract.md §1, §3 and §10:
+docs/odoo.md §3 and §10.7:
 
 =====================================  =================================  ===============================
 Odoo says                              XML-RPC / JSON-2                   we raise
@@ -327,7 +327,7 @@ class OdooClient:
             kwargs["custom_values"] = dict(custom_values)
         message: Any
         if self.api == "xmlrpc":
-            message = xmlrpc.client.Binary(raw)  # bytes intact, 8-bit and all (contract §3)
+            message = xmlrpc.client.Binary(raw)  # bytes intact, 8-bit and all (docs/odoo.md §10.7)
         elif len(raw) > 256 * 1024:
             message = await asyncio.to_thread(json_safe_message, raw)
         else:
@@ -353,7 +353,7 @@ class OdooClient:
         return list(rows or [])
 
     async def find_message(self, message_ids: Sequence[str]) -> dict[str, Any] | None:
-        """Newest mail.message whose message_id is one of these (contract §5), cached with a TTL."""
+        """Newest mail.message whose message_id is one of these (docs/odoo.md §10.7), cached with a TTL."""
         ids = tuple(dict.fromkeys(m.strip() for m in message_ids if m and m.strip()))
         if not ids:
             return None

@@ -1,6 +1,6 @@
 """DirectorySync: keeps the alias directory (routing/directory.py) in step with each Odoo instance.
 
-Fetches `mail.alias.domain` and `mail.alias` (api-contract §4) — or, for Odoo ≤16, which has no alias
+Fetches `mail.alias.domain` and `mail.alias` (docs/odoo.md §10.7) — or, for Odoo ≤16, which has no alias
 domains, the catchall ICPs — on a timer per instance and on `refresh()` (SIGHUP). Each successful fetch swaps
 in a new immutable snapshot, notifies subscribers and rewrites ``<state_dir>/directory.json`` atomically, so
 that a restart while Odoo is down still knows every alias. A failed fetch keeps the previous snapshot of

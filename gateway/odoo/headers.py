@@ -1,14 +1,14 @@
 """What the gateway adds to a message on its way into Odoo, and how it crosses JSON without losing bytes.
 
 Prepended, never inserted or rewritten (the spooled bytes stay as received; design: Spool):
-- ``Return-Path: <envelope sender>`` — Odoo sends its refusals there, verbatim (gateway-spec §8);
+- ``Return-Path: <envelope sender>`` — Odoo sends its refusals there, verbatim (docs/odoo.md §10.4);
 - ``Delivered-To: <rcpt>`` per envelope recipient of this delivery that the headers do not already show —
-  Odoo reads it for routing (as To) and never reads X-Original-To / Envelope-To (§2);
+  Odoo reads it for routing (as To) and never reads X-Original-To / Envelope-To (docs/odoo.md §10.2);
 - ``Received:`` — the hop, for whoever reads the original later;
 - ``Message-Id:`` only when the message has none, derived from the queue id, so a retry carries the same id
-  and Odoo's duplicate check (§1 step 4) drops it instead of posting twice.
+  and Odoo's duplicate check (docs/odoo.md §10.1) drops it instead of posting twice.
 
-JSON-2 carries text and Odoo encodes it as UTF-8 (api-contract §10): a message that is valid UTF-8 goes as
+JSON-2 carries text and Odoo encodes it as UTF-8 (docs/odoo.md §10.1): a message that is valid UTF-8 goes as
 is (byte-identical on arrival); otherwise `json_safe_message` re-encodes just the offending pieces — leaf
 bodies to base64, 8-bit header words to ``=?unknown-8bit?b?…?=`` — so every decoded byte is recovered by
 Odoo's parser.

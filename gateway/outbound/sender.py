@@ -20,7 +20,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from gateway.config import OutboundConfig, resolve_secret
+from gateway.config import ConfigError, OutboundConfig, resolve_secret
 from gateway.logs import get_logger
 from gateway.outbound.destinations import MAX_PACE_WAIT, Destination, Destinations
 from gateway.outbound.mta_sts import MtaSts, PolicyLookup, StsPolicy
@@ -110,9 +110,14 @@ class SmtpSender:
         self._any_tls = ssl.create_default_context()
         self._any_tls.check_hostname = False
         self._any_tls.verify_mode = ssl.CERT_NONE
-        self._relay_password = (resolve_secret(cfg.relay.password_env, cfg.relay.password_file,
-                                               what="outbound.relay.password")
-                                if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file) else None)
+        self._relay_password: str | None = None
+        self._relay_problem: str | None = None  # the relay's password cannot be read: defer, never bounce
+        if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file):
+            try:
+                self._relay_password = resolve_secret(cfg.relay.password_env, cfg.relay.password_file,
+                                                      what="outbound.relay.password")
+            except ConfigError as exc:
+                self._relay_problem = "; ".join(exc.errors)
 
     async def close(self) -> None:
         await self.pool.close()
@@ -125,6 +130,8 @@ class SmtpSender:
                       ) -> dict[str, RcptResult]:
         """Send to every recipient (all in `domain`); never raises: failures become per-recipient results."""
         all_rcpts = [r for t in transactions for r in t.rcpts]
+        if self._relay_problem is not None:
+            return temporary(all_rcpts, f"4.3.5 {self._relay_problem}")
         policy: StsPolicy | None = None
         if self.relay is not None:
             relay = self.relay

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import random
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -260,6 +260,13 @@ class Spool(Protocol):
 
     async def list(self, *, state: State | None = None, direction: Direction | None = None,
                    limit: int = 1000) -> list[SpoolEntry]: ...
+
+    async def scan(self, *, state: State | None = None, direction: Direction | None = None
+                   ) -> AsyncIterator[SpoolEntry]:
+        """Every entry, in `list`'s order, however many there are. This fallback holds them all in memory; a
+        backend streams them (SQLite: one cursor read a page at a time)."""
+        for entry in await self.list(state=state, direction=direction, limit=2**62):
+            yield entry
 
     async def delete(self, queue_id: str, *, only_in: State | None = None) -> None:
         """Remove the entry and its message; with `only_in`, only if it is in that state (InvalidTransition

@@ -17,11 +17,12 @@ import asyncio
 import concurrent.futures
 import contextlib
 import json
+import os
 import queue
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -425,7 +426,11 @@ class SqliteSpool(Spool):
 
     def __init__(self, path: Path, *, max_batch: int = 256, commit_window: float = 0.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
+        # The spool holds mail. SQLite would create the file with the umask's mode (0644 as a rule) and gives the
+        # -wal and -shm files the mode of the database file: create it 0600 first (an existing file keeps the
+        # mode an operator gave it).
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600))
         conn = connect(self.path)
         conn.executescript(SCHEMA)
         conn.execute("INSERT OR IGNORE INTO meta(key, value) VALUES ('schema', ?)", (str(FIRST_SCHEMA_VERSION),))
@@ -698,9 +703,10 @@ class SqliteSpool(Spool):
 
         return await self._read(fn)
 
-    async def list(self, *, state: State | None = None, direction: Direction | None = None,
-                   limit: int = 1000) -> list[SpoolEntry]:
-        where, args = [], []
+    @staticmethod
+    def _list_query(state: State | None, direction: Direction | None) -> tuple[str, list[Any]]:
+        where: list[str] = []
+        args: list[Any] = []
         if state is not None:
             where.append("state=?")
             args.append(str(state))
@@ -710,12 +716,31 @@ class SqliteSpool(Spool):
         sql = f"SELECT {_COLUMNS} FROM entries"
         if where:
             sql += " WHERE " + " AND ".join(where)
-        sql += " ORDER BY received_at, queue_id LIMIT ?"
+        return sql + " ORDER BY received_at, queue_id", args
+
+    async def list(self, *, state: State | None = None, direction: Direction | None = None,
+                   limit: int = 1000) -> list[SpoolEntry]:
+        sql, args = self._list_query(state, direction)
 
         def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
-            return [_row_to_entry(r) for r in conn.execute(sql, (*args, limit)).fetchall()]
+            return [_row_to_entry(r) for r in conn.execute(sql + " LIMIT ?", (*args, limit)).fetchall()]
 
         return await self._read(fn)
+
+    async def scan(self, *, state: State | None = None, direction: Direction | None = None,
+                   page: int = 500) -> AsyncIterator[SpoolEntry]:
+        """One query on a connection of its own, read `page` rows at a time: one sort for the whole queue, memory
+        flat however long it is (a consistent snapshot: the read transaction lasts until the end)."""
+        self._check_open()
+        sql, args = self._list_query(state, direction)
+        conn = await asyncio.to_thread(connect, self.path)
+        try:
+            cursor = await asyncio.to_thread(conn.execute, sql, args)
+            while rows := await asyncio.to_thread(cursor.fetchmany, page):
+                for row in rows:
+                    yield _row_to_entry(row)
+        finally:
+            await asyncio.to_thread(conn.close)
 
     async def counts(self) -> dict[tuple[str, str], int]:
         def fn(conn: sqlite3.Connection) -> dict[tuple[str, str], int]:

@@ -6,16 +6,19 @@ name), so `add_user()` needs no reload and one server per test session serves a 
 `DovecotServer(oauth2_introspection_url=URL)` also offers AUTH=XOAUTH2 through Dovecot's oauth2 passdb, which
 checks each token at URL (tests/integration/oauth2_idp.py is such a server).
 `stop()` kills by PID and waits for the exit: a restart before the old master is gone fails with "already running".
-Needs root (Dovecot drops mail access to the `vmail` user, created here if missing) and the Debian packages
-dovecot-imapd and dovecot-pop3d; `why_unavailable()` says why not, for skip messages.
+Needs root (Dovecot's master starts as root and runs the mail processes as an unprivileged user: the system's
+`nobody`, so the tests add no user to the machine) and the Debian packages dovecot-imapd and dovecot-pop3d;
+`why_unavailable()` says why not, for skip messages.
 """
 
 from __future__ import annotations
 
 import contextlib
+import grp
 import imaplib
 import os
 import poplib
+import pwd
 import secrets
 import shutil
 import signal
@@ -47,8 +50,8 @@ ssl_min_protocol = TLSv1.2
 disable_plaintext_auth = no
 auth_mechanisms = plain login{oauth2_mechanisms}
 mail_location = maildir:{base}/mail/%u/Maildir
-mail_uid = vmail
-mail_gid = vmail
+mail_uid = {mail_user}
+mail_gid = {mail_group}
 first_valid_uid = 1
 pop3_uidl_format = %08Xu%08Xv
 namespace inbox {{
@@ -62,7 +65,7 @@ namespace inbox {{
 }}
 userdb {{
   driver = static
-  args = uid=vmail gid=vmail home={base}/mail/%u
+  args = uid={mail_user} gid={mail_group} home={base}/mail/%u
 }}
 service imap-login {{
   inet_listener imap {{
@@ -97,7 +100,7 @@ service stats {{
 def why_unavailable() -> str | None:
     """None when a test Dovecot can run here, else the reason (for pytest.skip)."""
     if os.geteuid() != 0:
-        return "Dovecot tests need root (mail is stored as the vmail user)"
+        return "Dovecot tests need root (Dovecot's master starts as root; run ./run test as root)"
     if not Path(DOVECOT).exists():
         return "dovecot is not installed (apt-get install dovecot-imapd dovecot-pop3d)"
     if not Path("/usr/lib/dovecot/pop3").exists():
@@ -109,10 +112,9 @@ def why_unavailable() -> str | None:
     return None
 
 
-def ensure_vmail_user() -> None:
-    if subprocess.run(["id", "vmail"], capture_output=True).returncode != 0:
-        subprocess.run(["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", "vmail"],
-                       check=True, capture_output=True)
+# The user Dovecot's mail processes run as: one every Debian system has (base-passwd), so nothing is added.
+MAIL_USER = "nobody"
+MAIL_GROUP = grp.getgrgid(pwd.getpwnam(MAIL_USER).pw_gid).gr_name
 
 
 def free_ports(n: int) -> list[int]:
@@ -163,7 +165,7 @@ class DovecotServer:
         if base is None:
             base = Path(tempfile.mkdtemp(prefix="mailgw-dovecot-"))
         self.base = base
-        # Dovecot's mail processes run as vmail: every directory above the mail store must be traversable.
+        # Dovecot's mail processes run as MAIL_USER: every directory above the mail store must be traversable.
         self.base.chmod(0o755)
         self.tag = secrets.token_hex(4)
         self.imap_port, self.imaps_port, self.pop3_port, self.pop3s_port = free_ports(4)
@@ -183,7 +185,7 @@ class DovecotServer:
             (self.base / sub).mkdir(exist_ok=True)
         mail = self.base / "mail"
         mail.mkdir(exist_ok=True)
-        shutil.chown(mail, "vmail", "vmail")
+        shutil.chown(mail, MAIL_USER, MAIL_GROUP)
         ca = trustme.CA()
         cert = ca.issue_cert("localhost", "127.0.0.1")
         ca.cert_pem.write_to_path(str(self.ca_file))
@@ -199,6 +201,7 @@ class DovecotServer:
             oauth2_passdb = (f"passdb {{\n  driver = oauth2\n  mechanisms = xoauth2 oauthbearer\n"
                              f"  args = {self.base}/dovecot-oauth2.conf.ext\n}}\n")
         self.conf.write_text(CONF.format(base=self.base, tag=self.tag, password=self.password, imap=self.imap_port,
+                                         mail_user=MAIL_USER, mail_group=MAIL_GROUP,
                                          imaps=self.imaps_port, pop3=self.pop3_port, pop3s=self.pop3s_port,
                                          oauth2_passdb=oauth2_passdb, oauth2_mechanisms=oauth2_mechanisms))
 
@@ -359,9 +362,9 @@ def preload_maildir(server: DovecotServer, user: MailUser, raws: list[bytes]) ->
     for i, raw in enumerate(raws):
         (root / "new" / f"{stamp}.M{i}P{os.getpid()}.mailgw,S={len(raw)}").write_bytes(raw)
     for dirpath, _dirs, files in os.walk(server.base / "mail" / user.address):
-        shutil.chown(dirpath, "vmail", "vmail")
+        shutil.chown(dirpath, MAIL_USER, MAIL_GROUP)
         for f in files:
-            shutil.chown(os.path.join(dirpath, f), "vmail", "vmail")
+            shutil.chown(os.path.join(dirpath, f), MAIL_USER, MAIL_GROUP)
 
 
 def dovecot_server_fixture() -> Iterator[DovecotServer]:
@@ -371,7 +374,6 @@ def dovecot_server_fixture() -> Iterator[DovecotServer]:
     reason = why_unavailable()
     if reason:
         pytest.skip(reason)
-    ensure_vmail_user()
     server = DovecotServer()
     server.start()
     try:

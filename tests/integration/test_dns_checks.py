@@ -2,7 +2,7 @@
 
 The gateway is mx.gw.test = 127.0.0.10, which is also its sending IP (PTR mx.gw.test). Each defect domain
 is healthy except for the one mistake, so the test proves that the right check reports it with the right
-status — and that DNS failures read as warnings, never as "missing".
+status — and that DNS failures read as "unknown", never as "missing", and never make a verdict "ok".
 """
 
 from __future__ import annotations
@@ -127,6 +127,7 @@ def zones(k: Keys) -> list[str]:
         dom("strict.test", dkim={}, extra=[f'bounce TXT "{SPF_OK}"']),
         dom("extrua.test", dmarc="v=DMARC1; p=reject; rua=mailto:d@reports.test"),
         dom("dmarctimeout.test"),
+        dom("pnone.test", dmarc="v=DMARC1; p=none; rua=mailto:d@pnone.test"),
         # MTA-STS / TLS-RPT
         dom("badsts.test", extra=['_mta-sts TXT "v=STSv1; id=not-valid!"']),
         dom("stsnohost.test", extra=['_mta-sts TXT "v=STSv1; id=1"']),
@@ -207,7 +208,7 @@ DEFECTS = [
     Defect("absent.test", "mx", Status.FAIL, "absent.test does not exist (NXDOMAIN)"),
     Defect("elsewhere.test", "mx-gateway", Status.FAIL, "points to mx.provider.test, not to the gateway"),
     Defect("backupmx.test", "mx-gateway", Status.WARN, "backup MX mx.provider.test is not the gateway"),
-    Defect("mxservfail.test", "mx", Status.WARN, "mxservfail.test MX: DNS server failure (SERVFAIL)"),
+    Defect("mxservfail.test", "mx", Status.UNKNOWN, "mxservfail.test MX: DNS server failure (SERVFAIL)"),
     Defect("nospf.test", "spf", Status.WARN, "no SPF record at nospf.test"),
     Defect("twospf.test", "spf", Status.FAIL, "2 SPF records at twospf.test"),
     Defect("badspf.test", "spf", Status.FAIL, "SPF syntax error at badspf.test"),
@@ -216,7 +217,7 @@ DEFECTS = [
     Defect("plusall.test", "spf", Status.FAIL, "'+all' authorises every host"),
     Defect("qall.test", "spf", Status.WARN, "'?all' gives no protection"),
     Defect("spfnogw.test", "spf", Status.FAIL, "127.0.0.10 is not authorised for spfnogw.test"),
-    Defect("spfservfail.test", "spf", Status.WARN, "spfservfail.test TXT: DNS server failure (SERVFAIL)"),
+    Defect("spfservfail.test", "spf", Status.UNKNOWN, "spfservfail.test TXT: DNS server failure (SERVFAIL)"),
     Defect("splitbounce.test", "spf-bounce", Status.FAIL,
            "127.0.0.10 is not authorised for bounce.splitbounce.test as bounce domain",
            bounce="bounce.splitbounce.test"),
@@ -230,6 +231,11 @@ DEFECTS = [
     Defect("dkimtype.test", "dkim", Status.FAIL, "DNS has a ed25519 key but the gateway signs with rsa-sha256"),
     Defect("nodmarc.test", "dmarc", Status.WARN, "no DMARC record at _dmarc.nodmarc.test"),
     Defect("baddmarc.test", "dmarc", Status.WARN, "invalid DMARC record at _dmarc.baddmarc.test"),
+    # p=none protects nothing (internet.nl and MXToolbox flag it as well).
+    Defect("pnone.test", "dmarc", Status.WARN, "p=none: monitoring only, mail spoofing the domain is delivered"),
+    # Optional records not published: information, not a warning.
+    Defect("pnone.test", "mta-sts", Status.INFO, "not published (optional"),
+    Defect("pnone.test", "tls-rpt", Status.INFO, "not published (optional"),
     # The classic Odoo failure: Return-Path bounce@bounce.strict.test, From @strict.test, strict
     # alignment with p=reject, and no DKIM signature.
     Defect("strict.test", "dmarc-alignment", Status.FAIL,
@@ -256,17 +262,29 @@ async def test_each_defect_is_reported_by_its_check(server: DnsTestServer, keys:
 async def test_the_right_check_only(server: DnsTestServer, keys: Keys) -> None:
     """A single defect does not make unrelated checks fail (no cascading noise)."""
     results = await check(server, target("twospf.test", keys))
-    bad = {name for name, r in results.items() if r.status is not Status.OK}
+    bad = {name for name, r in results.items() if r.status.rank}
     assert bad == {"spf"}
     # SPF's permerror breaks DMARC's SPF leg, but the aligned DKIM signature still passes DMARC.
     assert "through DKIM only" in results["dmarc-alignment"].finding
 
 
-async def test_timeout_is_a_warning_not_a_missing_record(server: DnsTestServer, keys: Keys) -> None:
-    res = (await check(server, target("dmarctimeout.test", keys), lifetime=0.3))["dmarc"]
-    assert res.status is Status.WARN
+async def test_timeout_is_unknown_not_a_missing_record(server: DnsTestServer, keys: Keys) -> None:
+    results = await check(server, target("dmarctimeout.test", keys), lifetime=0.3)
+    res = results["dmarc"]
+    assert res.status is Status.UNKNOWN
     assert res.finding == "_dmarc.dmarctimeout.test TXT: DNS timeout"
     assert "no DMARC" not in res.finding
+    # Alignment is still sure: SPF and DKIM both pass under strict alignment, whatever the record says.
+    assert results["dmarc-alignment"].status is Status.OK
+
+
+async def test_alignment_is_unknown_when_what_it_depends_on_was_not_looked_at(server: DnsTestServer,
+                                                                             keys: Keys) -> None:
+    """No --ip and no DKIM key: whether DMARC passes depends on SPF, which was not evaluated."""
+    results = await check(server, target("good.test", keys, signers=()), ip=None)
+    res = results["dmarc-alignment"]
+    assert res.status is Status.UNKNOWN, res
+    assert res.finding.startswith("cannot tell whether DMARC passes: SPF at good.test was not evaluated (give --ip")
 
 
 async def test_ptr_missing_and_not_forward_confirmed(server: DnsTestServer, keys: Keys) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -64,7 +66,9 @@ def test_healthy_zone_exits_0(server: DnsTestServer, tmp_path: Path) -> None:
     r = mailgw(*common(server), "good.test", cwd=tmp_path)
     assert r.returncode == 0, r.stdout + r.stderr
     assert r.stdout.splitlines()[0].split() == ["DOMAIN", "CHECK", "STATUS", "FINDING"]
-    assert "dns-check ok: 1 domain, 9 ok, 0 warn, 0 fail" in r.stdout
+    # No MTA-STS, no TLS-RPT: said, as information; the exit status stays 0.
+    assert "dns-check ok: 1 domain, 7 ok, 0 warn, 0 fail, 2 info" in r.stdout
+    assert re.search(r"^ +mta-sts +info +not published \(optional", r.stdout, re.M), r.stdout
     assert "\033[" not in r.stdout  # not a TTY: no colour
 
 
@@ -82,7 +86,7 @@ def test_warning_exits_1_and_json_has_the_documented_shape(server: DnsTestServer
     for d in data:
         for c in d["checks"]:
             assert set(c) == {"check", "status", "finding", "records"}
-            assert c["status"] in ("ok", "warn", "fail") and isinstance(c["records"], list)
+            assert c["status"] in ("ok", "info", "unknown", "warn", "fail") and isinstance(c["records"], list)
     dmarc = next(c for c in data[0]["checks"] if c["check"] == "dmarc")
     assert dmarc["status"] == "warn" and "no DMARC record" in dmarc["finding"]
 
@@ -145,3 +149,39 @@ def test_usage_and_config_errors(server: DnsTestServer, tmp_path: Path) -> None:
     bad.write_text("odoo: 3\n")
     r = mailgw("-c", str(bad), "--nameserver", server.nameserver, cwd=tmp_path)
     assert r.returncode == 78 and "odoo" in r.stderr
+
+
+def test_a_resolver_that_refuses_is_a_failure_not_a_list_of_timeouts(tmp_path: Path) -> None:
+    """Nothing listens on the port: the ICMP "port unreachable" is heard and said, and nothing is called ok."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    r = mailgw("--nameserver", f"127.0.0.1:{port}", "--ip", GW_IP, "--timeout", "2", "good.test", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert (f"resolver  fail     no answer from 127.0.0.1:{port} (connection refused: nothing listens on that "
+            "port): nothing was checked") in r.stdout
+    assert "timeout" not in r.stdout and " ok " not in r.stdout
+
+
+def test_a_resolver_that_never_answers_is_a_failure(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # bound, never answers
+        silent.bind(("127.0.0.1", 0))
+        port = silent.getsockname()[1]
+        r = mailgw("--json", "--nameserver", f"127.0.0.1:{port}", "--timeout", "1", "good.test", "warn.test",
+                   cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    data = json.loads(r.stdout)
+    assert [(d["domain"], d["status"]) for d in data] == [("good.test", "fail"), ("warn.test", "fail")]
+    assert data[0]["checks"] == [{"check": "resolver", "status": "fail", "records": [], "finding":
+                                  f"no answer from 127.0.0.1:{port} (no reply within 1s): nothing was checked"}]
+
+
+def test_one_answering_resolver_of_two_is_enough(server: DnsTestServer, tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        dead = s.getsockname()[1]
+    r = mailgw("--nameserver", f"127.0.0.1:{dead}", *common(server), "good.test", cwd=tmp_path)
+    assert r.returncode == 1, r.stdout + r.stderr  # the dead one is a warning; the checks ran on the other
+    assert (f"resolver         warn     no answer from 127.0.0.1:{dead} (connection refused: nothing listens on "
+            "that port): the checks asked the other servers") in r.stdout
+    assert "dns-check warn: 1 domain, 7 ok, 1 warn, 0 fail, 2 info" in r.stdout

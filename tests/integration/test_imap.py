@@ -15,7 +15,7 @@ import pytest
 from gateway.config import Config, parse_config
 from gateway.intake.imap import ImapPoller, uid_set
 from gateway.intake.mailbox import MailboxPoller, imap_key
-from gateway.spool import Envelope, SqliteSpool, State
+from gateway.spool import Envelope, SpoolEntry, SqliteSpool, State
 from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message
 
 
@@ -255,25 +255,96 @@ async def test_unknown_ca_is_refused_and_nothing_is_read(dovecot: DovecotServer,
     assert "\\Seen" not in dovecot.flags(user)[1]
 
 
-async def test_a_message_the_server_cannot_deliver_does_not_block_the_rest(dovecot: DovecotServer,
-                                                                           tmp_path: Path) -> None:
-    """Dovecot answers a FETCH touching an unreadable message file with BYE: the poller isolates the UID
-    (fetches alone), gives up on it after UNREADABLE_AFTER failures, records it and serves the others."""
+def unreadable_files(dovecot: DovecotServer, user: MailUser) -> list[Path]:
+    maildir = dovecot.base / "mail" / user.address / "Maildir"
+    return [p for p in maildir.rglob("*,S=*") if not p.stat().st_mode & 0o777]
+
+
+def make_second_unreadable(dovecot: DovecotServer, user: MailUser) -> list[bytes]:
+    """Three messages in the Maildir, the second one's file unreadable to Dovecot (mode 000): Dovecot answers a
+    FETCH that touches it with BYE and drops the connection. Returns the three messages."""
     from tests.integration.dovecot import preload_maildir
 
+    raws = [message(1), message(2), message(3)]
+    preload_maildir(dovecot, user, raws)
+    sorted((dovecot.base / "mail" / user.address / "Maildir" / "new").iterdir())[1].chmod(0)
+    return raws
+
+
+async def given_up_on_the_second(poller: ImapPoller, spool: SqliteSpool) -> dict[int, SpoolEntry]:
+    """Wait until the poller spooled 1 and 3 and recorded 2 as unreadable; the entries by UID."""
+    await wait_until(lambda: poller.stats["flagged"] == 2 and poller.stats["unreadable"] == 1, timeout=30,
+                     what="two good messages spooled, the bad one given up")
+    await wait_until(lambda: poller.idle_active, what="IDLE")
+    return {e.envelope.source["uid"]: e for e in await spool.list() if e.envelope.source}
+
+
+async def test_a_message_the_server_cannot_deliver_does_not_block_the_rest(dovecot: DovecotServer,
+                                                                           tmp_path: Path) -> None:
+    """The poller isolates the UID (fetched alone, after the others), gives up on it after UNREADABLE_AFTER
+    failures, records it and serves the others.
+
+    Deterministic, whatever the timing: the pipeline writes the commands of one event-loop turn together, so
+    Dovecot reads pipelined FETCHes at once and works on them in parallel — it sends the data of UID 1, fails on
+    UID 2 and says BYE before the tagged OK of UID 1's FETCH. Blaming the FETCH that was being awaited (UID 1's)
+    recorded the good message as unreadable; only UIDs whose data did not come are suspects now."""
     user = dovecot.add_user()
-    preload_maildir(dovecot, user, [message(1), message(2), message(3)])
-    bad = sorted((dovecot.base / "mail" / user.address / "Maildir" / "new").iterdir())[1]
-    bad.chmod(0)
-    async with polling(dovecot, user, tmp_path, backoff=0.05) as (poller, spool, _):  # four reconnects in a row
-        await wait_until(lambda: poller.stats["flagged"] == 2 and poller.stats["unreadable"] == 1, timeout=30,
-                         what="two good messages spooled, the bad one given up")
-        await wait_until(lambda: poller.idle_active, what="IDLE")
-        entries = {e.envelope.source["uid"]: e for e in await spool.list() if e.envelope.source}
+    raws = make_second_unreadable(dovecot, user)
+    async with polling(dovecot, user, tmp_path, backoff=0.05) as (poller, spool, _):  # several reconnects in a row
+        entries = await given_up_on_the_second(poller, spool)
         assert entries[2].state == State.FAILED and "failed 4 times" in (entries[2].last_error or "")
+        assert entries[2].envelope.source is not None and entries[2].envelope.source["left_in_mailbox"] is True
         assert entries[1].state == entries[3].state == State.RECEIVED
+        assert [await spool.raw(entries[u].queue_id) for u in (1, 3)] == [raws[0], raws[2]]
     flags = dovecot.flags(user)
     assert "\\Seen" not in flags[2] and "\\Seen" in flags[1] and "\\Seen" in flags[3]
+
+
+async def test_an_unreadable_message_readable_again_is_spooled_after_a_restart(dovecot: DovecotServer,
+                                                                              tmp_path: Path) -> None:
+    """The record of an unreadable message is a placeholder, not "stored": once the server can read the message,
+    a restarted poller spools its bytes (in place of the placeholder) and only then flags it."""
+    from structlog.testing import capture_logs
+
+    user = dovecot.add_user()
+    raws = make_second_unreadable(dovecot, user)
+    async with polling(dovecot, user, tmp_path, backoff=0.05) as (poller, spool, _):
+        placeholder = (await given_up_on_the_second(poller, spool))[2]
+    [bad] = unreadable_files(dovecot, user)
+    bad.chmod(0o600)
+    with capture_logs() as logs:
+        async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+            await wait_until(lambda: poller.stats["flagged"] == 1, what="the message, now readable")
+            assert poller.stats["fetched"] == 1 and poller.stats["refetched"] == 0
+            entries = {e.envelope.source["uid"]: e for e in await spool.list() if e.envelope.source}
+            assert len(entries) == 3 and entries[2].queue_id != placeholder.queue_id
+            assert await spool.get(placeholder.queue_id) is None
+            assert entries[2].state == State.RECEIVED and entries[2].size == len(raws[1])
+            assert await spool.raw(entries[2].queue_id) == raws[1]
+            assert await spool.has_dedup_key(imap_key("support", poller.uidvalidity or 0, 2)) == entries[2].queue_id
+    assert not [e for e in logs if e.get("event") == "imap.refetched"]
+    assert [e["replaces"] for e in logs if e.get("event") == "imap.readable_again"] == [placeholder.queue_id]
+    assert all("\\Seen" in f for f in dovecot.flags(user).values())
+
+
+async def test_an_unreadable_message_is_tried_again_later_without_a_restart(dovecot: DovecotServer,
+                                                                           tmp_path: Path,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    from gateway.intake import imap as imap_intake
+
+    monkeypatch.setattr(imap_intake, "UNREADABLE_RETRY", 0.0)  # at the next catch-up
+    user = dovecot.add_user()
+    raws = make_second_unreadable(dovecot, user)
+    async with polling(dovecot, user, tmp_path, backoff=0.05) as (poller, spool, _):
+        await given_up_on_the_second(poller, spool)
+        [bad] = unreadable_files(dovecot, user)
+        bad.chmod(0o600)
+        await append(dovecot, user, message(4))  # new mail: a catch-up, which tries the unreadable one again
+        await wait_until(lambda: poller.stats["flagged"] == 4, what="the new one and the one readable again")
+        assert poller.stats["unreadable"] == 1  # reported once
+        entries = {e.envelope.source["uid"]: e for e in await spool.list() if e.envelope.source}
+        assert await spool.raw(entries[2].queue_id) == raws[1] and entries[2].state == State.RECEIVED
+    assert all("\\Seen" in f for f in dovecot.flags(user).values())
 
 
 async def test_a_long_catch_up_flags_as_it_goes_and_everything_once(dovecot: DovecotServer, tmp_path: Path,

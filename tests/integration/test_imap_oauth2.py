@@ -19,7 +19,6 @@ from gateway.intake.imap import ImapPoller
 from tests.integration.dovecot import (
     DovecotServer,
     MailUser,
-    ensure_vmail_user,
     mailbox_config_dict,
     message,
     why_unavailable,
@@ -41,7 +40,6 @@ def oauth_dovecot(idp: OAuth2Provider) -> Iterator[DovecotServer]:
     reason = why_unavailable()
     if reason:
         pytest.skip(reason)
-    ensure_vmail_user()
     server = DovecotServer(oauth2_introspection_url=idp.introspection_url)
     server.start()
     try:

@@ -165,4 +165,6 @@ def test_cli_show_and_refresh(odoo_standin: OdooStandin, tmp_path: Path, capsys:
     assert data["instances"][0]["instance"] == "main" and data["domain_owner"] == {"example.com": "main"}
     odoo_standin.down()
     assert cli_main(["directory", "refresh", "-c", str(path)]) == 75
+    out = capsys.readouterr()  # one line saying so, not a JSON log line and then a plain one
+    assert out.out == "" and len(out.err.splitlines()) == 1 and out.err.startswith("main: cannot connect to")
     assert load_cached(parse_config(yaml.safe_load(path.read_text()))).is_ready("main")

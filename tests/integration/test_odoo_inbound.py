@@ -228,7 +228,7 @@ async def test_two_instances_each_get_their_recipients(tmp_path: Path) -> None:
         pa = email.message_from_bytes(ca.message or b"", policy=email.policy.SMTP)
         pb = email.message_from_bytes(cb.message or b"", policy=email.policy.SMTP)
         # Delivered-To is written for recipients the headers do not show, and only for them (Odoo reads it
-        # as To: a Cc'd alias written there would change its decision, routing-cases 50 and 73b).
+        # as To: a Cc'd alias written there would change its decision, test_routing_cases, cases 50 and 73b).
         assert pa.get_all("Delivered-To") is None
         assert pb.get_all("Delivered-To") == ["sales@example.net", "support@example.net"]
         assert {s["instance"] for s in entry.rcpt_status.values()} == {"a", "b"}  # type: ignore[union-attr]

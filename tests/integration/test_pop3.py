@@ -13,7 +13,7 @@ from gateway.config import Config, parse_config
 from gateway.intake.mailbox import pop3_key
 from gateway.intake.pop import Pop3Client, Pop3Poller
 from gateway.spool import Envelope, SqliteSpool, State
-from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message
+from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message, preload_maildir
 from tests.integration.test_imap import append, running, wait_until
 
 
@@ -107,3 +107,32 @@ async def test_oversized_left_on_server_broken_parked(dovecot: DovecotServer, tm
     assert entries[2].state == State.FAILED and "no header section" in (entries[2].last_error or "")
     assert entries[3].state == State.RECEIVED
     assert await server_count(dovecot, user) == 1  # the oversized one waits for a human
+
+
+async def test_a_refused_message_is_recorded_then_spooled_when_the_server_returns_it(dovecot: DovecotServer,
+                                                                                   tmp_path: Path) -> None:
+    """RETR -ERR: the message stays on the server with a placeholder entry (reported once). The placeholder is
+    not "stored": when the server returns the message again (a later session, or after a restart), its bytes are
+    spooled in place of the placeholder and only then is it deleted."""
+    user = dovecot.add_user()
+    raws = [message(1), message(2), message(3)]
+    preload_maildir(dovecot, user, raws)
+    await server_count(dovecot, user)  # Dovecot indexes the sizes now: later it refuses RETR 2, not the login
+    maildir = dovecot.base / "mail" / user.address / "Maildir"
+    [second] = [p for p in maildir.rglob("*,S=*") if ".M1P" in p.name]
+    second.chmod(0)
+    async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+        await wait_until(lambda: poller.stats["deleted"] == 2 and poller.stats["unreadable"] == 1, what="2 of 3")
+        await wait_until(lambda: poller.stats["sessions"] >= 3, what="more polls")
+        assert poller.stats["unreadable"] == 1  # reported once, asked for again at every session
+        [placeholder] = await spool.list(state=State.FAILED)
+        assert placeholder.size == 0 and "refused RETR" in (placeholder.last_error or "")
+    assert await server_count(dovecot, user) == 1
+    second.chmod(0o600)
+    async with polling(dovecot, user, tmp_path) as (poller, spool, _):
+        await wait_until(lambda: poller.stats["deleted"] == 1, what="the message, now returned")
+        assert poller.stats["fetched"] == 1 and poller.stats["refetched"] == 0
+        assert await spool.get(placeholder.queue_id) is None
+        stored = sorted([await spool.raw(e.queue_id) for e in await spool.list()])
+        assert stored == sorted(raws) and not await spool.list(state=State.FAILED)
+    assert await server_count(dovecot, user) == 0

@@ -2,7 +2,7 @@
 
 Alias domain D (bounce ``bounce.test``, catchall ``catchall.test``) and D2; alias ``groups@D`` ->
 mail.test.gateway (everyone), ``groups@D2`` -> mail.test.gateway.company; record R of mail.test.gateway holding
-message M0; default sender Sylvie Lelitre. See /work/shared/odoo/routing-cases.md, "Fixture legend".
+message M0; default sender Sylvie Lelitre. docs/routing.md says what the cases cover.
 """
 
 from __future__ import annotations

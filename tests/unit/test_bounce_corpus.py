@@ -1,4 +1,5 @@
-"""The bounce parser scored on real bounce mail (../shared/corpus/bounces, read in place).
+"""The bounce parser scored on real bounce mail (a corpus the repository does not ship, read in place: see
+`tests.conftest.bounce_corpus`; without one these tests skip and say how to provide it).
 
 For each answer row the recipient at that index is looked up and its status, reply code, reason and
 hard/soft compared with the key (bounce.scorecard). The same scores must hold on CR and CRLF copies of
@@ -8,24 +9,13 @@ every file. The table is printed in every run.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from bounce.scorecard import FLOORS, Scorecard, score
-from tests.conftest import SHARED
-
-
-def corpus_dir() -> Path | None:
-    """$MAILGW_BOUNCE_CORPUS, else ../shared next to the repository, else the workspace's /work/shared
-    (a CI clone elsewhere still scores the parser)."""
-    for candidate in (os.environ.get("MAILGW_BOUNCE_CORPUS"), SHARED / "corpus" / "bounces",
-                      "/work/shared/corpus/bounces"):
-        if candidate and Path(candidate, "answers.json").is_file():
-            return Path(candidate)
-    return None
+from tests.conftest import BOUNCE_CORPUS_HINT, bounce_corpus
 
 
 def _crlf(raw: bytes) -> bytes:
@@ -41,9 +31,9 @@ ENDINGS: dict[str, Callable[[bytes], bytes]] = {"LF": lambda raw: raw, "CRLF": _
 
 @pytest.fixture(scope="module")
 def corpus() -> tuple[dict[str, bytes], list[dict[str, object]]]:
-    root = corpus_dir()
+    root = bounce_corpus()
     if root is None:
-        pytest.skip("no bounce corpus (set MAILGW_BOUNCE_CORPUS to a directory with eml/ and answers.json)")
+        pytest.skip(f"no bounce corpus: {BOUNCE_CORPUS_HINT}")
     answers = json.loads((root / "answers.json").read_text())
     files = {p.name: p.read_bytes() for p in sorted(Path(root, "eml").glob("*.eml"))}
     assert len(files) >= 300 and answers

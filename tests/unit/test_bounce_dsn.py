@@ -1,5 +1,5 @@
 """bounce.dsn: reading reports (RFC 3464 and human-written), auto-replies, feedback reports, and writing
-DSNs that Odoo 17+ recognises (odoo/gateway-spec.md §7, api-contract.md §8 A)."""
+DSNs that Odoo 17+ recognises (docs/odoo.md §10.6)."""
 
 from __future__ import annotations
 

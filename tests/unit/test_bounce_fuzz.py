@@ -15,9 +15,9 @@ from hypothesis import strategies as st
 
 from bounce import dsn
 from bounce.dsn import BounceReport
-from tests.unit.test_bounce_corpus import corpus_dir
+from tests.conftest import bounce_corpus
 
-_ROOT = corpus_dir()
+_ROOT = bounce_corpus()
 CORPUS = _ROOT / "eml" if _ROOT is not None else Path("/nonexistent")
 SAMPLES = sorted(CORPUS.glob("*.eml"))[::7] if CORPUS.is_dir() else []
 # Without the corpus (a user's fresh clone) the mutations start from small built-in messages.

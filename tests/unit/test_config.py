@@ -92,3 +92,54 @@ def test_submission_without_auth_only_from_loopback() -> None:
     assert open_check("a@anywhere.test", "b@example.com", "192.0.2.7:4000").startswith("550 5.7.1")  # type: ignore[union-attr]
     assert AdmissionPolicy.submission_check(auth_configured=True)("a@x.test", "", "192.0.2.7:1") is None
     assert is_loopback_peer("unix") and not is_loopback_peer("10.0.0.1:25")
+
+
+@pytest.mark.parametrize(("bind", "error"), [
+    ("127.0.0.1:99999", "port 99999 is out of range (0-65535)"),
+    ("127.0.0.1:-1", "the port must be a number"),
+    ("127.0.0.1:", "the port must be a number"),
+    (":25", "the host is missing"),
+    ("127.0.0.1", "must be HOST:PORT"),
+    ("::1:25", "write an IPv6 address in brackets with its port, e.g. [::1]:25"),
+    ("[::1]25", "write an IPv6 address as [ADDRESS]:PORT"),
+    ("[127.0.0.1]:25", "only an IPv6 address goes in brackets"),
+    ("[::g]:25", "is not a valid IPv6 address"),
+    ("300.1.1.1:25", "is not a valid IPv4 address"),
+    ("mail_host:25", "is neither an IP address nor a host name"),
+    ("unix:", "unix: needs a path"),
+])
+def test_every_bind_is_checked_with_its_yaml_path(bind: str, error: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"listeners": [{"kind": "lmtp", "bind": "unix:/x"}, {"kind": "lmtp", "bind": bind}]})
+    [line] = exc.value.errors
+    assert line.startswith("listeners[1].bind: ") and error in line, line
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"metrics": {"bind": bind}})
+    assert exc.value.errors[0].startswith("metrics.bind: ") and (error in exc.value.errors[0] or bind == "unix:")
+
+
+@pytest.mark.parametrize(("bind", "host_port"), [("127.0.0.1:2525", ("127.0.0.1", 2525)), ("[::1]:25", ("::1", 25)),
+                                                 ("[::]:0", ("::", 0)), ("mx.example.com:25", ("mx.example.com", 25)),
+                                                 ("0.0.0.0:25", ("0.0.0.0", 25))])
+def test_good_binds(bind: str, host_port: tuple[str, int]) -> None:
+    cfg = parse_config({"listeners": [{"kind": "smtp", "bind": bind}], "metrics": {"bind": bind}})
+    assert cfg.listeners[0].host_port == host_port
+
+
+def test_ports_hosts_and_nameservers_elsewhere_are_checked_too() -> None:
+    box = {"name": "b", "host": "imap.example.com", "user": "u", "password_env": "X"}
+    cfg = parse_config({"outbound": {"nameservers": ["192.0.2.53", "[2001:db8::53]:5353", "2001:db8::54",
+                                                     "ns.example.net:53"],
+                                     "relay": {"host": "smtp.example.net", "port": 587}},
+                        "imap": [{**box, "port": 993}], "dns_check": {"nameservers": ["[::1]:5353"]}})
+    assert cfg.imap[0].port == 993 and cfg.outbound.relay is not None and cfg.outbound.relay.port == 587
+    with pytest.raises(ConfigError) as exc:
+        parse_config({"outbound": {"nameservers": ["192.0.2.53", "127.0.0.1:0"], "smtp_port": 70000,
+                                   "relay": {"host": "smtp example", "port": 0}},
+                      "imap": [{**box, "port": 99999}], "pop3": [{**box, "host": "-bad-"}],
+                      "dns_check": {"nameservers": ["::1:5353:x"]}})
+    text = "\n".join(exc.value.errors)
+    for path in ("outbound.nameservers[1]: ", "outbound.smtp_port: port 70000", "outbound.relay.host: ",
+                 "outbound.relay.port: port 0 is out of range (1-65535)", "imap[0].port: port 99999",
+                 "pop3[0].host: '-bad-' is neither", "dns_check.nameservers[0]: "):
+        assert path in text, (path, text)

@@ -13,6 +13,7 @@ from dns_checks.dmarc import (
     organizational_domain,
     parse_dmarc,
 )
+from dns_checks.resolver import Answer
 from dns_checks.result import Status
 
 
@@ -119,7 +120,8 @@ def test_misalignment_without_enforcement_is_a_warning() -> None:
 def test_both_aligned_without_ip() -> None:
     res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
                           spf_result=None, signers=[DkimSigner("example.com", "s", usable=True)])
-    assert res.status is Status.OK and "no --ip" in res.finding
+    assert res.status is Status.OK and res.finding.startswith("passes DMARC through DKIM; SPF at example.com was "
+                                                                "not evaluated (give --ip")
 
 
 def test_subdomain_inherits_sp() -> None:
@@ -128,10 +130,33 @@ def test_subdomain_inherits_sp() -> None:
     assert found.effective_p == "none"
 
 
-def test_spf_temperror_is_not_a_dmarc_failure() -> None:
+def test_spf_temperror_is_not_a_dmarc_failure_nor_a_pass() -> None:
     res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
                           spf_result="temperror", signers=[])
-    assert res.status is Status.OK and "SPF not evaluated: DNS error" in res.finding
+    assert res.status is Status.UNKNOWN and res.finding == (
+        "cannot tell whether DMARC passes: SPF at example.com could not be evaluated (DNS error, see spf); "
+        "no DKIM signature (no key configured for this domain)")
+
+
+def test_unknown_inputs_never_make_alignment_ok() -> None:
+    """It said "ok: passes DMARC through SPF only" when SPF had not been looked at (no --ip, or no answer)."""
+    for spf_result in (None, "temperror"):
+        res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
+                              spf_result=spf_result, signers=[DkimSigner("other.test", "s", usable=True)])
+        assert res.status is Status.UNKNOWN and res.finding.startswith("cannot tell whether DMARC passes")
+    # A DKIM key that could not be looked up is no pass either; a known SPF failure beside it does not decide.
+    res = check_alignment(_found(STRICT_REJECT), from_domain="example.com", bounce_domain="example.com",
+                          spf_result="fail", signers=[DkimSigner("example.com", "s", usable=None)])
+    assert res.status is Status.UNKNOWN and "could not be looked up" in res.finding
+    # The DMARC record could not be read: only what passes under strict alignment is sure to pass.
+    unread = DmarcLookup("example.com", answer=Answer("_dmarc.example.com", "TXT", "timeout"),
+                         problem="_dmarc.example.com TXT: DNS timeout")
+    res = check_alignment(unread, from_domain="example.com", bounce_domain="bounce.example.com",
+                          spf_result="pass", signers=[])
+    assert res.status is Status.UNKNOWN and "the DMARC record could not be read" in res.finding
+    res = check_alignment(unread, from_domain="example.com", bounce_domain="example.com", spf_result="pass",
+                          signers=[])
+    assert res.status is Status.OK
 
 
 def test_no_spf_record_means_the_spf_leg_cannot_pass() -> None:

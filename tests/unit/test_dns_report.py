@@ -59,7 +59,7 @@ def test_table_shows_records_of_problems_only_and_no_colour_by_default() -> None
 def test_summarize() -> None:
     s = summarize([DomainReport("a.example", (OK,)), DomainReport("b.example", (WARN, FAIL))])
     assert (s.status, s.exit_code, s.metric) == (Status.FAIL, 2, 2)
-    assert s.counts == {"ok": 1, "warn": 1, "fail": 1}
+    assert s.counts == {"ok": 1, "info": 0, "unknown": 0, "warn": 1, "fail": 1}
     assert s.domains == {"a.example": "ok", "b.example": "fail"}
     assert s.problems[0].startswith("b.example spf fail: 2 SPF records")
     assert s.to_dict()["status"] == "fail"

@@ -1,4 +1,4 @@
-"""Fault classification (api-contract §1, §3, §10) and the circuit breaker, without sockets."""
+"""Fault classification (docs/odoo.md §10.7) and the circuit breaker, without sockets."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Conformance: the routing cases of /work/shared/odoo/routing-cases.md, each encoded as expected decisions.
+"""Conformance: Odoo 19's routing cases (what its mail-gateway tests assert), each encoded as expected decisions.
 
 Cases are encoded directly (not parsed from the .md). Cases about parsing bodies, authors, parents,
 subtypes, duplicates and Odoo's own mails are Odoo's business and are listed as out of scope in

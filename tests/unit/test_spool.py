@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import time
 from pathlib import Path
@@ -175,3 +176,19 @@ async def test_defer_many_moves_only_what_may_be_deferred(tmp_path: Path) -> Non
     assert still is not None and still.state == State.FAILED and still.last_error == "bad"
     assert await spool.claim(Direction.INBOUND, "w", limit=10) == []  # not due before `until`
     await spool.close()
+
+
+async def test_spool_files_are_private_whatever_the_umask(tmp_path: Path) -> None:
+    """The spool holds mail: the database and SQLite's -wal and -shm files are 0600 (they were 0644)."""
+    old = os.umask(0o022)
+    try:
+        spool = await SqliteSpool.open(tmp_path / "state" / "spool.sqlite3")
+        await spool.put(Envelope("a@example.org", ("b@example.com",), intake="pipe"), b"Subject: x\r\n\r\nsecret\r\n")
+        files = sorted(tmp_path.joinpath("state").iterdir())
+        assert [f.name for f in files] == ["spool.sqlite3", "spool.sqlite3-shm", "spool.sqlite3-wal"]
+        assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == dict.fromkeys(
+            (f.name for f in files), "0o600")
+        assert tmp_path.joinpath("state").stat().st_mode & 0o777 == 0o750
+        await spool.close()
+    finally:
+        os.umask(old)
