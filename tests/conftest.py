@@ -12,6 +12,7 @@ import pytest
 
 if TYPE_CHECKING:
     from tests.odoo_standin import OdooStandin
+    from tests.pgcluster import PgCluster
 
 REPO = Path(__file__).resolve().parents[1]
 # Optional test data that the repository does not ship (licence, size): found through an environment variable,
@@ -63,3 +64,30 @@ def odoo_standin() -> Iterator[OdooStandin]:
         yield standin
     finally:
         standin.stop()
+
+
+# Spool on PostgreSQL: one private server per test session (tests/pgcluster.py), a fresh schema per test.
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    from tests import pgcluster
+
+    reason = pgcluster.why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = pgcluster.PgCluster().start()
+    try:
+        cluster.create_database("mailgw_test")
+        yield cluster
+    finally:
+        cluster.cleanup()
+
+
+@pytest.fixture
+def pg_spool(pg_cluster: PgCluster) -> Iterator[dict[str, str]]:
+    """`{"dsn": ..., "schema": ...}` of an empty spool of its own (the schema is created by the gateway)."""
+    import secrets
+
+    schema = f"t_{secrets.token_hex(6)}"
+    yield {"dsn": pg_cluster.dsn("mailgw_test"), "schema": schema}
+    if pg_cluster.proc is not None and pg_cluster.proc.poll() is None:
+        pg_cluster.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE", "mailgw_test")

@@ -1,0 +1,546 @@
+"""PostgresSpool: the Spool interface on PostgreSQL, for several gateways sharing one queue (docs/scale-out.md).
+
+Every operation is one statement in its own transaction (no BEGIN/COMMIT round trips); puts of concurrent
+sessions are grouped into one statement (writer.py). What several gateways need beyond SQLite:
+
+- Claims are leases. `claim` takes due entries with FOR UPDATE SKIP LOCKED (two gateways never get the same
+  one, nobody waits), and stamps them with this process's token and `lease_expires_at` in database time. A
+  background task renews the leases of the entries this process still holds; a claim whose lease ran out (its
+  gateway died, hung, or lost the database for longer than the lease) is claimable by anyone, counted as a
+  crash: the poison guard works across gateways.
+- Writes by a claim holder are fenced: a transition or release of an entry this process claimed only happens
+  while the claim is still its own (else LeaseLost), so a gateway that lost its lease cannot undo the work of
+  the one that took it over.
+- A write whose outcome is unknown (the database went away) makes this process give the entry up: it stops
+  renewing that lease and releases it once the database answers again, so nothing stays claimed forever.
+- New mail wakes every gateway's idle workers by NOTIFY (a trigger, schema.py); the mailbox locks and the
+  instance name live on the control session (control.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import secrets
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from typing import Any
+
+import asyncpg
+
+from gateway.logs import get_logger
+from gateway.spool.base import (
+    ACTIVE,
+    ENTRY_COLUMNS,
+    EXPORT_COLUMNS,
+    PARKED,
+    REQUEUE,
+    TRANSITIONS,
+    Direction,
+    ExportRow,
+    InvalidTransition,
+    LeaseLost,
+    MailboxLock,
+    PutItem,
+    RecoveryReport,
+    Spool,
+    SpoolEntry,
+    SpoolError,
+    State,
+    UnknownEntry,
+    dumps,
+    entry_from_row,
+    log_puts,
+    log_transition,
+    parked_reason,
+    put_row,
+)
+from gateway.spool.postgres.connection import Health, connect_kwargs, describe_dsn, is_unavailable, unavailable
+from gateway.spool.postgres.control import Control
+from gateway.spool.postgres.schema import channel_name, migrate
+from gateway.spool.postgres.writer import PutWriter
+
+log = get_logger("mailgw.spool")
+
+_CLEAR_CLAIM = ("claimed_by = NULL, claimed_at = NULL, claim_instance = NULL, claim_token = NULL, "
+                "lease_expires_at = NULL")
+_FLOAT_COLUMNS = frozenset({"received_at", "updated_at", "next_attempt_at"})
+_INT_COLUMNS = frozenset({"message_id_generated", "size", "attempts", "crashes"})
+
+
+def _cols(prefix: str = "") -> str:
+    return ", ".join(prefix + c for c in ENTRY_COLUMNS)
+
+
+class PostgresSpool(Spool):
+    """Create with `await PostgresSpool.open(dsn, ...)`; `instance=True` for a daemon (leases, LISTEN, locks)."""
+
+    def __init__(self, pool: Any, *, dsn: str, schema: str, instance: str, lease: float, max_batch: int,
+                 commit_window: float, crash_limit: int, acquire_timeout: float):
+        self._pool = pool
+        self._dsn = dsn
+        self.schema = schema
+        self.instance = instance
+        self.location = f"{describe_dsn(dsn)} (schema {schema})"
+        self._token = secrets.token_hex(8)  # this process's claims, told apart from a predecessor's
+        self._lease = lease
+        self.crash_limit = crash_limit
+        self._acquire_timeout = acquire_timeout
+        self._health = Health()
+        self._writer = PutWriter(self._acquire, schema, self._health, max_batch=max_batch, window=commit_window)
+        self._held: set[str] = set()  # claims of this process, renewed while held
+        self._abandoned: set[str] = set()  # claims given up after a failed write: released when possible
+        self._listeners: list[Callable[[Direction], None]] = []
+        self._control: Control | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._closed = False
+        self._claim_sql = {d: self._make_claim_sql(d) for d in Direction}
+
+    @classmethod
+    async def open(cls, dsn: str, *, schema: str = "mailgw", instance: str | None = None, daemon: bool = False,
+                   lease: float = 30.0, pool_size: int = 10, connect_timeout: float = 5.0,
+                   statement_timeout: float = 30.0, max_batch: int = 256, commit_window: float = 0.0,
+                   crash_limit: int = 3) -> PostgresSpool:
+        """Connect, bring the schema up to date, and with `daemon` start the instance machinery: the control
+        session (instance name lock, LISTEN, mailbox locks) and lease renewal. Raises SpoolUnavailable when the
+        database cannot be reached."""
+        from gateway.host import default_hostname
+
+        kwargs = connect_kwargs(dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
+        try:
+            pool = await asyncpg.create_pool(min_size=1, max_size=pool_size, **kwargs)
+        except Exception as exc:
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            raise SpoolError(f"cannot open the spool database: {exc}") from exc
+        spool = cls(pool, dsn=dsn, schema=schema, instance=instance or default_hostname(), lease=lease,
+                    max_batch=max_batch, commit_window=commit_window, crash_limit=crash_limit,
+                    acquire_timeout=connect_timeout + statement_timeout)
+        try:
+            async with spool._conn() as conn:
+                await migrate(conn, schema)
+            if daemon:
+                spool._control = Control(dsn, schema=schema, instance=spool.instance, connect_timeout=connect_timeout,
+                                         statement_timeout=statement_timeout, on_notify=spool._notified)
+                try:
+                    await spool._control.start()
+                except Exception as exc:
+                    if is_unavailable(exc):
+                        raise unavailable(exc) from exc
+                    raise
+                spool._renewer = asyncio.create_task(spool._keep_leases(), name="mailgw-spool-leases")
+        except BaseException:
+            await spool.close()
+            raise
+        return spool
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise SpoolError("spool is closed")
+
+    def _acquire(self) -> contextlib.AbstractAsyncContextManager[Any]:
+        return self._pool.acquire(timeout=self._acquire_timeout)
+
+    @contextlib.asynccontextmanager
+    async def _conn(self) -> AsyncIterator[Any]:
+        """A pooled connection; database outages come out as SpoolUnavailable (and are logged once)."""
+        self._check_open()
+        try:
+            async with self._acquire() as conn:
+                yield conn
+        except Exception as exc:
+            if is_unavailable(exc):
+                self._health.down(exc)
+                raise unavailable(exc) from exc
+            raise
+        self._health.up()
+
+    async def _fetch(self, sql: str, *args: Any) -> list[Any]:
+        async with self._conn() as conn:
+            return list(await conn.fetch(sql, *args))
+
+    async def _fetchrow(self, sql: str, *args: Any) -> Any:
+        async with self._conn() as conn:
+            return await conn.fetchrow(sql, *args)
+
+    @property
+    def stats(self) -> dict[str, int]:
+        return {"commit_batches": self._writer.batches, "commit_ops": self._writer.ops}
+
+    @property
+    def available(self) -> bool:
+        return self._health.down_since is None
+
+    def add_listener(self, callback: Callable[[Direction], None]) -> None:
+        self._listeners.append(callback)
+
+    def _notified(self, payload: str) -> None:
+        try:
+            direction = Direction(payload)
+        except ValueError:
+            return
+        for callback in self._listeners:
+            callback(direction)
+
+    def mailbox_lock(self, name: str) -> MailboxLock:
+        if self._control is None:
+            raise SpoolError("mailbox locks need the spool opened for a daemon")
+        return self._control.mailbox_lock(name)
+
+    async def schema_version(self) -> int:
+        from gateway.spool.postgres.schema import current_version
+
+        async with self._conn() as conn:
+            return await current_version(conn, self.schema)
+
+    # -- writes -----------------------------------------------------------------------------------------
+
+    async def put_many(self, items: Sequence[PutItem]) -> list[tuple[str, bool] | BaseException]:
+        self._check_open()
+        rows = [put_row(item) for item in items]
+        results = await self._writer.submit(rows)
+        log_puts(items, rows, results)
+        return results
+
+    def _make_claim_sql(self, direction: Direction) -> str:
+        states = ", ".join(f"'{s}'" for s in sorted(ACTIVE[direction]))
+        s = self.schema
+        return f"""
+WITH picked AS (
+    SELECT queue_id, claim_token IS NOT NULL AS taken_over, claimed_by AS previous FROM {s}.entries
+    WHERE direction = '{direction}' AND state IN ({states}) AND next_attempt_at <= $1
+      AND (claim_token IS NULL OR lease_expires_at < now())
+    ORDER BY received_at, queue_id LIMIT $2
+    FOR UPDATE SKIP LOCKED
+)
+UPDATE {s}.entries e SET claimed_by = $3, claimed_at = $1, claim_instance = $4, claim_token = $5,
+    lease_expires_at = now() + make_interval(secs => $6), crashes = e.crashes + p.taken_over::int
+FROM picked p WHERE e.queue_id = p.queue_id
+RETURNING {_cols('e.')}, p.taken_over, p.previous"""
+
+    async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
+                    ) -> list[SpoolEntry]:
+        at = time.time() if now is None else now
+        rows = await self._fetch(self._claim_sql[direction], at, limit, f"{worker}@{self.instance}", self.instance,
+                                 self._token, self._lease)
+        n = len(ENTRY_COLUMNS)
+        entries: list[SpoolEntry] = []
+        parked: list[SpoolEntry] = []
+        for row in rows:
+            entry = entry_from_row(tuple(row)[:n])
+            self._held.add(entry.queue_id)
+            if row["taken_over"]:
+                log.warning("spool.taken_over", queue_id=entry.queue_id, message_id=entry.message_id,
+                            previous=row["previous"], crashes=entry.crashes)
+                if entry.crashes >= self.crash_limit:
+                    parked.append(entry)
+                    continue
+            entries.append(entry)
+        if parked:
+            await self._park(parked)
+        entries.sort(key=lambda e: (e.envelope.received_at, e.queue_id))
+        return entries
+
+    async def _park(self, entries: Sequence[SpoolEntry]) -> None:
+        """The poison guard: entries whose holder died `crash_limit` times are parked for an operator."""
+        now = time.time()
+        async with self._conn() as conn:
+            await conn.executemany(
+                f"UPDATE {self.schema}.entries SET state = $2, updated_at = $3, last_error = $4, {_CLEAR_CLAIM} "
+                "WHERE queue_id = $1 AND claim_token = $5",
+                [(e.queue_id, str(PARKED[e.direction]), now, parked_reason(e.crashes, str(e.state)), self._token)
+                 for e in entries])
+        for e in entries:
+            self._held.discard(e.queue_id)
+        log.warning("spool.recovered", released=0, parked=[e.queue_id for e in entries])
+
+    async def transition(
+        self,
+        queue_id: str,
+        to: State,
+        *,
+        error: str | None = None,
+        next_attempt_at: float | None = None,
+        route: Any = None,
+        rcpt_status: Mapping[str, Any] | None = None,
+        count_attempt: bool = False,
+        release: bool = True,
+        reset_crashes: bool = False,
+    ) -> SpoolEntry:
+        allowed = [f"{d}:{st}" for d, table in TRANSITIONS.items() for st, tos in table.items() if to in tos]
+        fence = self._token if queue_id in self._held else None
+        now = time.time()
+        s = self.schema
+        sql = f"""
+WITH cur AS (
+    SELECT queue_id, direction, state, claim_token FROM {s}.entries WHERE queue_id = $1 FOR UPDATE
+), changed AS (
+    UPDATE {s}.entries e SET state = $2, updated_at = $3, last_error = $4, next_attempt_at = $5,
+        route = coalesce($6, e.route), rcpt_status = coalesce($7, e.rcpt_status), attempts = e.attempts + $8,
+        crashes = CASE WHEN $9 THEN 0 ELSE e.crashes END,
+        claimed_by = CASE WHEN $10 THEN NULL ELSE e.claimed_by END,
+        claimed_at = CASE WHEN $10 THEN NULL ELSE e.claimed_at END,
+        claim_instance = CASE WHEN $10 THEN NULL ELSE e.claim_instance END,
+        claim_token = CASE WHEN $10 THEN NULL ELSE e.claim_token END,
+        lease_expires_at = CASE WHEN $10 THEN NULL ELSE e.lease_expires_at END
+    FROM cur WHERE e.queue_id = cur.queue_id AND (cur.direction || ':' || cur.state) = ANY($11::text[])
+        AND ($12::text IS NULL OR cur.claim_token IS NOT DISTINCT FROM $12)
+    RETURNING {_cols('e.')}
+)
+SELECT cur.direction AS cur_direction, cur.state AS cur_state, changed.* FROM cur LEFT JOIN changed ON true"""
+        try:
+            row = await self._fetchrow(sql, queue_id, str(to), now, error,
+                                       now if next_attempt_at is None else next_attempt_at, dumps(route),
+                                       dumps(rcpt_status), int(count_attempt), reset_crashes, release, allowed, fence)
+        except SpoolError:
+            if fence is not None and release:
+                self._abandon(queue_id)
+            raise
+        if row is None:
+            raise UnknownEntry(queue_id)
+        direction, current = Direction(row["cur_direction"]), State(row["cur_state"])
+        if row["queue_id"] is None:
+            if f"{direction}:{current}" not in allowed:
+                raise InvalidTransition(f"{queue_id}: {current} -> {to} is not allowed for {direction} mail")
+            self._held.discard(queue_id)
+            raise LeaseLost(f"{queue_id}: this gateway's claim expired and was taken over; not changed")
+        if release:
+            self._held.discard(queue_id)
+        entry = entry_from_row(tuple(row)[2:])
+        log_transition(queue_id, current, to, entry, error)
+        return entry
+
+    async def defer_many(self, queue_ids: Sequence[str], *, next_attempt_at: float, error: str) -> list[str]:
+        if not queue_ids:
+            return []
+        deferrable = sorted(str(st) for st, to in TRANSITIONS[Direction.INBOUND].items() if State.DEFERRED in to)
+        ids = list(queue_ids)
+        try:
+            rows = await self._fetch(
+                f"UPDATE {self.schema}.entries SET state = $1, updated_at = $2, last_error = $3, "
+                f"next_attempt_at = $4, {_CLEAR_CLAIM} WHERE direction = 'inbound' AND state = ANY($5::text[]) "
+                "AND queue_id = ANY($6::text[]) AND (claim_token IS NULL OR claim_token = $7) RETURNING queue_id",
+                str(State.DEFERRED), time.time(), error, next_attempt_at, deferrable, ids, self._token)
+        except SpoolError:
+            for queue_id in ids:
+                if queue_id in self._held:
+                    self._abandon(queue_id)
+            raise
+        moved = [r["queue_id"] for r in rows]
+        for queue_id in moved:
+            self._held.discard(queue_id)
+            log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
+        for queue_id in set(ids) - set(moved):
+            if queue_id in self._held:
+                self._abandon(queue_id)  # not deferrable: do not keep it claimed
+        return moved
+
+    async def release(self, queue_id: str) -> None:
+        try:
+            await self._release([queue_id])
+        except SpoolError:
+            self._abandon(queue_id)
+            raise
+
+    async def _release(self, queue_ids: Sequence[str]) -> None:
+        async with self._conn() as conn:
+            await conn.execute(f"UPDATE {self.schema}.entries SET {_CLEAR_CLAIM} WHERE queue_id = ANY($1::text[]) "
+                               "AND claim_token = $2", list(queue_ids), self._token)
+        for queue_id in queue_ids:
+            self._held.discard(queue_id)
+            self._abandoned.discard(queue_id)
+
+    def _abandon(self, queue_id: str) -> None:
+        """The worker is done with this claim but could not say so: stop renewing it, release it later."""
+        self._held.discard(queue_id)
+        self._abandoned.add(queue_id)
+
+    async def _keep_leases(self) -> None:
+        interval = max(0.2, self._lease / 4)
+        while True:
+            await asyncio.sleep(interval)
+            with contextlib.suppress(SpoolError):
+                await self.renew_leases()
+
+    async def renew_leases(self) -> None:
+        """Extend the leases of every claim this process holds; release the ones it gave up."""
+        held, abandoned = list(self._held), list(self._abandoned)
+        if abandoned:
+            await self._release(abandoned)
+        if not held:
+            return
+        rows = await self._fetch(
+            f"UPDATE {self.schema}.entries SET lease_expires_at = now() + make_interval(secs => $3) "
+            "WHERE queue_id = ANY($1::text[]) AND claim_token = $2 RETURNING queue_id", held, self._token, self._lease)
+        kept = {r["queue_id"] for r in rows}
+        for queue_id in held:
+            if queue_id not in kept and queue_id in self._held:
+                self._held.discard(queue_id)
+                log.warning("spool.lease_lost", queue_id=queue_id)
+
+    async def delete(self, queue_id: str) -> None:
+        s = self.schema
+        n = await self._fetchval(f"WITH d AS (DELETE FROM {s}.entries WHERE queue_id = $1 RETURNING 1), "
+                                 f"m AS (DELETE FROM {s}.messages WHERE queue_id = $1) SELECT count(*) FROM d",
+                                 queue_id)
+        if not n:
+            raise UnknownEntry(queue_id)
+        self._held.discard(queue_id)
+        log.info("spool.deleted", queue_id=queue_id)
+
+    async def _fetchval(self, sql: str, *args: Any) -> Any:
+        async with self._conn() as conn:
+            return await conn.fetchval(sql, *args)
+
+    async def requeue(self, queue_id: str) -> SpoolEntry:
+        """Operator retry: failed/exception/cancel -> received/outgoing, due now, crash counter cleared."""
+        entry = await self.get(queue_id)
+        if entry is None:
+            raise UnknownEntry(queue_id)
+        target = REQUEUE[entry.direction]
+        if entry.state == target and entry.direction == Direction.OUTBOUND:
+            return entry
+        new = await self.transition(queue_id, target, error=None, next_attempt_at=time.time(), reset_crashes=True)
+        # Wake the workers of every gateway (inserts notify by trigger; this is an update).
+        await self._fetchval("SELECT pg_notify($1, $2)", channel_name(self.schema), str(entry.direction))
+        return new
+
+    async def wake(self, queue_ids: Sequence[str], now: float | None = None) -> int:
+        if not queue_ids:
+            return 0
+        at = time.time() if now is None else now
+        rows = await self._fetch(f"UPDATE {self.schema}.entries SET next_attempt_at = $1 WHERE next_attempt_at > $1 "
+                                 "AND queue_id = ANY($2::text[]) RETURNING 1", at, list(queue_ids))
+        return len(rows)
+
+    async def recover(self, crash_limit: int = 3) -> RecoveryReport:
+        """At start-up: claims of this gateway's dead predecessor (same instance name, another process) are
+        released, each counted as a crash; at `crash_limit` the entry is parked. Claims of other gateways are
+        theirs: they are taken over only when their lease runs out (see claim)."""
+        self.crash_limit = crash_limit
+        if self._control is None or not self._control.instance_locked:
+            raise SpoolError("recover() needs the spool opened for a daemon that holds its instance name")
+        s = self.schema
+        released: list[str] = []
+        parked: list[str] = []
+        now = time.time()
+        async with self._conn() as conn, conn.transaction():
+            rows = await conn.fetch(f"SELECT queue_id, direction, state, crashes FROM {s}.entries "
+                                    "WHERE claim_instance = $1 AND claim_token IS DISTINCT FROM $2 FOR UPDATE",
+                                    self.instance, self._token)
+            for queue_id, direction, state, crashes in rows:
+                crashes += 1
+                if crashes >= crash_limit:
+                    await conn.execute(f"UPDATE {s}.entries SET state = $2, crashes = $3, updated_at = $4, "
+                                       f"last_error = $5, {_CLEAR_CLAIM} WHERE queue_id = $1", queue_id,
+                                       str(PARKED[Direction(direction)]), crashes, now, parked_reason(crashes, state))
+                    parked.append(queue_id)
+                else:
+                    await conn.execute(f"UPDATE {s}.entries SET crashes = $2, {_CLEAR_CLAIM} WHERE queue_id = $1",
+                                       queue_id, crashes)
+                    released.append(queue_id)
+        report = RecoveryReport(tuple(released), tuple(parked))
+        if report.released or report.parked:
+            log.warning("spool.recovered", released=len(report.released), parked=list(report.parked))
+        return report
+
+    # -- reads ------------------------------------------------------------------------------------------
+
+    async def get(self, queue_id: str) -> SpoolEntry | None:
+        row = await self._fetchrow(f"SELECT {_cols()} FROM {self.schema}.entries WHERE queue_id = $1", queue_id)
+        return entry_from_row(tuple(row)) if row is not None else None
+
+    async def raw(self, queue_id: str) -> bytes:
+        value = await self._fetchval(f"SELECT raw FROM {self.schema}.messages WHERE queue_id = $1", queue_id)
+        if value is None:
+            raise UnknownEntry(queue_id)
+        return bytes(value)
+
+    async def list(self, *, state: State | None = None, direction: Direction | None = None,
+                   limit: int = 1000) -> list[SpoolEntry]:
+        rows = await self._fetch(
+            f"SELECT {_cols()} FROM {self.schema}.entries WHERE ($1::text IS NULL OR state = $1) "
+            "AND ($2::text IS NULL OR direction = $2) ORDER BY received_at, queue_id LIMIT $3",
+            str(state) if state is not None else None, str(direction) if direction is not None else None, limit)
+        return [entry_from_row(tuple(r)) for r in rows]
+
+    async def counts(self) -> dict[tuple[str, str], int]:
+        rows = await self._fetch(f"SELECT direction, state, count(*) FROM {self.schema}.entries "
+                                 "GROUP BY direction, state")
+        return {(d, s): int(n) for d, s, n in rows}
+
+    async def has_dedup_keys(self, keys: Sequence[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(keys))
+        if not wanted:
+            return {}
+        rows = await self._fetch(f"SELECT dedup_key, queue_id FROM {self.schema}.entries "
+                                 "WHERE dedup_key = ANY($1::text[])", wanted)
+        return {k: q for k, q in rows}
+
+    async def has_dedup_key(self, key: str) -> str | None:
+        return (await self.has_dedup_keys([key])).get(key)
+
+    async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]:
+        wanted = sorted(set(message_ids))
+        if not wanted:
+            return {}
+        rows = await self._fetch(f"SELECT {_cols()} FROM {self.schema}.entries WHERE message_id = ANY($1::text[]) "
+                                 "ORDER BY received_at", wanted)
+        found: dict[str, list[SpoolEntry]] = {}
+        for row in rows:
+            entry = entry_from_row(tuple(row))
+            found.setdefault(entry.message_id or "", []).append(entry)
+        return {k: tuple(v) for k, v in found.items()}
+
+    # -- moving entries between spools ---------------------------------------------------------------
+
+    async def export_rows(self, after: str, limit: int) -> Sequence[ExportRow]:
+        rows = await self._fetch(
+            f"SELECT {', '.join('e.' + c for c in EXPORT_COLUMNS)}, m.raw FROM {self.schema}.entries e "
+            f"JOIN {self.schema}.messages m USING (queue_id) WHERE e.queue_id > $1 ORDER BY e.queue_id LIMIT $2",
+            after, limit)
+        return [(dict(zip(EXPORT_COLUMNS, tuple(r)[:-1], strict=True)), bytes(r["raw"])) for r in rows]
+
+    async def import_rows(self, rows: Sequence[ExportRow]) -> Sequence[bool]:
+        names = [n for n in EXPORT_COLUMNS if n != "claimed_by"]
+        marks = ", ".join(f"${i + 1}" for i in range(len(names)))
+        s = self.schema
+        sql = (f"WITH ins AS (INSERT INTO {s}.entries ({', '.join(names)}) VALUES ({marks}) ON CONFLICT DO NOTHING "
+               f"RETURNING queue_id) INSERT INTO {s}.messages (queue_id, raw) SELECT queue_id, ${len(names) + 1} "
+               "FROM ins ON CONFLICT (queue_id) DO UPDATE SET raw = EXCLUDED.raw RETURNING queue_id")
+        out = []
+        async with self._conn() as conn, conn.transaction():
+            for row, raw in rows:
+                values = [_typed(n, row.get(n)) for n in names]
+                out.append(await conn.fetchval(sql, *values, raw) is not None)
+        return out
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        await self._writer.close()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.renew_leases(), 5)  # releases what was given up
+        self._closed = True
+        if self._control is not None:
+            await self._control.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._pool.close(), 10)
+        self._pool.terminate()
+
+
+def _typed(name: str, value: Any) -> Any:
+    """Exported values as the columns want them (a JSON export has 1 where a float column wants 1.0)."""
+    if value is None:
+        return None
+    if name in _FLOAT_COLUMNS:
+        return float(value)
+    if name in _INT_COLUMNS:
+        return int(value)
+    return value
