@@ -238,14 +238,11 @@ async def test_requeue_delete_and_reads(open_spool: OpenSpool) -> None:
     await spool.close()
 
 
-async def _copy(src: Spool, dst: Spool, batch: int = 2) -> tuple[int, int]:
-    added = skipped = 0
-    after = ""
-    while rows := await src.export_rows(after, batch):
-        for ok in await dst.import_rows(rows):
-            added, skipped = added + ok, skipped + (not ok)
-        after = rows[-1][0]["queue_id"]
-    return added, skipped
+async def _copy(src: Spool, dst: Spool) -> tuple[int, int]:
+    from gateway.spool.transfer import copy_entries
+
+    report = await copy_entries(src, dst, size=2)
+    return report.added, report.skipped
 
 
 async def test_entries_move_between_spools_idempotently(open_spool: OpenSpool, tmp_path: Path) -> None:

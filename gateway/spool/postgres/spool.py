@@ -95,6 +95,7 @@ class PostgresSpool(Spool):
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
         self._claim_sql = {d: self._make_claim_sql(d) for d in Direction}
+        self.migrated: tuple[int, int] = (0, 0)  # schema version before and after open
 
     @classmethod
     async def open(cls, dsn: str, *, schema: str = "mailgw", instance: str | None = None, daemon: bool = False,
@@ -118,7 +119,7 @@ class PostgresSpool(Spool):
                     acquire_timeout=connect_timeout + statement_timeout)
         try:
             async with spool._conn() as conn:
-                await migrate(conn, schema)
+                spool.migrated = await migrate(conn, schema)
             if daemon:
                 spool._control = Control(dsn, schema=schema, instance=spool.instance, connect_timeout=connect_timeout,
                                          statement_timeout=statement_timeout, on_notify=spool._notified)
@@ -270,12 +271,15 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous"""
         reset_crashes: bool = False,
     ) -> SpoolEntry:
         allowed = [f"{d}:{st}" for d, table in TRANSITIONS.items() for st, tos in table.items() if to in tos]
-        fence = self._token if queue_id in self._held else None
+        mine = queue_id in self._held
         now = time.time()
         s = self.schema
+        # Fence: an entry this process claimed is written only while the claim is still its own; any other entry
+        # only when nobody else holds a live claim on it (an operator's retry does not pull it from a worker).
         sql = f"""
 WITH cur AS (
-    SELECT queue_id, direction, state, claim_token FROM {s}.entries WHERE queue_id = $1 FOR UPDATE
+    SELECT queue_id, direction, state, claim_token, claimed_by, lease_expires_at < now() AS expired
+    FROM {s}.entries WHERE queue_id = $1 FOR UPDATE
 ), changed AS (
     UPDATE {s}.entries e SET state = $2, updated_at = $3, last_error = $4, next_attempt_at = $5,
         route = coalesce($6, e.route), rcpt_status = coalesce($7, e.rcpt_status), attempts = e.attempts + $8,
@@ -286,16 +290,19 @@ WITH cur AS (
         claim_token = CASE WHEN $10 THEN NULL ELSE e.claim_token END,
         lease_expires_at = CASE WHEN $10 THEN NULL ELSE e.lease_expires_at END
     FROM cur WHERE e.queue_id = cur.queue_id AND (cur.direction || ':' || cur.state) = ANY($11::text[])
-        AND ($12::text IS NULL OR cur.claim_token IS NOT DISTINCT FROM $12)
+        AND CASE WHEN $13 THEN cur.claim_token IS NOT DISTINCT FROM $12
+                 ELSE cur.claim_token IS NULL OR cur.claim_token = $12 OR cur.expired END
     RETURNING {_cols('e.')}
 )
-SELECT cur.direction AS cur_direction, cur.state AS cur_state, changed.* FROM cur LEFT JOIN changed ON true"""
+SELECT cur.direction AS cur_direction, cur.state AS cur_state, cur.claimed_by AS cur_claimed_by, changed.*
+FROM cur LEFT JOIN changed ON true"""
         try:
             row = await self._fetchrow(sql, queue_id, str(to), now, error,
                                        now if next_attempt_at is None else next_attempt_at, dumps(route),
-                                       dumps(rcpt_status), int(count_attempt), reset_crashes, release, allowed, fence)
+                                       dumps(rcpt_status), int(count_attempt), reset_crashes, release, allowed,
+                                       self._token, mine)
         except SpoolError:
-            if fence is not None and release:
+            if mine and release:
                 self._abandon(queue_id)
             raise
         if row is None:
@@ -305,10 +312,12 @@ SELECT cur.direction AS cur_direction, cur.state AS cur_state, changed.* FROM cu
             if f"{direction}:{current}" not in allowed:
                 raise InvalidTransition(f"{queue_id}: {current} -> {to} is not allowed for {direction} mail")
             self._held.discard(queue_id)
-            raise LeaseLost(f"{queue_id}: this gateway's claim expired and was taken over; not changed")
+            if mine:
+                raise LeaseLost(f"{queue_id}: this gateway's claim expired and was taken over; not changed")
+            raise LeaseLost(f"{queue_id}: being worked on by {row['cur_claimed_by']}; not changed")
         if release:
             self._held.discard(queue_id)
-        entry = entry_from_row(tuple(row)[2:])
+        entry = entry_from_row(tuple(row)[3:])
         log_transition(queue_id, current, to, entry, error)
         return entry
 
@@ -321,7 +330,8 @@ SELECT cur.direction AS cur_direction, cur.state AS cur_state, changed.* FROM cu
             rows = await self._fetch(
                 f"UPDATE {self.schema}.entries SET state = $1, updated_at = $2, last_error = $3, "
                 f"next_attempt_at = $4, {_CLEAR_CLAIM} WHERE direction = 'inbound' AND state = ANY($5::text[]) "
-                "AND queue_id = ANY($6::text[]) AND (claim_token IS NULL OR claim_token = $7) RETURNING queue_id",
+                "AND queue_id = ANY($6::text[]) "
+                "AND (claim_token IS NULL OR claim_token = $7 OR lease_expires_at < now()) RETURNING queue_id",
                 str(State.DEFERRED), time.time(), error, next_attempt_at, deferrable, ids, self._token)
         except SpoolError:
             for queue_id in ids:
