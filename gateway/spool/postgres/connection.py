@@ -3,7 +3,10 @@ description that is safe to log (never the password)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -51,6 +54,10 @@ def is_unavailable(exc: BaseException) -> bool:
     if isinstance(exc, OSError | TimeoutError | pgx.PostgresConnectionError | pgx.OperatorInterventionError
                   | pgx.InsufficientResourcesError | pgx.CannotConnectNowError):
         return True
+    # "cannot switch to state …; another operation is in progress": what asyncpg sometimes raises instead of
+    # "connection is closed" when the server ends a session mid-statement (MagicStack/asyncpg#1069).
+    if isinstance(exc, pgx.InternalClientError):
+        return True
     # "connection is closed", "pool is closing" …; asyncpg's DataError (bad input for a parameter) is also an
     # InterfaceError, but a ValueError too.
     return isinstance(exc, pgx.InterfaceError) and not isinstance(exc, ValueError)
@@ -88,3 +95,17 @@ class Health:
         if self.down_since is not None:
             log.warning("spool.available", down_for=round(time.monotonic() - self.down_since, 1))
             self.down_since = None
+
+
+@contextlib.asynccontextmanager
+async def checked_out(acquire: Callable[[], contextlib.AbstractAsyncContextManager[Any]]) -> AsyncIterator[Any]:
+    """A pooled connection that goes back to the pool only in a known state: one that failed like a dead
+    session, or whose statement was cancelled half-way, is terminated (the pool opens a new one)."""
+    async with acquire() as conn:
+        try:
+            yield conn
+        except BaseException as exc:
+            if isinstance(exc, asyncio.CancelledError) or is_unavailable(exc):
+                with contextlib.suppress(Exception):  # the pool may have taken a closed one back already
+                    conn.terminate()
+            raise

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import secrets
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
@@ -55,7 +56,14 @@ from gateway.spool.base import (
     parked_reason,
     put_row,
 )
-from gateway.spool.postgres.connection import Health, connect_kwargs, describe_dsn, is_unavailable, unavailable
+from gateway.spool.postgres.connection import (
+    Health,
+    checked_out,
+    connect_kwargs,
+    describe_dsn,
+    is_unavailable,
+    unavailable,
+)
 from gateway.spool.postgres.control import Control
 from gateway.spool.postgres.schema import channel_name, migrate
 from gateway.spool.postgres.writer import PutWriter
@@ -82,14 +90,17 @@ class PostgresSpool(Spool):
         self.schema = schema
         self.instance = instance
         self.location = f"{describe_dsn(dsn)} (schema {schema})"
-        self._token = secrets.token_hex(8)  # this process's claims, told apart from a predecessor's
+        # Claim tokens are "<process>.<n>": the process part tells this process's claims from a predecessor's,
+        # the number one claim from the next of the same entry (a write meant for an old claim never hits a new one).
+        self._token = secrets.token_hex(8)
+        self._claims = itertools.count(1)
         self._lease = lease
         self.crash_limit = crash_limit
         self._acquire_timeout = acquire_timeout
         self._health = Health()
         self._writer = PutWriter(self._acquire, schema, self._health, max_batch=max_batch, window=commit_window)
-        self._held: set[str] = set()  # claims of this process, renewed while held
-        self._abandoned: set[str] = set()  # claims given up after a failed write: released when possible
+        self._held: dict[str, str] = {}  # queue id -> claim token, of what this process works on: renewed
+        self._abandoned: dict[str, str] = {}  # claims given up after a failed write: released when possible
         self._listeners: list[Callable[[Direction], None]] = []
         self._control: Control | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -109,7 +120,8 @@ class PostgresSpool(Spool):
 
         kwargs = connect_kwargs(dsn, connect_timeout=connect_timeout, statement_timeout=statement_timeout)
         try:
-            pool = await asyncpg.create_pool(min_size=1, max_size=pool_size, **kwargs)
+            # min_size 0: no background reconnect loop of its own (it logs a traceback per try during an outage).
+            pool = await asyncpg.create_pool(min_size=0, max_size=pool_size, **kwargs)
         except Exception as exc:
             if is_unavailable(exc):
                 raise unavailable(exc) from exc
@@ -149,7 +161,7 @@ class PostgresSpool(Spool):
         """A pooled connection; database outages come out as SpoolUnavailable (and are logged once)."""
         self._check_open()
         try:
-            async with self._acquire() as conn:
+            async with checked_out(self._acquire) as conn:
                 yield conn
         except Exception as exc:
             if is_unavailable(exc):
@@ -210,7 +222,10 @@ class PostgresSpool(Spool):
         s = self.schema
         return f"""
 WITH picked AS (
-    SELECT queue_id, claim_token IS NOT NULL AS taken_over, claimed_by AS previous FROM {s}.entries
+    SELECT queue_id, claimed_by AS previous,
+        -- another process's claim ran out: it died (or lost the database) while working on it
+        claim_token IS NOT NULL AND NOT starts_with(claim_token, $7) AS taken_over
+    FROM {s}.entries
     WHERE direction = '{direction}' AND state IN ({states}) AND next_attempt_at <= $1
       AND (claim_token IS NULL OR lease_expires_at < now())
     ORDER BY received_at, queue_id LIMIT $2
@@ -224,14 +239,19 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous"""
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
                     ) -> list[SpoolEntry]:
         at = time.time() if now is None else now
+        token = f"{self._token}.{next(self._claims)}"
         rows = await self._fetch(self._claim_sql[direction], at, limit, f"{worker}@{self.instance}", self.instance,
-                                 self._token, self._lease)
+                                 token, self._lease, f"{self._token}.")
         n = len(ENTRY_COLUMNS)
         entries: list[SpoolEntry] = []
         parked: list[SpoolEntry] = []
         for row in rows:
             entry = entry_from_row(tuple(row)[:n])
-            self._held.add(entry.queue_id)
+            working = entry.queue_id in self._held
+            self._held[entry.queue_id] = token
+            self._abandoned.pop(entry.queue_id, None)
+            if working:
+                continue  # its lease ran out during a database outage, but our worker still has it: not twice
             if row["taken_over"]:
                 log.warning("spool.taken_over", queue_id=entry.queue_id, message_id=entry.message_id,
                             previous=row["previous"], crashes=entry.crashes)
@@ -251,10 +271,10 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous"""
             await conn.executemany(
                 f"UPDATE {self.schema}.entries SET state = $2, updated_at = $3, last_error = $4, {_CLEAR_CLAIM} "
                 "WHERE queue_id = $1 AND claim_token = $5",
-                [(e.queue_id, str(PARKED[e.direction]), now, parked_reason(e.crashes, str(e.state)), self._token)
-                 for e in entries])
+                [(e.queue_id, str(PARKED[e.direction]), now, parked_reason(e.crashes, str(e.state)),
+                  self._held.get(e.queue_id)) for e in entries])
         for e in entries:
-            self._held.discard(e.queue_id)
+            self._held.pop(e.queue_id, None)
         log.warning("spool.recovered", released=0, parked=[e.queue_id for e in entries])
 
     async def transition(
@@ -271,7 +291,7 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous"""
         reset_crashes: bool = False,
     ) -> SpoolEntry:
         allowed = [f"{d}:{st}" for d, table in TRANSITIONS.items() for st, tos in table.items() if to in tos]
-        mine = queue_id in self._held
+        mine = self._held.get(queue_id)
         now = time.time()
         s = self.schema
         # Fence: an entry this process claimed is written only while the claim is still its own; any other entry
@@ -290,8 +310,8 @@ WITH cur AS (
         claim_token = CASE WHEN $10 THEN NULL ELSE e.claim_token END,
         lease_expires_at = CASE WHEN $10 THEN NULL ELSE e.lease_expires_at END
     FROM cur WHERE e.queue_id = cur.queue_id AND (cur.direction || ':' || cur.state) = ANY($11::text[])
-        AND CASE WHEN $13 THEN cur.claim_token IS NOT DISTINCT FROM $12
-                 ELSE cur.claim_token IS NULL OR cur.claim_token = $12 OR cur.expired END
+        AND CASE WHEN $12::text IS NOT NULL THEN cur.claim_token IS NOT DISTINCT FROM $12
+                 ELSE cur.claim_token IS NULL OR starts_with(cur.claim_token, $13) OR cur.expired END
     RETURNING {_cols('e.')}
 )
 SELECT cur.direction AS cur_direction, cur.state AS cur_state, cur.claimed_by AS cur_claimed_by, changed.*
@@ -300,7 +320,7 @@ FROM cur LEFT JOIN changed ON true"""
             row = await self._fetchrow(sql, queue_id, str(to), now, error,
                                        now if next_attempt_at is None else next_attempt_at, dumps(route),
                                        dumps(rcpt_status), int(count_attempt), reset_crashes, release, allowed,
-                                       self._token, mine)
+                                       mine, f"{self._token}.")
         except SpoolError:
             if mine and release:
                 self._abandon(queue_id)
@@ -311,12 +331,12 @@ FROM cur LEFT JOIN changed ON true"""
         if row["queue_id"] is None:
             if f"{direction}:{current}" not in allowed:
                 raise InvalidTransition(f"{queue_id}: {current} -> {to} is not allowed for {direction} mail")
-            self._held.discard(queue_id)
+            self._held.pop(queue_id, None)
             if mine:
                 raise LeaseLost(f"{queue_id}: this gateway's claim expired and was taken over; not changed")
             raise LeaseLost(f"{queue_id}: being worked on by {row['cur_claimed_by']}; not changed")
         if release:
-            self._held.discard(queue_id)
+            self._held.pop(queue_id, None)
         entry = entry_from_row(tuple(row)[3:])
         log_transition(queue_id, current, to, entry, error)
         return entry
@@ -331,41 +351,50 @@ FROM cur LEFT JOIN changed ON true"""
                 f"UPDATE {self.schema}.entries SET state = $1, updated_at = $2, last_error = $3, "
                 f"next_attempt_at = $4, {_CLEAR_CLAIM} WHERE direction = 'inbound' AND state = ANY($5::text[]) "
                 "AND queue_id = ANY($6::text[]) "
-                "AND (claim_token IS NULL OR claim_token = $7 OR lease_expires_at < now()) RETURNING queue_id",
-                str(State.DEFERRED), time.time(), error, next_attempt_at, deferrable, ids, self._token)
+                "AND (claim_token IS NULL OR starts_with(claim_token, $7) OR lease_expires_at < now()) "
+                "RETURNING queue_id",
+                str(State.DEFERRED), time.time(), error, next_attempt_at, deferrable, ids, f"{self._token}.")
         except SpoolError:
             for queue_id in ids:
-                if queue_id in self._held:
-                    self._abandon(queue_id)
+                self._abandon(queue_id)
             raise
         moved = [r["queue_id"] for r in rows]
         for queue_id in moved:
-            self._held.discard(queue_id)
+            self._held.pop(queue_id, None)
             log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
         for queue_id in set(ids) - set(moved):
-            if queue_id in self._held:
-                self._abandon(queue_id)  # not deferrable: do not keep it claimed
+            self._abandon(queue_id)  # not deferrable: do not keep it claimed
         return moved
 
     async def release(self, queue_id: str) -> None:
+        token = self._held.get(queue_id)
+        if token is None:
+            return  # not (or no longer) this process's claim
         try:
-            await self._release([queue_id])
+            await self._release({queue_id: token})
         except SpoolError:
             self._abandon(queue_id)
             raise
 
-    async def _release(self, queue_ids: Sequence[str]) -> None:
+    async def _release(self, claims: Mapping[str, str]) -> None:
+        """Release these claims (queue id -> claim token): only where the claim is still that one."""
+        if not claims:
+            return
         async with self._conn() as conn:
-            await conn.execute(f"UPDATE {self.schema}.entries SET {_CLEAR_CLAIM} WHERE queue_id = ANY($1::text[]) "
-                               "AND claim_token = $2", list(queue_ids), self._token)
-        for queue_id in queue_ids:
-            self._held.discard(queue_id)
-            self._abandoned.discard(queue_id)
+            await conn.execute(f"UPDATE {self.schema}.entries e SET {_CLEAR_CLAIM} FROM unnest($1::text[], $2::text[]) "
+                               "AS c(queue_id, token) WHERE e.queue_id = c.queue_id AND e.claim_token = c.token",
+                               list(claims), list(claims.values()))
+        for queue_id, token in claims.items():
+            if self._held.get(queue_id) == token:
+                del self._held[queue_id]
+            if self._abandoned.get(queue_id) == token:
+                del self._abandoned[queue_id]
 
     def _abandon(self, queue_id: str) -> None:
         """The worker is done with this claim but could not say so: stop renewing it, release it later."""
-        self._held.discard(queue_id)
-        self._abandoned.add(queue_id)
+        token = self._held.pop(queue_id, None)
+        if token is not None:
+            self._abandoned[queue_id] = token
 
     async def _keep_leases(self) -> None:
         interval = max(0.2, self._lease / 4)
@@ -376,19 +405,28 @@ FROM cur LEFT JOIN changed ON true"""
 
     async def renew_leases(self) -> None:
         """Extend the leases of every claim this process holds; release the ones it gave up."""
-        held, abandoned = list(self._held), list(self._abandoned)
-        if abandoned:
-            await self._release(abandoned)
+        held, abandoned = dict(self._held), dict(self._abandoned)
+        await self._release(abandoned)
         if not held:
             return
-        rows = await self._fetch(
-            f"UPDATE {self.schema}.entries SET lease_expires_at = now() + make_interval(secs => $3) "
-            "WHERE queue_id = ANY($1::text[]) AND claim_token = $2 RETURNING queue_id", held, self._token, self._lease)
-        kept = {r["queue_id"] for r in rows}
-        for queue_id in held:
-            if queue_id not in kept and queue_id in self._held:
-                self._held.discard(queue_id)
-                log.warning("spool.lease_lost", queue_id=queue_id)
+        s = self.schema
+        # Renew, and look at the claims that were not renewed, as they were when the statement began: still ours
+        # (a transition of ours committed while it ran, and will forget the claim itself), released (forget it),
+        # or another gateway's (our lease ran out and it took the entry: say so).
+        rows = await self._fetch(f"""
+WITH c AS (SELECT * FROM unnest($1::text[], $2::text[]) AS c(queue_id, token)),
+renewed AS (
+    UPDATE {s}.entries e SET lease_expires_at = now() + make_interval(secs => $3) FROM c
+    WHERE e.queue_id = c.queue_id AND e.claim_token = c.token RETURNING e.queue_id
+)
+SELECT c.queue_id, e.claim_token, e.claimed_by FROM c LEFT JOIN {s}.entries e USING (queue_id)
+WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held.values()), self._lease)
+        for queue_id, token, claimed_by in rows:
+            if token == held[queue_id] or self._held.get(queue_id) != held[queue_id]:
+                continue
+            del self._held[queue_id]
+            if token is not None:
+                log.warning("spool.lease_lost", queue_id=queue_id, now_claimed_by=claimed_by)
 
     async def delete(self, queue_id: str) -> None:
         s = self.schema
@@ -397,7 +435,7 @@ FROM cur LEFT JOIN changed ON true"""
                                  queue_id)
         if not n:
             raise UnknownEntry(queue_id)
-        self._held.discard(queue_id)
+        self._held.pop(queue_id, None)
         log.info("spool.deleted", queue_id=queue_id)
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
@@ -438,8 +476,8 @@ FROM cur LEFT JOIN changed ON true"""
         now = time.time()
         async with self._conn() as conn, conn.transaction():
             rows = await conn.fetch(f"SELECT queue_id, direction, state, crashes FROM {s}.entries "
-                                    "WHERE claim_instance = $1 AND claim_token IS DISTINCT FROM $2 FOR UPDATE",
-                                    self.instance, self._token)
+                                    "WHERE claim_instance = $1 AND NOT starts_with(claim_token, $2) FOR UPDATE",
+                                    self.instance, f"{self._token}.")
             for queue_id, direction, state, crashes in rows:
                 crashes += 1
                 if crashes >= crash_limit:

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from gateway.spool.base import PUT_COLUMNS, PutRow
-from gateway.spool.postgres.connection import Health, is_unavailable, unavailable
+from gateway.spool.postgres.connection import Health, checked_out, is_unavailable, unavailable
 
 Result = tuple[str, bool] | BaseException
 
@@ -168,7 +168,7 @@ class PutWriter:
         out: list[Result | None] = [row if isinstance(row, BaseException) else None for row, _raw, _key in rows]
         if not good:
             return [r for r in out if r is not None]
-        async with self._acquire() as conn:
+        async with checked_out(self._acquire) as conn:
             try:
                 stored = await self._statement(conn, [(row, raw) for _i, row, raw in good])
             except Exception as exc:
