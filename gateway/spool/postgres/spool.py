@@ -66,7 +66,7 @@ from gateway.spool.postgres.connection import (
 )
 from gateway.spool.postgres.control import Control
 from gateway.spool.postgres.schema import channel_name, migrate
-from gateway.spool.postgres.writer import PutWriter
+from gateway.spool.postgres.writer import PutOp, PutWriter, TransitionOp, TransitionWriter
 
 log = get_logger("mailgw.spool")
 
@@ -99,6 +99,7 @@ class PostgresSpool(Spool):
         self._acquire_timeout = acquire_timeout
         self._health = Health()
         self._writer = PutWriter(self._acquire, schema, self._health, max_batch=max_batch, window=commit_window)
+        self._transitions = TransitionWriter(self._acquire, schema, self._health, own_prefix=f"{self._token}.")
         self._held: dict[str, str] = {}  # queue id -> claim token, of what this process works on: renewed
         self._abandoned: dict[str, str] = {}  # claims given up after a failed write: released when possible
         self._listeners: list[Callable[[Direction], None]] = []
@@ -180,7 +181,8 @@ class PostgresSpool(Spool):
 
     @property
     def stats(self) -> dict[str, int]:
-        return {"commit_batches": self._writer.batches, "commit_ops": self._writer.ops}
+        return {"commit_batches": self._writer.batches, "commit_ops": self._writer.ops,
+                "transition_batches": self._transitions.batches, "transition_ops": self._transitions.ops}
 
     @property
     def available(self) -> bool:
@@ -213,7 +215,7 @@ class PostgresSpool(Spool):
     async def put_many(self, items: Sequence[PutItem]) -> list[tuple[str, bool] | BaseException]:
         self._check_open()
         rows = [put_row(item) for item in items]
-        results = await self._writer.submit(rows)
+        results: list[tuple[str, bool] | BaseException] = await self._writer.submit(PutOp(rows))
         log_puts(items, rows, results)
         return results
 
@@ -290,37 +292,13 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous"""
         release: bool = True,
         reset_crashes: bool = False,
     ) -> SpoolEntry:
-        allowed = [f"{d}:{st}" for d, table in TRANSITIONS.items() for st, tos in table.items() if to in tos]
+        self._check_open()
         mine = self._held.get(queue_id)
         now = time.time()
-        s = self.schema
-        # Fence: an entry this process claimed is written only while the claim is still its own; any other entry
-        # only when nobody else holds a live claim on it (an operator's retry does not pull it from a worker).
-        sql = f"""
-WITH cur AS (
-    SELECT queue_id, direction, state, claim_token, claimed_by, lease_expires_at < now() AS expired
-    FROM {s}.entries WHERE queue_id = $1 FOR UPDATE
-), changed AS (
-    UPDATE {s}.entries e SET state = $2, updated_at = $3, last_error = $4, next_attempt_at = $5,
-        route = coalesce($6, e.route), rcpt_status = coalesce($7, e.rcpt_status), attempts = e.attempts + $8,
-        crashes = CASE WHEN $9 THEN 0 ELSE e.crashes END,
-        claimed_by = CASE WHEN $10 THEN NULL ELSE e.claimed_by END,
-        claimed_at = CASE WHEN $10 THEN NULL ELSE e.claimed_at END,
-        claim_instance = CASE WHEN $10 THEN NULL ELSE e.claim_instance END,
-        claim_token = CASE WHEN $10 THEN NULL ELSE e.claim_token END,
-        lease_expires_at = CASE WHEN $10 THEN NULL ELSE e.lease_expires_at END
-    FROM cur WHERE e.queue_id = cur.queue_id AND (cur.direction || ':' || cur.state) = ANY($11::text[])
-        AND CASE WHEN $12::text IS NOT NULL THEN cur.claim_token IS NOT DISTINCT FROM $12
-                 ELSE cur.claim_token IS NULL OR starts_with(cur.claim_token, $13) OR cur.expired END
-    RETURNING {_cols('e.')}
-)
-SELECT cur.direction AS cur_direction, cur.state AS cur_state, cur.claimed_by AS cur_claimed_by, changed.*
-FROM cur LEFT JOIN changed ON true"""
+        op = TransitionOp((queue_id, str(to), error, now if next_attempt_at is None else next_attempt_at,
+                           dumps(route), dumps(rcpt_status), int(count_attempt), reset_crashes, release, mine))
         try:
-            row = await self._fetchrow(sql, queue_id, str(to), now, error,
-                                       now if next_attempt_at is None else next_attempt_at, dumps(route),
-                                       dumps(rcpt_status), int(count_attempt), reset_crashes, release, allowed,
-                                       mine, f"{self._token}.")
+            row = await self._transitions.submit(op)
         except SpoolError:
             if mine and release:
                 self._abandon(queue_id)
@@ -329,7 +307,7 @@ FROM cur LEFT JOIN changed ON true"""
             raise UnknownEntry(queue_id)
         direction, current = Direction(row["cur_direction"]), State(row["cur_state"])
         if row["queue_id"] is None:
-            if f"{direction}:{current}" not in allowed:
+            if to not in TRANSITIONS[direction][current]:
                 raise InvalidTransition(f"{queue_id}: {current} -> {to} is not allowed for {direction} mail")
             self._held.pop(queue_id, None)
             if mine:
@@ -337,7 +315,7 @@ FROM cur LEFT JOIN changed ON true"""
             raise LeaseLost(f"{queue_id}: being worked on by {row['cur_claimed_by']}; not changed")
         if release:
             self._held.pop(queue_id, None)
-        entry = entry_from_row(tuple(row)[3:])
+        entry = entry_from_row(tuple(row)[4:])
         log_transition(queue_id, current, to, entry, error)
         return entry
 
@@ -569,6 +547,7 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
         if self._closed:
             return
         await self._writer.close()
+        await self._transitions.close()
         if self._renewer is not None:
             self._renewer.cancel()
             with contextlib.suppress(asyncio.CancelledError):
