@@ -111,6 +111,11 @@ async def test_deferred_not_claimed_before_due_and_wake(open_spool: OpenSpool) -
     assert await spool.wake([qid]) == 1
     [entry] = await spool.claim(Direction.INBOUND, "w", limit=1)
     assert entry.attempts == 1 and entry.last_error == "odoo down"
+    assert await spool.raw(qid) == b"x" and await spool.raw(qid) == b"x"  # read twice: the same bytes
+    big = b"Subject: big\r\n\r\n" + b"y" * 100_000
+    bid, _ = await spool.put(env(), big)
+    [claimed] = await spool.claim(Direction.INBOUND, "w", limit=1)
+    assert claimed.queue_id == bid and await spool.raw(bid) == big
     await spool.close()
 
 
