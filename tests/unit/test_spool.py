@@ -271,3 +271,20 @@ async def test_entries_move_between_spools_idempotently(open_spool: OpenSpool, t
     assert await dst.has_dedup_key("imap:m:1:4") == clash
     await src.close()
     await dst.close()
+
+
+async def test_held_is_never_claimed_and_deleted_only_while_held(open_spool: OpenSpool) -> None:
+    spool = await open_spool()
+    qid, _ = await spool.put(env(), b"h", state=State.HELD, last_error="held by sender authentication")
+    other, _ = await spool.put(env(), b"h2", state=State.HELD)
+    assert await spool.claim(Direction.INBOUND, "w", limit=10) == []
+    back = await spool.transition(qid, State.RECEIVED, next_attempt_at=time.time())
+    assert back.state == State.RECEIVED
+    with pytest.raises(InvalidTransition):
+        await spool.delete(qid, only_in=State.HELD)  # released meanwhile: the expiry must not delete it
+    await spool.delete(other, only_in=State.HELD)
+    assert await spool.get(other) is None
+    with pytest.raises(UnknownEntry):
+        await spool.delete(other, only_in=State.HELD)
+    assert [e.queue_id for e in await spool.claim(Direction.INBOUND, "w", limit=10)] == [qid]
+    await spool.close()

@@ -418,12 +418,18 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
             if token is not None:
                 log.warning("spool.lease_lost", queue_id=queue_id, now_claimed_by=claimed_by)
 
-    async def delete(self, queue_id: str) -> None:
+    async def delete(self, queue_id: str, *, only_in: State | None = None) -> None:
         s = self.schema
-        n = await self._fetchval(f"WITH d AS (DELETE FROM {s}.entries WHERE queue_id = $1 RETURNING 1), "
-                                 f"m AS (DELETE FROM {s}.messages WHERE queue_id = $1) SELECT count(*) FROM d",
-                                 queue_id)
-        if not n:
+        # One statement: with `only_in`, the entry cannot change state between the check and the delete.
+        row = await self._fetchrow(
+            f"WITH d AS (DELETE FROM {s}.entries WHERE queue_id = $1 AND ($2::text IS NULL OR state = $2) "
+            f"RETURNING queue_id), m AS (DELETE FROM {s}.messages WHERE queue_id IN (SELECT queue_id FROM d)) "
+            f"SELECT (SELECT count(*) FROM d) AS deleted, "
+            f"EXISTS (SELECT 1 FROM {s}.entries WHERE queue_id = $1) AS exists",
+            queue_id, str(only_in) if only_in is not None else None)
+        if not row["deleted"]:
+            if only_in is not None and row["exists"]:
+                raise InvalidTransition(f"{queue_id} is no longer {only_in}")
             raise UnknownEntry(queue_id)
         self._forget(queue_id)
         log.info("spool.deleted", queue_id=queue_id)
