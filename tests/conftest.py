@@ -69,17 +69,9 @@ def odoo_standin() -> Iterator[OdooStandin]:
 # Spool on PostgreSQL: one private server per test session (tests/pgcluster.py), a fresh schema per test.
 @pytest.fixture(scope="session")
 def pg_cluster() -> Iterator[PgCluster]:
-    from tests import pgcluster
+    from tests.pgcluster import cluster_fixture
 
-    reason = pgcluster.why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    cluster = pgcluster.PgCluster().start()
-    try:
-        cluster.create_database("mailgw_test")
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from cluster_fixture("mailgw_test")
 
 
 @pytest.fixture

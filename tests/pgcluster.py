@@ -19,6 +19,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 _BIN_ROOT = Path("/usr/lib/postgresql")
@@ -203,3 +204,19 @@ class PgCluster:
 
     def create_role(self, name: str, password: str) -> None:
         self.psql(f"CREATE ROLE \"{name}\" LOGIN PASSWORD '{password}'")
+
+
+def cluster_fixture(database: str) -> Iterator[PgCluster]:
+    """Body of the PostgreSQL fixtures: skip with the reason when no server can run here; else start one, with
+    `database` created, and remove it afterwards."""
+    import pytest
+
+    reason = why_unavailable()
+    if reason:
+        pytest.skip(reason)
+    cluster = PgCluster().start()
+    try:
+        cluster.create_database(database)
+        yield cluster
+    finally:
+        cluster.cleanup()

@@ -6,29 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from gateway.config import parse_config
 from gateway.intake.imap import ImapPoller
 from gateway.spool.postgres import PostgresSpool
 from tests.integration.dovecot import DovecotServer, mailbox_config_dict, message
+from tests.integration.test_imap import wait_until
 from tests.system.daemon import DaemonProcess, base_config
-
-
-async def wait_until(pred: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = pred()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.05)
 
 
 async def test_one_gateway_polls_and_the_other_takes_over_when_it_dies(dovecot: DovecotServer, tmp_path: Path,

@@ -18,7 +18,8 @@ from gateway.spool import Direction, Envelope, LeaseLost, SpoolUnavailable, Stat
 from gateway.spool.postgres import PostgresSpool
 from gateway.spool.postgres.control import InstanceNameInUse
 from gateway.spool.postgres.schema import LATEST, MIGRATIONS, migrate
-from tests.pgcluster import PgCluster, why_unavailable
+from tests.integration.test_imap import wait_until
+from tests.pgcluster import PgCluster, cluster_fixture
 
 
 def env(**kw: Any) -> Envelope:
@@ -26,18 +27,6 @@ def env(**kw: Any) -> Envelope:
     base.update(kw)
     return Envelope(**base)
 
-
-async def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = pred()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -225,15 +214,7 @@ async def test_a_statement_timeout_leaves_no_claim(gateways: Callable[..., Any],
 @pytest.fixture(scope="module")
 def own_cluster() -> Iterator[PgCluster]:
     """A server these tests may stop and start without disturbing the others."""
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    cluster = PgCluster().start()
-    try:
-        cluster.create_database("faults")
-        yield cluster
-    finally:
-        cluster.cleanup()
+    yield from cluster_fixture("faults")
 
 
 async def test_database_restart_fails_writes_cleanly_then_resumes_without_reopening(own_cluster: PgCluster) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from tests.odoo_standin import OdooStandin, odoo_instance_config
-from tests.pgcluster import PgCluster, why_unavailable
+from tests.pgcluster import PgCluster, cluster_fixture
 from tests.system.daemon import DaemonProcess, base_config
 
 LEASE = "3s"
@@ -173,15 +173,8 @@ def test_kill9_one_of_two_gateways_loses_and_doubles_nothing(tmp_path: Path, sta
 
 @pytest.fixture
 def own_cluster() -> Iterator[PgCluster]:
-    reason = why_unavailable()
-    if reason:
-        pytest.skip(reason)
-    cluster = PgCluster().start()
-    try:
-        cluster.create_database("restart")
-        yield cluster
-    finally:
-        cluster.cleanup()
+    """A server this test restarts, apart from the other tests'."""
+    yield from cluster_fixture("restart")
 
 
 def test_postgres_restart_under_load_loses_nothing_and_intake_recovers(tmp_path: Path, standin: OdooStandin,
