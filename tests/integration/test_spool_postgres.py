@@ -87,12 +87,12 @@ async def test_expired_lease_is_taken_over_and_counted_as_a_crash_across_gateway
         gateways: Callable[..., Any]) -> None:
     """Gateways that die holding a claim (no lease renewal here: daemon=False) hand it to the next one after the
     lease; the third take-over parks it (poison guard, crash_limit 3). The dead holder cannot write it any more."""
-    async with gateways(4, lease=0.3, crash_limit=3) as (a, b, c, d):
+    async with gateways(4, lease=1.0, crash_limit=3) as (a, b, c, d):
         qid, _ = await a.put(env(), b"poison")
         [held] = await a.claim(Direction.INBOUND, "w", limit=5)
         assert held.queue_id == qid and held.crashes == 0
         assert await b.claim(Direction.INBOUND, "w", limit=5) == []  # leased
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.1)
         with structlog.testing.capture_logs() as logs:
             [taken] = await b.claim(Direction.INBOUND, "w", limit=5)
         assert taken.crashes == 1 and taken.claimed_by == "w@gw1"
@@ -101,10 +101,10 @@ async def test_expired_lease_is_taken_over_and_counted_as_a_crash_across_gateway
             await a.transition(qid, State.DELIVERED)  # the dead holder woke up: it must not finish B's work
         with pytest.raises(LeaseLost):
             await a.transition(qid, State.DEFERRED)
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.1)
         [again] = await c.claim(Direction.INBOUND, "w", limit=5)
         assert again.crashes == 2
-        await asyncio.sleep(0.4)
+        await asyncio.sleep(1.1)
         assert await d.claim(Direction.INBOUND, "w", limit=5) == []
         parked = await d.get(qid)
         assert parked is not None and parked.state == State.FAILED and parked.claimed_by is None
@@ -112,10 +112,10 @@ async def test_expired_lease_is_taken_over_and_counted_as_a_crash_across_gateway
 
 
 async def test_leases_are_renewed_while_held(gateways: Callable[..., Any]) -> None:
-    async with gateways(2, daemon=True, lease=0.4) as (a, b):
+    async with gateways(2, daemon=True, lease=1.0) as (a, b):
         await a.put(env(), b"slow")
         [held] = await a.claim(Direction.INBOUND, "w", limit=1)
-        await asyncio.sleep(1.2)  # three lease times: renewed every lease/4
+        await asyncio.sleep(2.6)  # more than two lease times: renewed every lease/4
         assert await b.claim(Direction.INBOUND, "w", limit=1) == []
         done = await a.transition(held.queue_id, State.DELIVERED)
         assert done.state == State.DELIVERED and done.claimed_by is None

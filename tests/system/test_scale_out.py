@@ -206,3 +206,43 @@ def test_postgres_restart_under_load_loses_nothing_and_intake_recovers(tmp_path:
         load.stop.set()
         if gw.proc is not None and gw.proc.poll() is None:
             gw.kill9()
+
+
+def test_a_gateway_started_before_its_database_waits_for_it(tmp_path: Path, standin: OdooStandin,
+                                                            own_cluster: PgCluster) -> None:
+    """PostgreSQL not up yet when the gateway starts (both booting): it does not listen (senders try later or
+    elsewhere) and says why; once the database answers it starts by itself."""
+    own_cluster.stop()
+    gw = gateway(tmp_path, "gw", standin, own_cluster.dsn("restart"), "mailgw")
+    try:
+        starter = threading.Thread(target=gw.start, kwargs={"timeout": 60}, daemon=True)
+        starter.start()
+        wait_for(lambda: "daemon.spool_unavailable" in gw.log_text(), 30, "the wait to be logged", gw)
+        assert "daemon.ready" not in gw.log_text()
+        own_cluster.start()
+        starter.join(60)
+        assert "daemon.ready" in gw.log_text()
+        with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=10) as client:
+            client.sendmail("a@load.example", ["sales@example.com"], b"Subject: after\r\n\r\nx\r\n")
+        assert gw.stop() == 0
+    finally:
+        if gw.proc is not None and gw.proc.poll() is None:
+            gw.kill9()
+
+
+def test_a_second_live_gateway_with_the_same_instance_name_is_refused(tmp_path: Path, standin: OdooStandin,
+                                                                      pg_spool: dict[str, str]) -> None:
+    first = gateway(tmp_path, "gw", standin, pg_spool["dsn"], pg_spool["schema"])
+    (tmp_path / "copy").mkdir()
+    twin = gateway(tmp_path / "copy", "gw", standin, pg_spool["dsn"], pg_spool["schema"])
+    try:
+        first.start()
+        with pytest.raises(RuntimeError, match="exited with 78"):
+            twin.start()
+        assert "another live gateway on this spool calls itself 'gw'" in twin.log_text()
+        assert pg_spool["dsn"].split("@")[0] not in twin.log_text() + first.log_text()  # no password in the logs
+        assert first.stop() == 0
+    finally:
+        for d in (first, twin):
+            if d.proc is not None and d.proc.poll() is None:
+                d.kill9()
