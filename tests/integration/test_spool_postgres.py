@@ -259,3 +259,13 @@ async def test_open_when_the_database_is_unreachable_raises_unavailable_without_
     with pytest.raises(SpoolUnavailable) as exc:
         await PostgresSpool.open(dsn, connect_timeout=2)
     assert "s3cret-pw" not in str(exc.value)
+
+
+async def test_a_wrong_password_is_a_spool_error_that_names_no_secret(pg_spool: dict[str, str]) -> None:
+    from gateway.spool import SpoolError
+
+    dsn = pg_spool["dsn"].replace("postgres:", "postgres:wrong-", 1)
+    with pytest.raises(SpoolError) as exc:
+        await PostgresSpool.open(dsn, schema=pg_spool["schema"])
+    assert not isinstance(exc.value, SpoolUnavailable)  # not "try later": the operator has to fix it
+    assert "password authentication failed" in str(exc.value) and "wrong-" not in str(exc.value)

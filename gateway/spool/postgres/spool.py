@@ -140,16 +140,16 @@ class PostgresSpool(Spool):
             if daemon:
                 spool._control = Control(dsn, schema=schema, instance=spool.instance, connect_timeout=connect_timeout,
                                          statement_timeout=statement_timeout, on_notify=spool._notified)
-                try:
-                    await spool._control.start()
-                except Exception as exc:
-                    if is_unavailable(exc):
-                        raise unavailable(exc) from exc
-                    raise
+                await spool._control.start()
                 spool._renewer = asyncio.create_task(spool._keep_leases(), name="mailgw-spool-leases")
-        except BaseException:
+        except BaseException as exc:
             await spool.close()
-            raise
+            if isinstance(exc, SpoolError) or not isinstance(exc, Exception):
+                raise
+            if is_unavailable(exc):
+                raise unavailable(exc) from exc
+            # A wrong password, a database that does not exist, no right to create the schema: the operator's.
+            raise SpoolError(f"cannot open the spool database {describe_dsn(dsn)}: {exc}") from exc
         return spool
 
     # -- plumbing ---------------------------------------------------------------------------------------
