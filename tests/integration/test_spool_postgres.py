@@ -269,3 +269,32 @@ async def test_a_wrong_password_is_a_spool_error_that_names_no_secret(pg_spool: 
         await PostgresSpool.open(dsn, schema=pg_spool["schema"])
     assert not isinstance(exc.value, SpoolUnavailable)  # not "try later": the operator has to fix it
     assert "password authentication failed" in str(exc.value) and "wrong-" not in str(exc.value)
+
+
+async def test_a_spool_of_an_older_version_is_migrated_on_open(pg_spool: dict[str, str],
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """A spool an older mailgw created (schema version 1, before the XFORWARD client column): opening it with
+    this one adds what is missing; its entries are read as they were."""
+    import asyncpg
+
+    from gateway.spool.postgres import schema
+
+    monkeypatch.setattr(schema, "MIGRATIONS", schema.MIGRATIONS[:1])
+    monkeypatch.setattr(schema, "LATEST", 1)
+    conn = await asyncpg.connect(pg_spool["dsn"])
+    try:
+        assert await schema.migrate(conn, pg_spool["schema"]) == (0, 1)
+        await conn.execute(f"INSERT INTO {pg_spool['schema']}.entries (queue_id, direction, state, mail_from, "
+                           "rcpt_tos, intake, size, received_at, updated_at, next_attempt_at) VALUES "
+                           "('01OLDOLDOLDOLDOLDOLD', 'inbound', 'received', 'a@x', '[\"b@example.com\"]', 'smtp', 1, "
+                           "1, 1, 1)")
+    finally:
+        await conn.close()
+    monkeypatch.undo()
+    spool = await PostgresSpool.open(pg_spool["dsn"], schema=pg_spool["schema"])
+    try:
+        assert spool.migrated == (1, LATEST)
+        entry = await spool.get("01OLDOLDOLDOLDOLDOLD")
+        assert entry is not None and entry.envelope.client is None and entry.envelope.rcpt_tos == ("b@example.com",)
+    finally:
+        await spool.close()

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gateway.spool.postgres.schema import LATEST
 from tests.pgcluster import PgCluster, free_port
 from tests.system.daemon import DaemonProcess, base_config
 
@@ -39,7 +40,7 @@ def test_pipe_and_queue_commands_on_postgres(tmp_path: Path, pg_spool: dict[str,
     assert [e["queue_id"] for e in d.queue()] == [ids[0], ids[2]]
     status = d.cli("spool", "status", "-c", cfg)
     assert status.returncode == 0, status.stderr
-    assert b"schema version: 1" in status.stdout and b"inbound/received: 2" in status.stdout
+    assert f"schema version: {LATEST}".encode() in status.stdout and b"inbound/received: 2" in status.stdout
     assert pg_spool["dsn"].split("@")[0].split(":")[-1].encode() not in status.stdout  # no password shown
 
 
@@ -67,7 +68,7 @@ def test_moving_a_sqlite_spool_to_postgres_is_idempotent(tmp_path: Path, pg_clus
     cfg = str(new.config_path)
     first = new.cli("spool", "migrate", "--from", "sqlite", str(sqlite_file), "-c", cfg)
     assert first.returncode == 0, first.stderr
-    assert b"from version 0 to 1" in first.stdout and b"copied 5 entries" in first.stdout
+    assert f"from version 0 to {LATEST}".encode() in first.stdout and b"copied 5 entries" in first.stdout
     again = new.cli("spool", "migrate", "--from", "sqlite", str(sqlite_file), "-c", cfg)
     assert b"up to date" in again.stdout and b"copied 0 entries" in again.stdout and b"5 already there" in again.stdout
     after = {e["queue_id"]: e for e in new.queue()}

@@ -39,10 +39,12 @@ def open_spool(request: pytest.FixtureRequest, tmp_path: Path) -> OpenSpool:
 async def test_put_get_raw_roundtrip(open_spool: OpenSpool) -> None:
     spool = await open_spool()
     raw = b"Subject: x\r\n\r\n\xff\x00body\r\n"
-    qid, created = await spool.put(env(), raw, message_id="<m@x>")
+    client = {"addr": "192.0.2.7", "name": "mx.example.net", "helo": "mx.example.net", "proto": "ESMTPS"}
+    qid, created = await spool.put(env(client=client), raw, message_id="<m@x>")
     assert created
     entry = await spool.get(qid)
     assert entry is not None and entry.state == State.RECEIVED and entry.message_id == "<m@x>"
+    assert entry.envelope.client == client
     assert await spool.raw(qid) == raw
     await spool.close()
 
