@@ -25,15 +25,9 @@ def env(**kw: object) -> Envelope:
     return Envelope(**base)  # type: ignore[arg-type]
 
 
-@pytest.fixture(params=["sqlite", "postgres"])
-def open_spool(request: pytest.FixtureRequest, tmp_path: Path) -> OpenSpool:
-    """Opens the test's spool (the same store on every call), as a gateway daemon would."""
-    if request.param == "sqlite":
-        return lambda: SqliteSpool.open(tmp_path / "s.db")
-    pg = request.getfixturevalue("pg_spool")
-    from gateway.spool.postgres import PostgresSpool
-
-    return lambda: PostgresSpool.open(pg["dsn"], schema=pg["schema"], instance="test-gw", daemon=True)
+@pytest.fixture
+def open_spool(spool_opener: OpenSpool) -> OpenSpool:
+    return spool_opener
 
 
 async def test_put_get_raw_roundtrip(open_spool: OpenSpool) -> None:

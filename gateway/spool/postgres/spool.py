@@ -226,16 +226,40 @@ class PostgresSpool(Spool):
     def _make_claim_sql(self, direction: Direction) -> str:
         states = ", ".join(f"'{s}'" for s in sorted(ACTIVE[direction]))
         s = self.schema
-        return f"""
-WITH picked AS (
-    SELECT queue_id, size, claimed_by AS previous,
-        -- another process's claim ran out: it died (or lost the database) while working on it
-        claim_token IS NOT NULL AND NOT starts_with(claim_token, $7) AS taken_over
-    FROM {s}.entries
-    WHERE direction = '{direction}' AND state IN ({states}) AND next_attempt_at <= $1
-      AND (claim_token IS NULL OR lease_expires_at < now())
+        def claimable(t: str = "") -> str:
+            """Due and not claimed (or its claim ran out), for rows of table alias `t`."""
+            return (f"{t}direction = '{direction}' AND {t}state IN ({states}) AND {t}next_attempt_at <= $1 "
+                    f"AND ({t}claim_token IS NULL OR {t}lease_expires_at < now())")
+
+        def taken_over(t: str = "") -> str:
+            """Another process's claim ran out: it died (or lost the database) while working on the entry."""
+            return f"{t}claim_token IS NOT NULL AND NOT starts_with({t}claim_token, $7) AS taken_over"
+
+        if direction == Direction.OUTBOUND:
+            # Round robin between sender domains (one Odoo instance each), each in arrival order: a mailing of
+            # thousands from one instance does not hold back another instance's mail (as the SQLite spool does).
+            # FOR UPDATE cannot sit beside a window function: the turns are computed below it, and the condition
+            # is repeated where the rows are locked (a row another gateway claimed meanwhile is re-checked there).
+            picked = f"""
+    SELECT e.queue_id, e.size, e.claimed_by AS previous, {taken_over("e.")}
+    FROM {s}.entries e JOIN (
+        SELECT queue_id, turn, received_at FROM (
+            SELECT queue_id, received_at, row_number() OVER (PARTITION BY lower(split_part(mail_from, '@', 2))
+                                                             ORDER BY received_at, queue_id) AS turn
+            FROM {s}.entries WHERE {claimable()}) AS ranked
+        ORDER BY turn, received_at, queue_id LIMIT $2) AS r USING (queue_id)
+    WHERE {claimable("e.")}
+    ORDER BY r.turn, r.received_at, r.queue_id
+    FOR UPDATE OF e SKIP LOCKED"""
+        else:
+            # Arrival order among what is due, so a sender's mail reaches Odoo in the order it came.
+            picked = f"""
+    SELECT queue_id, size, claimed_by AS previous, {taken_over()}
+    FROM {s}.entries WHERE {claimable()}
     ORDER BY received_at, queue_id LIMIT $2
-    FOR UPDATE SKIP LOCKED
+    FOR UPDATE SKIP LOCKED"""
+        return f"""
+WITH picked AS ({picked}
 )
 UPDATE {s}.entries e SET claimed_by = $3, claimed_at = $1, claim_instance = $4, claim_token = $5,
     lease_expires_at = now() + make_interval(secs => $6), crashes = e.crashes + p.taken_over::int
