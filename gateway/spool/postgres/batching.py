@@ -16,6 +16,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
+from gateway.spool.base import SpoolError
 from gateway.spool.postgres.connection import Health, is_unavailable, unavailable
 
 Acquire = Callable[[], contextlib.AbstractAsyncContextManager[Any]]
@@ -51,6 +52,8 @@ class Batcher(Generic[OpT]):
         self._task = asyncio.create_task(self._run(), name=f"mailgw-spool-{self.name}")
 
     async def submit(self, op: OpT) -> Any:
+        if self._task.done():
+            raise SpoolError("spool is closed")
         self._pending.append(op)
         self._idle.clear()
         self._wake.set()
