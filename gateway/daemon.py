@@ -370,7 +370,7 @@ async def serve(config: Config, config_path: Path | None = None, ready: Callable
             log.error("daemon.start_failed", error=str(exc))
             await daemon.drain()
             return EX_OSERR  # e.g. the port is taken
-        except SpoolError as exc:  # e.g. another live gateway has this instance name, a schema too new
+        except (SpoolError, ConfigError) as exc:  # another live gateway has this instance name, no DSN secret …
             log.error("daemon.start_failed", error=str(exc))
             await daemon.drain()
             return EX_CONFIG

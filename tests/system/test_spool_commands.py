@@ -90,3 +90,16 @@ def test_moving_a_sqlite_spool_to_postgres_is_idempotent(tmp_path: Path, pg_clus
         assert bad.returncode == 65 and b"not a mailgw spool export" in bad.stderr
     finally:
         pg_cluster.psql(f"DROP SCHEMA IF EXISTS {pg_spool['schema']}_b CASCADE", "mailgw_test")
+
+
+def test_serve_and_check_config_without_the_dsn_secret_exit_78(tmp_path: Path) -> None:
+    """Unlike Odoo's password (the daemon runs without it and says so), the spool's DSN is where mail goes: a
+    gateway without it does not start, and check-config says so."""
+    cfg = base_config(tmp_path, spool={"backend": "postgres", "dsn_env": "MAILGW_TEST_NO_SUCH_DSN"})
+    d = DaemonProcess(tmp_path, cfg)
+    d.env.pop("MAILGW_TEST_NO_SUCH_DSN", None)
+    checked = d.cli("check-config", "-c", str(d.config_path))
+    assert checked.returncode == 78 and b"MAILGW_TEST_NO_SUCH_DSN is not set" in checked.stderr
+    served = d.cli("serve", "-c", str(d.config_path), timeout=60)
+    assert served.returncode == 78
+    assert b"spool.dsn: environment variable MAILGW_TEST_NO_SUCH_DSN is not set" in served.stdout + served.stderr

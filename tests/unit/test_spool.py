@@ -284,3 +284,15 @@ async def test_held_is_never_claimed_and_deleted_only_while_held(open_spool: Ope
         await spool.delete(other, only_in=State.HELD)
     assert [e.queue_id for e in await spool.claim(Direction.INBOUND, "w", limit=10)] == [qid]
     await spool.close()
+
+
+async def test_scan_reads_everything_in_order_a_page_at_a_time(open_spool: OpenSpool) -> None:
+    spool = await open_spool()
+    keyed = [(1000.0 + i // 2, (await spool.put(env(received_at=1000.0 + i // 2), b"x%d" % i))[0])
+             for i in range(7)]  # ties on received_at too: then the queue id decides
+    ids = [q for _t, q in sorted(keyed)]
+    failed, _ = await spool.put(env(received_at=999.0), b"f", state=State.FAILED)
+    assert [e.queue_id async for e in spool.scan(page=3)] == [failed, *ids]
+    assert [e.queue_id async for e in spool.scan(state=State.RECEIVED, page=2)] == ids
+    assert [e.queue_id async for e in spool.scan(direction=Direction.OUTBOUND)] == []
+    await spool.close()

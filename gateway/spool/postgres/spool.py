@@ -537,6 +537,25 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
             str(state) if state is not None else None, str(direction) if direction is not None else None, limit)
         return [entry_from_row(tuple(r)) for r in rows]
 
+    async def scan(self, *, state: State | None = None, direction: Direction | None = None,
+                   page: int = 500) -> AsyncIterator[SpoolEntry]:
+        """Every entry, in `list`'s order, a page at a time: each page is one short statement after the last key
+        seen, so no connection or transaction stays open while the caller works through it."""
+        after: tuple[float, str] | None = None
+        while True:
+            rows = await self._fetch(
+                f"SELECT {_cols()} FROM {self.schema}.entries WHERE ($1::text IS NULL OR state = $1) "
+                "AND ($2::text IS NULL OR direction = $2) "
+                "AND ($3::float8 IS NULL OR (received_at, queue_id) > ($3::float8, $4::text)) "
+                "ORDER BY received_at, queue_id LIMIT $5",
+                str(state) if state is not None else None, str(direction) if direction is not None else None,
+                after[0] if after else None, after[1] if after else None, page)
+            for row in rows:
+                yield entry_from_row(tuple(row))
+            if len(rows) < page:
+                return
+            after = (rows[-1]["received_at"], rows[-1]["queue_id"])
+
     async def counts(self) -> dict[tuple[str, str], int]:
         rows = await self._fetch(f"SELECT direction, state, count(*) FROM {self.schema}.entries "
                                  "GROUP BY direction, state")
