@@ -21,7 +21,10 @@ def register(sub: SubParsers) -> None:
                        description="The spool itself: its schema version, migrations, and moving entries between "
                        "spools (SQLite -> PostgreSQL). The daemon migrates the schema at start-up too.")
     ssub = p.add_subparsers(dest="spool_command", metavar="ACTION")
-    st = ssub.add_parser("status", help="backend, location, schema version, entries by state")
+    st = ssub.add_parser("status", help="backend, location, schema version, entries by state", description=(
+        "Say which spool the config names (SQLite file, or PostgreSQL server, database and schema; never the "
+        "password), its schema version (PostgreSQL) and how many entries it holds in each direction and state. "
+        "With PostgreSQL the counts are those of the queue every gateway shares."))
     add_config_arg(st)
     st.set_defaults(func=lambda a: _run(a, _status))
     mig = ssub.add_parser(
@@ -34,13 +37,20 @@ def register(sub: SubParsers) -> None:
     mig.add_argument("--from", dest="source", nargs=2, metavar=("sqlite", "PATH"),
                      help="the SQLite spool file to copy from")
     mig.set_defaults(func=lambda a: _run(a, _migrate))
-    exp = ssub.add_parser("export", help="write every entry as JSON Lines (messages base64-encoded)")
+    exp = ssub.add_parser("export", help="write every entry as JSON Lines (messages base64-encoded)", description=(
+        "Write every entry of the configured spool (or of the SQLite file given with --from) as JSON Lines: a "
+        "header line, then one object per entry with all its columns and the message in base64. `mailgw spool "
+        "import` reads it; moving a spool to another host or backend this way keeps queue ids and states."))
     add_config_arg(exp)
     exp.add_argument("--from", dest="source", nargs=2, metavar=("sqlite", "PATH"),
                      help="export this SQLite spool file instead of the configured spool")
     exp.add_argument("-o", "--output", default="-", help="file to write (default: stdout)")
     exp.set_defaults(func=lambda a: _run(a, _export))
-    imp = ssub.add_parser("import", help="store the entries of an export in the configured spool (idempotent)")
+    imp = ssub.add_parser("import", help="store the entries of an export in the configured spool (idempotent)",
+                          description=(
+        "Store the entries of a `mailgw spool export` in the configured spool, with their queue ids, states and "
+        "messages; claims are cleared. An entry whose queue id or mailbox ledger key is already there is "
+        "skipped, so importing twice adds nothing. Stop the gateway that wrote the export first."))
     add_config_arg(imp)
     imp.add_argument("file", help="an export written by `mailgw spool export` (- for stdin)")
     imp.set_defaults(func=lambda a: _run(a, _import))
