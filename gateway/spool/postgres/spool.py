@@ -15,6 +15,9 @@ sessions are grouped into one statement (writer.py). What several gateways need 
   renewing that lease and releases it once the database answers again, so nothing stays claimed forever.
 - New mail wakes every gateway's idle workers by NOTIFY (a trigger, schema.py); the mailbox locks and the
   instance name live on the control session (control.py).
+
+The claims this process holds are kept in leases.py, the longer statements in sql.py, the grouped writes in
+writer.py (on batching.py), the schema and its migrations in schema.py.
 """
 
 from __future__ import annotations
@@ -31,7 +34,6 @@ import asyncpg
 
 from gateway.logs import get_logger
 from gateway.spool.base import (
-    ACTIVE,
     ENTRY_COLUMNS,
     EXPORT_COLUMNS,
     PARKED,
@@ -65,21 +67,12 @@ from gateway.spool.postgres.connection import (
     unavailable,
 )
 from gateway.spool.postgres.control import Control
+from gateway.spool.postgres.leases import Leases
 from gateway.spool.postgres.schema import channel_name, migrate
+from gateway.spool.postgres.sql import CLEAR_CLAIM, Statements, cols, import_values
 from gateway.spool.postgres.writer import PutOp, PutWriter, TransitionOp, TransitionWriter
 
 log = get_logger("mailgw.spool")
-
-RAW_WITH_CLAIM = 64 * 1024  # messages up to this size come back with their claim
-_CLEAR_CLAIM = ("claimed_by = NULL, claimed_at = NULL, claim_instance = NULL, claim_token = NULL, "
-                "lease_expires_at = NULL")
-_FLOAT_COLUMNS = frozenset({"received_at", "updated_at", "next_attempt_at"})
-_INT_COLUMNS = frozenset({"message_id_generated", "size", "attempts", "crashes"})
-
-
-def _cols(prefix: str = "") -> str:
-    return ", ".join(prefix + c for c in ENTRY_COLUMNS)
-
 
 class PostgresSpool(Spool):
     """Create with `await PostgresSpool.open(dsn, ...)`; `instance=True` for a daemon (leases, LISTEN, locks)."""
@@ -101,16 +94,12 @@ class PostgresSpool(Spool):
         self._health = Health()
         self._writer = PutWriter(self._acquire, schema, self._health, max_batch=max_batch, window=commit_window)
         self._transitions = TransitionWriter(self._acquire, schema, self._health, own_prefix=f"{self._token}.")
-        self._held: dict[str, str] = {}  # queue id -> claim token, of what this process works on: renewed
-        # The bytes of small claimed messages, fetched with the claim (a worker reads them next): one statement
-        # per message less. Taken by raw(); dropped when the claim ends.
-        self._raws: dict[str, bytes] = {}
-        self._abandoned: dict[str, str] = {}  # claims given up after a failed write: released when possible
+        self._leases = Leases(self._fetch, schema, lease)  # what this process claimed (leases.py)
         self._listeners: list[Callable[[Direction], None]] = []
         self._control: Control | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._closed = False
-        self._claim_sql = {d: self._make_claim_sql(d) for d in Direction}
+        self._sql = Statements(schema)
         self.migrated: tuple[int, int] = (0, 0)  # schema version before and after open
 
     @classmethod
@@ -141,7 +130,7 @@ class PostgresSpool(Spool):
                 spool._control = Control(dsn, schema=schema, instance=spool.instance, connect_timeout=connect_timeout,
                                          statement_timeout=statement_timeout, on_notify=spool._notified)
                 await spool._control.start()
-                spool._renewer = asyncio.create_task(spool._keep_leases(), name="mailgw-spool-leases")
+                spool._renewer = asyncio.create_task(spool._leases.keep(), name="mailgw-spool-leases")
         except BaseException as exc:
             await spool.close()
             if isinstance(exc, SpoolError) or not isinstance(exc, Exception):
@@ -223,67 +212,18 @@ class PostgresSpool(Spool):
         log_puts(items, rows, results)
         return results
 
-    def _make_claim_sql(self, direction: Direction) -> str:
-        states = ", ".join(f"'{s}'" for s in sorted(ACTIVE[direction]))
-        s = self.schema
-        def claimable(t: str = "") -> str:
-            """Due and not claimed (or its claim ran out), for rows of table alias `t`."""
-            return (f"{t}direction = '{direction}' AND {t}state IN ({states}) AND {t}next_attempt_at <= $1 "
-                    f"AND ({t}claim_token IS NULL OR {t}lease_expires_at < now())")
-
-        def taken_over(t: str = "") -> str:
-            """Another process's claim ran out: it died (or lost the database) while working on the entry."""
-            return f"{t}claim_token IS NOT NULL AND NOT starts_with({t}claim_token, $7) AS taken_over"
-
-        if direction == Direction.OUTBOUND:
-            # Round robin between sender domains (one Odoo instance each), each in arrival order: a mailing of
-            # thousands from one instance does not hold back another instance's mail (as the SQLite spool does).
-            # FOR UPDATE cannot sit beside a window function: the turns are computed below it, and the condition
-            # is repeated where the rows are locked (a row another gateway claimed meanwhile is re-checked there).
-            picked = f"""
-    SELECT e.queue_id, e.size, e.claimed_by AS previous, {taken_over("e.")}
-    FROM {s}.entries e JOIN (
-        SELECT queue_id, turn, received_at FROM (
-            SELECT queue_id, received_at, row_number() OVER (PARTITION BY lower(split_part(mail_from, '@', 2))
-                                                             ORDER BY received_at, queue_id) AS turn
-            FROM {s}.entries WHERE {claimable()}) AS ranked
-        ORDER BY turn, received_at, queue_id LIMIT $2) AS r USING (queue_id)
-    WHERE {claimable("e.")}
-    ORDER BY r.turn, r.received_at, r.queue_id
-    FOR UPDATE OF e SKIP LOCKED"""
-        else:
-            # Arrival order among what is due, so a sender's mail reaches Odoo in the order it came.
-            picked = f"""
-    SELECT queue_id, size, claimed_by AS previous, {taken_over()}
-    FROM {s}.entries WHERE {claimable()}
-    ORDER BY received_at, queue_id LIMIT $2
-    FOR UPDATE SKIP LOCKED"""
-        return f"""
-WITH picked AS ({picked}
-)
-UPDATE {s}.entries e SET claimed_by = $3, claimed_at = $1, claim_instance = $4, claim_token = $5,
-    lease_expires_at = now() + make_interval(secs => $6), crashes = e.crashes + p.taken_over::int
-FROM picked p LEFT JOIN {s}.messages m ON m.queue_id = p.queue_id AND p.size <= {RAW_WITH_CLAIM}
-WHERE e.queue_id = p.queue_id
-RETURNING {_cols('e.')}, p.taken_over, p.previous, m.raw"""
-
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
                     ) -> list[SpoolEntry]:
         at = time.time() if now is None else now
         token = f"{self._token}.{next(self._claims)}"
-        rows = await self._fetch(self._claim_sql[direction], at, limit, f"{worker}@{self.instance}", self.instance,
+        rows = await self._fetch(self._sql.claim[direction], at, limit, f"{worker}@{self.instance}", self.instance,
                                  token, self._lease, f"{self._token}.")
         n = len(ENTRY_COLUMNS)
         entries: list[SpoolEntry] = []
         parked: list[SpoolEntry] = []
         for row in rows:
             entry = entry_from_row(tuple(row)[:n])
-            if row["raw"] is not None:
-                self._raws[entry.queue_id] = bytes(row["raw"])
-            working = entry.queue_id in self._held
-            self._held[entry.queue_id] = token
-            self._abandoned.pop(entry.queue_id, None)
-            if working:
+            if self._leases.took(entry.queue_id, token, bytes(row["raw"]) if row["raw"] is not None else None):
                 continue  # its lease ran out during a database outage, but our worker still has it: not twice
             if row["taken_over"]:
                 log.warning("spool.taken_over", queue_id=entry.queue_id, message_id=entry.message_id,
@@ -302,12 +242,12 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous, m.raw"""
         now = time.time()
         async with self._conn() as conn:
             await conn.executemany(
-                f"UPDATE {self.schema}.entries SET state = $2, updated_at = $3, last_error = $4, {_CLEAR_CLAIM} "
+                f"UPDATE {self.schema}.entries SET state = $2, updated_at = $3, last_error = $4, {CLEAR_CLAIM} "
                 "WHERE queue_id = $1 AND claim_token = $5",
                 [(e.queue_id, str(PARKED[e.direction]), now, parked_reason(e.crashes, str(e.state)),
-                  self._held.get(e.queue_id)) for e in entries])
+                  self._leases.held.get(e.queue_id)) for e in entries])
         for e in entries:
-            self._forget(e.queue_id)
+            self._leases.forget(e.queue_id)
         log.warning("spool.recovered", released=0, parked=[e.queue_id for e in entries])
 
     async def transition(
@@ -324,7 +264,7 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous, m.raw"""
         reset_crashes: bool = False,
     ) -> SpoolEntry:
         self._check_open()
-        mine = self._held.get(queue_id)
+        mine = self._leases.held.get(queue_id)
         now = time.time()
         op = TransitionOp((queue_id, str(to), error, now if next_attempt_at is None else next_attempt_at,
                            dumps(route), dumps(rcpt_status), int(count_attempt), reset_crashes, release, mine))
@@ -332,7 +272,7 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous, m.raw"""
             row = await self._transitions.submit(op)
         except SpoolError:
             if mine and release:
-                self._abandon(queue_id)
+                self._leases.abandon(queue_id)
             raise
         if row is None:
             raise UnknownEntry(queue_id)
@@ -340,12 +280,12 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous, m.raw"""
         if row["queue_id"] is None:
             if to not in TRANSITIONS[direction][current]:
                 raise InvalidTransition(f"{queue_id}: {current} -> {to} is not allowed for {direction} mail")
-            self._forget(queue_id)
+            self._leases.forget(queue_id)
             if mine:
                 raise LeaseLost(f"{queue_id}: this gateway's claim expired and was taken over; not changed")
             raise LeaseLost(f"{queue_id}: being worked on by {row['cur_claimed_by']}; not changed")
         if release:
-            self._forget(queue_id)
+            self._leases.forget(queue_id)
         entry = entry_from_row(tuple(row)[4:])
         log_transition(queue_id, current, to, entry, error)
         return entry
@@ -358,89 +298,37 @@ RETURNING {_cols('e.')}, p.taken_over, p.previous, m.raw"""
         try:
             rows = await self._fetch(
                 f"UPDATE {self.schema}.entries SET state = $1, updated_at = $2, last_error = $3, "
-                f"next_attempt_at = $4, {_CLEAR_CLAIM} WHERE direction = 'inbound' AND state = ANY($5::text[]) "
+                f"next_attempt_at = $4, {CLEAR_CLAIM} WHERE direction = 'inbound' AND state = ANY($5::text[]) "
                 "AND queue_id = ANY($6::text[]) "
                 "AND (claim_token IS NULL OR starts_with(claim_token, $7) OR lease_expires_at < now()) "
                 "RETURNING queue_id",
                 str(State.DEFERRED), time.time(), error, next_attempt_at, deferrable, ids, f"{self._token}.")
         except SpoolError:
             for queue_id in ids:
-                self._abandon(queue_id)
+                self._leases.abandon(queue_id)
             raise
         moved = [r["queue_id"] for r in rows]
         for queue_id in moved:
-            self._forget(queue_id)
+            self._leases.forget(queue_id)
             log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
         for queue_id in set(ids) - set(moved):
-            self._abandon(queue_id)  # not deferrable: do not keep it claimed
+            self._leases.abandon(queue_id)  # not deferrable: do not keep it claimed
         return moved
 
     async def release(self, queue_id: str) -> None:
-        token = self._held.get(queue_id)
+        token = self._leases.held.get(queue_id)
         if token is None:
             return  # not (or no longer) this process's claim
         try:
-            await self._release({queue_id: token})
+            await self._leases.release({queue_id: token})
         except SpoolError:
-            self._abandon(queue_id)
+            self._leases.abandon(queue_id)
             raise
 
-    async def _release(self, claims: Mapping[str, str]) -> None:
-        """Release these claims (queue id -> claim token): only where the claim is still that one."""
-        if not claims:
-            return
-        async with self._conn() as conn:
-            await conn.execute(f"UPDATE {self.schema}.entries e SET {_CLEAR_CLAIM} FROM unnest($1::text[], $2::text[]) "
-                               "AS c(queue_id, token) WHERE e.queue_id = c.queue_id AND e.claim_token = c.token",
-                               list(claims), list(claims.values()))
-        for queue_id, token in claims.items():
-            if self._held.get(queue_id) == token:
-                self._forget(queue_id)
-            if self._abandoned.get(queue_id) == token:
-                del self._abandoned[queue_id]
-
-    def _forget(self, queue_id: str) -> str | None:
-        """This process no longer works on the entry: no renewal, no read-ahead. Returns the claim it had."""
-        self._raws.pop(queue_id, None)
-        return self._held.pop(queue_id, None)
-
-    def _abandon(self, queue_id: str) -> None:
-        """The worker is done with this claim but could not say so: stop renewing it, release it later."""
-        token = self._forget(queue_id)
-        if token is not None:
-            self._abandoned[queue_id] = token
-
-    async def _keep_leases(self) -> None:
-        interval = max(0.2, self._lease / 4)
-        while True:
-            await asyncio.sleep(interval)
-            with contextlib.suppress(SpoolError):
-                await self.renew_leases()
-
     async def renew_leases(self) -> None:
-        """Extend the leases of every claim this process holds; release the ones it gave up."""
-        held, abandoned = dict(self._held), dict(self._abandoned)
-        await self._release(abandoned)
-        if not held:
-            return
-        s = self.schema
-        # Renew, and look at the claims that were not renewed, as they were when the statement began: still ours
-        # (a transition of ours committed while it ran, and will forget the claim itself), released (forget it),
-        # or another gateway's (our lease ran out and it took the entry: say so).
-        rows = await self._fetch(f"""
-WITH c AS (SELECT * FROM unnest($1::text[], $2::text[]) AS c(queue_id, token)),
-renewed AS (
-    UPDATE {s}.entries e SET lease_expires_at = now() + make_interval(secs => $3) FROM c
-    WHERE e.queue_id = c.queue_id AND e.claim_token = c.token RETURNING e.queue_id
-)
-SELECT c.queue_id, e.claim_token, e.claimed_by FROM c LEFT JOIN {s}.entries e USING (queue_id)
-WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held.values()), self._lease)
-        for queue_id, token, claimed_by in rows:
-            if token == held[queue_id] or self._held.get(queue_id) != held[queue_id]:
-                continue
-            self._forget(queue_id)
-            if token is not None:
-                log.warning("spool.lease_lost", queue_id=queue_id, now_claimed_by=claimed_by)
+        """Extend the leases of every claim this process holds; release the ones it gave up (also done every
+        quarter lease by a daemon's spool)."""
+        await self._leases.renew()
 
     async def delete(self, queue_id: str, *, only_in: State | None = None) -> None:
         s = self.schema
@@ -455,7 +343,7 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
             if only_in is not None and row["exists"]:
                 raise InvalidTransition(f"{queue_id} is no longer {only_in}")
             raise UnknownEntry(queue_id)
-        self._forget(queue_id)
+        self._leases.forget(queue_id)
         log.info("spool.deleted", queue_id=queue_id)
 
     async def _fetchval(self, sql: str, *args: Any) -> Any:
@@ -502,11 +390,11 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
                 crashes += 1
                 if crashes >= crash_limit:
                     await conn.execute(f"UPDATE {s}.entries SET state = $2, crashes = $3, updated_at = $4, "
-                                       f"last_error = $5, {_CLEAR_CLAIM} WHERE queue_id = $1", queue_id,
+                                       f"last_error = $5, {CLEAR_CLAIM} WHERE queue_id = $1", queue_id,
                                        str(PARKED[Direction(direction)]), crashes, now, parked_reason(crashes, state))
                     parked.append(queue_id)
                 else:
-                    await conn.execute(f"UPDATE {s}.entries SET crashes = $2, {_CLEAR_CLAIM} WHERE queue_id = $1",
+                    await conn.execute(f"UPDATE {s}.entries SET crashes = $2, {CLEAR_CLAIM} WHERE queue_id = $1",
                                        queue_id, crashes)
                     released.append(queue_id)
         report = RecoveryReport(tuple(released), tuple(parked))
@@ -517,11 +405,11 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
     # -- reads ------------------------------------------------------------------------------------------
 
     async def get(self, queue_id: str) -> SpoolEntry | None:
-        row = await self._fetchrow(f"SELECT {_cols()} FROM {self.schema}.entries WHERE queue_id = $1", queue_id)
+        row = await self._fetchrow(f"SELECT {cols()} FROM {self.schema}.entries WHERE queue_id = $1", queue_id)
         return entry_from_row(tuple(row)) if row is not None else None
 
     async def raw(self, queue_id: str) -> bytes:
-        ahead = self._raws.pop(queue_id, None)
+        ahead = self._leases.raws.pop(queue_id, None)
         if ahead is not None:
             return ahead
         value = await self._fetchval(f"SELECT raw FROM {self.schema}.messages WHERE queue_id = $1", queue_id)
@@ -532,7 +420,7 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
     async def list(self, *, state: State | None = None, direction: Direction | None = None,
                    limit: int = 1000) -> list[SpoolEntry]:
         rows = await self._fetch(
-            f"SELECT {_cols()} FROM {self.schema}.entries WHERE ($1::text IS NULL OR state = $1) "
+            f"SELECT {cols()} FROM {self.schema}.entries WHERE ($1::text IS NULL OR state = $1) "
             "AND ($2::text IS NULL OR direction = $2) ORDER BY received_at, queue_id LIMIT $3",
             str(state) if state is not None else None, str(direction) if direction is not None else None, limit)
         return [entry_from_row(tuple(r)) for r in rows]
@@ -544,7 +432,7 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
         after: tuple[float, str] | None = None
         while True:
             rows = await self._fetch(
-                f"SELECT {_cols()} FROM {self.schema}.entries WHERE ($1::text IS NULL OR state = $1) "
+                f"SELECT {cols()} FROM {self.schema}.entries WHERE ($1::text IS NULL OR state = $1) "
                 "AND ($2::text IS NULL OR direction = $2) "
                 "AND ($3::float8 IS NULL OR (received_at, queue_id) > ($3::float8, $4::text)) "
                 "ORDER BY received_at, queue_id LIMIT $5",
@@ -576,7 +464,7 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
         wanted = sorted(set(message_ids))
         if not wanted:
             return {}
-        rows = await self._fetch(f"SELECT {_cols()} FROM {self.schema}.entries WHERE message_id = ANY($1::text[]) "
+        rows = await self._fetch(f"SELECT {cols()} FROM {self.schema}.entries WHERE message_id = ANY($1::text[]) "
                                  "ORDER BY received_at", wanted)
         found: dict[str, list[SpoolEntry]] = {}
         for row in rows:
@@ -594,17 +482,10 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
         return [(dict(zip(EXPORT_COLUMNS, tuple(r)[:-1], strict=True)), bytes(r["raw"])) for r in rows]
 
     async def import_rows(self, rows: Sequence[ExportRow]) -> Sequence[bool]:
-        names = [n for n in EXPORT_COLUMNS if n != "claimed_by"]
-        marks = ", ".join(f"${i + 1}" for i in range(len(names)))
-        s = self.schema
-        sql = (f"WITH ins AS (INSERT INTO {s}.entries ({', '.join(names)}) VALUES ({marks}) ON CONFLICT DO NOTHING "
-               f"RETURNING queue_id) INSERT INTO {s}.messages (queue_id, raw) SELECT queue_id, ${len(names) + 1} "
-               "FROM ins ON CONFLICT (queue_id) DO UPDATE SET raw = EXCLUDED.raw RETURNING queue_id")
         out = []
         async with self._conn() as conn, conn.transaction():
             for row, raw in rows:
-                values = [_typed(n, row.get(n)) for n in names]
-                out.append(await conn.fetchval(sql, *values, raw) is not None)
+                out.append(await conn.fetchval(self._sql.import_row, *import_values(row), raw) is not None)
         return out
 
     async def close(self) -> None:
@@ -625,13 +506,3 @@ WHERE c.queue_id NOT IN (SELECT queue_id FROM renewed)""", list(held), list(held
             await asyncio.wait_for(self._pool.close(), 10)
         self._pool.terminate()
 
-
-def _typed(name: str, value: Any) -> Any:
-    """Exported values as the columns want them (a JSON export has 1 where a float column wants 1.0)."""
-    if value is None:
-        return None
-    if name in _FLOAT_COLUMNS:
-        return float(value)
-    if name in _INT_COLUMNS:
-        return int(value)
-    return value
