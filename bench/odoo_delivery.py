@@ -1,6 +1,6 @@
 """Delivery throughput from the spool to Odoo, beside a bare XML-RPC client calling the same Odoo, in one run.
 
-    .venv/bin/python bench/odoo_delivery.py [--messages 2000] [--runs 3] [--size 3000] [--json2]
+    .venv/bin/python bench/odoo_delivery.py [--messages 2000] [--runs 3] [--size 3000] [--json2] [--no-postgres]
 
 Odoo is the stand-in (tests/odoo_standin.py) in its own process, answering `message_process` at once with
 an id (no parsing), so both sides measure client cost plus the same server cost:
@@ -9,12 +9,15 @@ an id (no parsing), so both sides measure client cost plus the same server cost:
   mailgw    the inbound worker: claim from the SQLite spool (WAL, synchronous=FULL), read the raw message,
             route it with the real Router, prepend the delivery headers, call Odoo through OdooClient, commit
             the `delivered` transition
-with 1 and 8 concurrent calls (instance `max_concurrency` = N calls to Odoo at most; worker
+  mailgw-pg the same worker on the PostgreSQL spool (a private server with fsync on, started for the run, on
+            this machine), one gateway
+  mailgw-pg-x2  two gateways (processes) draining one PostgreSQL spool together, each with the same settings
+with 1 and 8 concurrent calls (instance `max_concurrency` = N calls to Odoo at most, per gateway; worker
 `delivery.concurrency` = 2N, so the next message is routed and prepared while a call is in flight; mail from
 64 senders so per-sender ordering does not serialise the run; logging at the production level `info`, to
 /dev/null). Prints msg/s per run and medians, the gateway's overhead per message beyond the bare call,
-1/rate(mailgw) - 1/rate(bare) (the issue asks < 1 ms), and the extra CPU per message (this process's CPU
-time, all threads; steadier than wall time on a busy machine).
+1/rate(mailgw) - 1/rate(bare) (the issue asks < 1 ms), and the extra CPU per message (the gateway processes' CPU
+time, all threads; steadier than wall time on a busy machine; the database's own CPU is not counted).
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import http.client
+import itertools
 import json
 import os
 import resource
@@ -141,35 +145,54 @@ def bare_json2(url: str, n: int, conc: int, size: int) -> tuple[float, float]:
     return run_threads(conc, n, work)
 
 
-async def gateway(url: str, n: int, conc: int, size: int, api: str, tmp: Path) -> tuple[float, float]:
+def gateway_config(url: str, conc: int, api: str, tmp: Path, spool: dict[str, Any] | None = None) -> Any:
     from gateway.config import parse_config
-    from gateway.inbound import InboundWorker, build_clients
-    from gateway.logs import setup_logging
-    from gateway.odoo.directory import DirectorySync
-    from gateway.spool import Envelope, SqliteSpool, State
 
-    setup_logging("info", "json", stream=DEVNULL)  # production level, to nowhere
     secret = tmp / "secret"
     secret.write_text("secret" if api == "xmlrpc" else "standin-api-key")
-    cfg = parse_config({
+    return parse_config({
         "state_dir": str(tmp),
         "odoo": [{"name": "main", "url": url, "database": "odoo", "login": "mailgw", "password_file": str(secret),
                   "api": api, "domains": ["example.com"], "max_concurrency": conc}],
         "delivery": {"concurrency": 2 * conc, "poll_interval": "0.01s"},
+        **({"spool": spool} if spool else {}),
     })
-    spool = await SqliteSpool.open(tmp / "spool.sqlite3")
+
+
+async def preload(spool: Any, n: int, size: int) -> None:
+    from gateway.spool import Envelope
+
     for start in range(0, n, 500):
         await asyncio.gather(*(
             spool.put(Envelope(f"sender{i % SENDERS}@example.org", ("sales@example.com",), "smtp",
                                peer="192.0.2.1", helo="client.example.org"), make_message(i, size),
                       message_id=f"<bench.{i}@example.org>")
             for i in range(start, min(n, start + 500))))
+
+
+async def start_worker(cfg: Any, spool: Any) -> tuple[Any, dict[str, Any]]:
+    from gateway.inbound import InboundWorker, build_clients
+    from gateway.odoo.directory import DirectorySync
+
     clients = build_clients(cfg)
     for c in clients.values():
         await c.start()
     sync = DirectorySync(cfg, clients)
     await sync.refresh()
-    worker = InboundWorker(cfg, spool, clients, sync, hostname="gw.bench")
+    return InboundWorker(cfg, spool, clients, sync, hostname="gw.bench"), clients
+
+
+async def gateway(url: str, n: int, conc: int, size: int, api: str, tmp: Path, pg: dict[str, Any] | None
+                  ) -> tuple[float, float]:
+    """One gateway in this process: SQLite, or PostgreSQL when `pg` names a spool."""
+    from gateway.logs import setup_logging
+    from gateway.spool import State, open_spool
+
+    setup_logging("info", "json", stream=DEVNULL)  # production level, to nowhere
+    cfg = gateway_config(url, conc, api, tmp, pg)
+    spool = await open_spool(cfg, daemon=True)
+    await preload(spool, n, size)
+    worker, clients = await start_worker(cfg, spool)
     c0, t0 = cpu_seconds(), time.perf_counter()
     task = asyncio.create_task(worker.run())
     while worker.stats["delivered"] < n:
@@ -188,14 +211,84 @@ async def gateway(url: str, n: int, conc: int, size: int, api: str, tmp: Path) -
     return elapsed, cpu
 
 
-def run_gateway(url: str, n: int, conc: int, size: int, api: str) -> tuple[float, float]:
+async def worker_process(spec: dict[str, Any]) -> None:
+    """`--worker SPEC`: one gateway of a multi-gateway run. Prints "ready", starts on a line on stdin, stops on
+    the next one, then prints the CPU seconds it used in between."""
+    from gateway.logs import setup_logging
+    from gateway.spool import open_spool
+
+    setup_logging("info", "json", stream=DEVNULL)
+    cfg = gateway_config(spec["url"], spec["conc"], spec["api"], Path(spec["tmp"]), spec["spool"])
+    spool = await open_spool(cfg, daemon=True)
+    worker, clients = await start_worker(cfg, spool)
+    print("ready", flush=True)
+    await asyncio.to_thread(sys.stdin.readline)
+    c0 = cpu_seconds()
+    task = asyncio.create_task(worker.run())
+    await asyncio.to_thread(sys.stdin.readline)
+    await worker.flush()
+    cpu = cpu_seconds() - c0
+    await worker.stop(timeout=5)
+    task.cancel()
+    for c in clients.values():
+        await c.close()
+    await spool.close()
+    print(f"{cpu:.6f}", flush=True)
+
+
+async def gateways(url: str, n: int, conc: int, size: int, api: str, tmp: Path, pg: dict[str, Any], count: int
+                   ) -> tuple[float, float]:
+    """`count` gateway processes draining one PostgreSQL spool; wall time until all is delivered, their CPU."""
+    from gateway.spool import State, open_spool
+
+    cfg = gateway_config(url, conc, api, tmp, pg)
+    spool = await open_spool(cfg)
+    await preload(spool, n, size)
+    procs = []
+    for i in range(count):
+        spec = {"url": url, "conc": conc, "api": api, "tmp": str(tmp), "spool": {**pg, "instance": f"bench{i}"}}
+        procs.append(await asyncio.create_subprocess_exec(sys.executable, __file__, "--worker", json.dumps(spec),
+                                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE))
+    for proc in procs:
+        assert proc.stdout is not None and (await proc.stdout.readline()).strip() == b"ready"
+    t0 = time.perf_counter()
+    for proc in procs:
+        assert proc.stdin is not None
+        proc.stdin.write(b"go\n")
+    delivered = str(State.DELIVERED)
+    # The gateways are other processes: the spool is the only place that knows how far they got.
+    while (await spool.counts()).get(("inbound", delivered), 0) < n:  # noqa: ASYNC110
+        await asyncio.sleep(0.005)
+    elapsed = time.perf_counter() - t0
+    cpu = 0.0
+    for proc in procs:
+        out, _ = await asyncio.wait_for(proc.communicate(b"stop\n"), 60)
+        cpu += float(out.split()[-1])
+    await spool.close()
+    return elapsed, cpu
+
+
+def run_gateway(url: str, n: int, conc: int, size: int, api: str, pg: dict[str, Any] | None = None,
+                count: int = 1) -> tuple[float, float]:
     with tempfile.TemporaryDirectory(prefix="mailgw-bench-", dir=str(REPO.parent)
                                      if os.access(REPO.parent, os.W_OK) else None) as tmp:
+        coro = (gateway(url, n, conc, size, api, Path(tmp), pg) if count == 1 or pg is None
+                else gateways(url, n, conc, size, api, Path(tmp), pg, count))
         try:
             import uvloop
         except ImportError:  # pragma: no cover
-            return asyncio.run(gateway(url, n, conc, size, api, Path(tmp)))
-        return uvloop.run(gateway(url, n, conc, size, api, Path(tmp)))
+            return asyncio.run(coro)
+        return uvloop.run(coro)
+
+
+_schemas = itertools.count()
+
+
+def pg_spool(cluster: Any, tmp: Path) -> dict[str, Any]:
+    """A fresh schema on the bench's PostgreSQL server for each measurement."""
+    secret = tmp / "spool.dsn"
+    secret.write_text(cluster.dsn("bench"))
+    return {"backend": "postgres", "dsn_file": str(secret), "schema": f"bench_{next(_schemas)}"}
 
 
 def main() -> int:
@@ -204,24 +297,54 @@ def main() -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--size", type=int, default=3000, help="message size in bytes")
     ap.add_argument("--json2", action="store_true", help="also JSON-2: mailgw vs a bare http.client JSON-2 call")
+    ap.add_argument("--no-postgres", action="store_true", help="skip the PostgreSQL spool runs")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)  # internal: one gateway of a multi-gateway run
     args = ap.parse_args()
+    if args.worker:
+        spec = json.loads(args.worker)
+        try:
+            import uvloop
+        except ImportError:  # pragma: no cover
+            asyncio.run(worker_process(spec))
+            return 0
+        uvloop.run(worker_process(spec))
+        return 0
+    cluster = None
+    if not args.no_postgres:
+        sys.path.insert(0, str(REPO))
+        from tests.pgcluster import PgCluster, why_unavailable
+
+        reason = why_unavailable()
+        if reason:
+            print(f"PostgreSQL runs skipped: {reason}", file=sys.stderr)
+        else:
+            cluster = PgCluster(durable=True).start()
+            cluster.create_database("bench")
     proc, url = start_standin()
     ok = True
+    names = ["bare", "mailgw"] + (["mailgw-pg", "mailgw-pg-x2"] if cluster is not None else [])
     try:
         apis = ["xmlrpc", "json2"] if args.json2 else ["xmlrpc"]
         print(f"{args.messages} messages of ~{args.size} B per run, {args.runs} runs, stand-in Odoo at {url}")
         for api in apis:
             bare = bare_xmlrpc if api == "xmlrpc" else bare_json2
             for conc in (1, 8):
-                rates: dict[str, list[float]] = {"bare": [], "mailgw": []}
-                cpus: dict[str, list[float]] = {"bare": [], "mailgw": []}
+                rates: dict[str, list[float]] = {name: [] for name in names}
+                cpus: dict[str, list[float]] = {name: [] for name in names}
                 for run in range(args.runs):
-                    for name in ("bare", "mailgw"):
-                        secs, cpu = (bare(url, args.messages, conc, args.size) if name == "bare"
-                                     else run_gateway(url, args.messages, conc, args.size, api))
+                    for name in names:
+                        if name == "bare":
+                            secs, cpu = bare(url, args.messages, conc, args.size)
+                        elif name == "mailgw":
+                            secs, cpu = run_gateway(url, args.messages, conc, args.size, api)
+                        else:
+                            with tempfile.TemporaryDirectory() as tmp:
+                                pg = pg_spool(cluster, Path(tmp))
+                                secs, cpu = run_gateway(url, args.messages, conc, args.size, api, pg,
+                                                        2 if name.endswith("x2") else 1)
                         rates[name].append(args.messages / secs)
                         cpus[name].append(cpu / args.messages * 1000)
-                        print(f"  {api} c={conc} run {run + 1} {name:<6} {args.messages / secs:8.0f} msg/s  "
+                        print(f"  {api} c={conc} run {run + 1} {name:<12} {args.messages / secs:8.0f} msg/s  "
                               f"{cpus[name][-1]:.3f} ms CPU/msg")
                 b, g = statistics.median(rates["bare"]), statistics.median(rates["mailgw"])
                 wall_ms = (1 / g - 1 / b) * 1000  # time per message beyond the bare call's
@@ -230,10 +353,16 @@ def main() -> int:
                 ok = ok and wall_ms < 1.0
                 print(f"{api} c={conc}: bare {b:7.0f} msg/s  mailgw {g:7.0f} msg/s  ratio {g / b:4.2f}  "
                       f"overhead {wall_ms:.3f} ms/msg [{verdict}]  (extra CPU {cpu_ms:.3f} ms/msg)")
+                for name in names[2:]:
+                    r = statistics.median(rates[name])
+                    print(f"{api} c={conc}: {name:<12} {r:7.0f} msg/s  {r / g:4.2f}x mailgw (SQLite)  "
+                          f"CPU {statistics.median(cpus[name]):.3f} ms/msg")
     finally:
         assert proc.stdin is not None
         proc.stdin.close()
         proc.wait(10)
+        if cluster is not None:
+            cluster.cleanup()
     return 0 if ok else 1
 
 

@@ -18,6 +18,7 @@ COMMANDS = {
     "check-config": "check_config",
     "pipe": "pipe",
     "queue": "queue",
+    "spool": "spool",
     "directory": "directory",
     "route": "route",
     "bounce": "bounce",

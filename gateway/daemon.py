@@ -29,7 +29,7 @@ from gateway.intake.smtp import SmtpListener
 from gateway.logs import get_logger, setup_logging
 from gateway.routing_policy import rcpt_precheck, smtp_line
 from gateway.sdnotify import notify, watchdog_interval
-from gateway.spool import Direction, SqliteSpool, open_spool
+from gateway.spool import Direction, Spool, SpoolError, SpoolUnavailable, open_spool, spool_location
 from gateway.state_lock import StateDirLocked, StateLock
 
 if TYPE_CHECKING:
@@ -69,7 +69,7 @@ class Daemon:
         self.config_id = config_id
         # One identity for banners, Received lines, DSNs and generated Message-Ids, as an MTA's myhostname.
         self.hostname = config.outbound.helo_name or default_hostname()
-        self.spool: SqliteSpool | None = None
+        self.spool: Spool | None = None
         self.lock = StateLock(config.state_dir)
         self.admission = AdmissionPolicy(config)
         self.listeners: list[SmtpListener] = []
@@ -93,10 +93,13 @@ class Daemon:
         cfg = self.config
         cfg.state_dir.mkdir(mode=0o750, parents=True, exist_ok=True)
         self.lock.acquire()  # before the spool and the sockets: a second daemon touches neither
-        self.spool = await open_spool(cfg)
-        report = await self.spool.recover(crash_limit=cfg.delivery.crash_limit)
-        log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=str(cfg.spool_path),
+        self.spool = spool = await self._open_spool()
+        if spool is None:
+            return  # stopped while waiting for the spool database
+        report = await spool.recover(crash_limit=cfg.delivery.crash_limit)
+        log.info("daemon.starting", version=__version__, state_dir=str(cfg.state_dir), spool=spool_location(cfg),
                  recovered=len(report.released), parked=len(report.parked))
+        spool.add_listener(self._kick)  # mail stored by a peer gateway or `mailgw pipe` (PostgreSQL)
         for problem in cfg.secret_problems():  # what check-config warns about, said once here too
             log.warning("config.secret_missing", problem=problem)
         self.services.extend(self._build_services())
@@ -110,7 +113,7 @@ class Daemon:
                 check = AdmissionPolicy.submission_check(lcfg.auth is not None)
             else:
                 check = self.admission.check_rcpt
-            listener = SmtpListener(lcfg, spool=self.spool, rcpt_check=check, hostname=self.hostname,
+            listener = SmtpListener(lcfg, spool=spool, rcpt_check=check, hostname=self.hostname,
                                     on_stored=self._kick,
                                     message_check=self._check_message if lcfg.kind != "submission" else None,
                                     hold_check=self._intake_hold,
@@ -139,6 +142,23 @@ class Daemon:
                 policy = PolicyListener(lcfg, self.admission)
                 await policy.start()
                 self.aux_listeners.append(policy)
+
+    async def _open_spool(self) -> Spool | None:
+        """The spool, waiting for its database if it cannot be reached yet (PostgreSQL starting with the machine):
+        nothing listens meanwhile, so senders retry. None when told to stop while waiting."""
+        delay = 1.0
+        while True:
+            try:
+                return await open_spool(self.config, daemon=True)
+            except SpoolUnavailable as exc:
+                log.error("daemon.spool_unavailable", spool=spool_location(self.config), error=str(exc),
+                          retry_in=delay)
+                notify(f"STATUS=waiting for the spool database: {exc}")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), delay)
+            if self._stop.is_set():
+                return None
+            delay = min(delay * 2, 30.0)
 
     def _build_services(self) -> list[Service]:
         """Every component the config asks for, in dependency order (the Odoo side first: the others read its
@@ -350,6 +370,10 @@ async def serve(config: Config, config_path: Path | None = None, ready: Callable
             log.error("daemon.start_failed", error=str(exc))
             await daemon.drain()
             return EX_OSERR  # e.g. the port is taken
+        except (SpoolError, ConfigError) as exc:  # another live gateway has this instance name, no DSN secret …
+            log.error("daemon.start_failed", error=str(exc))
+            await daemon.drain()
+            return EX_CONFIG
         if ready is not None:
             ready(daemon)
         try:

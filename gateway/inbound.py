@@ -105,6 +105,7 @@ class InboundWorker:
         self.outage = OutagePolicy(config, self.clients)
         self._bg: set[asyncio.Task[Any]] = set()
         self.stats = {"delivered": 0, "deferred": 0, "failed": 0}
+        self._claim_error: str | None = None
         for name, client in self.clients.items():
             client.breaker.subscribe(self._breaker_listener(name))
 
@@ -170,8 +171,12 @@ class InboundWorker:
             if len(self._claimed) <= self.max_claimed // 2:
                 try:
                     got = await self.spool.claim(Direction.INBOUND, self.worker_id, limit=capacity)
-                except Exception as exc:  # a spool hiccup must not kill the worker
-                    log.error("delivery.claim_failed", error=str(exc))
+                except Exception as exc:  # a spool hiccup must not kill the worker; logged once per change
+                    if str(exc) != self._claim_error:
+                        log.error("delivery.claim_failed", error=str(exc))
+                    self._claim_error = str(exc)
+                else:
+                    self._claim_error = None
                 for entry in got:
                     self._enqueue(entry)
             if got and len(got) == capacity:

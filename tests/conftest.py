@@ -4,14 +4,15 @@ only when every test needs them. Keep this file small."""
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from tests.odoo_standin import OdooStandin
+    from tests.pgcluster import PgCluster
 
 REPO = Path(__file__).resolve().parents[1]
 # Optional test data that the repository does not ship (licence, size): found through an environment variable,
@@ -63,3 +64,36 @@ def odoo_standin() -> Iterator[OdooStandin]:
         yield standin
     finally:
         standin.stop()
+
+
+# Spool on PostgreSQL: one private server per test session (tests/pgcluster.py), a fresh schema per test.
+@pytest.fixture(scope="session")
+def pg_cluster() -> Iterator[PgCluster]:
+    from tests.pgcluster import cluster_fixture
+
+    yield from cluster_fixture("mailgw_test")
+
+
+@pytest.fixture
+def pg_spool(pg_cluster: PgCluster) -> Iterator[dict[str, str]]:
+    """`{"dsn": ..., "schema": ...}` of an empty spool of its own (the schema is created by the gateway)."""
+    import secrets
+
+    schema = f"t_{secrets.token_hex(6)}"
+    yield {"dsn": pg_cluster.dsn("mailgw_test"), "schema": schema}
+    if pg_cluster.proc is not None and pg_cluster.proc.poll() is None:
+        pg_cluster.psql(f"DROP SCHEMA IF EXISTS {schema} CASCADE", "mailgw_test")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def spool_opener(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], Awaitable[Any]]:
+    """The spool contract on both backends: opens the test's spool (the same store on every call), as a gateway
+    daemon would."""
+    if request.param == "sqlite":
+        from gateway.spool import SqliteSpool
+
+        return lambda: SqliteSpool.open(tmp_path / "s.db")
+    pg = request.getfixturevalue("pg_spool")
+    from gateway.spool.postgres import PostgresSpool
+
+    return lambda: PostgresSpool.open(pg["dsn"], schema=pg["schema"], instance="test-gw", daemon=True)

@@ -25,6 +25,13 @@ def register(sub: SubParsers) -> None:
 def run(args: argparse.Namespace) -> int:
     try:
         cfg = load_config(args.config)
+        if cfg.spool.backend == "postgres":
+            # Unlike the other secrets, the daemon cannot run without this one: it is where mail is stored.
+            cfg.spool.dsn()
+            try:
+                import asyncpg  # noqa: F401
+            except ImportError:
+                raise ConfigError(["spool.backend: postgres needs asyncpg: pip install 'mailgw[postgres]'"]) from None
     except ConfigError as exc:
         report_config_error(args.config, exc)
         return EX_CONFIG

@@ -13,9 +13,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from gateway.commands import SubParsers, add_config_arg, load_config_or_report, queue_outbound
-from gateway.config import Config
-from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_USAGE
-from gateway.spool import SpoolEntry, SqliteSpool, State, UnknownEntry, open_spool
+from gateway.config import Config, ConfigError
+from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EX_USAGE
+from gateway.spool import Spool, SpoolEntry, SpoolError, State, UnknownEntry, open_spool
 from gateway.spool.base import InvalidTransition
 
 TEXT_LIMIT = 1000  # entries `queue list` prints without --json unless told otherwise
@@ -61,13 +61,13 @@ def register(sub: SubParsers) -> None:
     p.set_defaults(func=lambda a: (p.print_help(), EX_USAGE)[1])
 
 
-def _with_spool(args: argparse.Namespace, fn: Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]) -> int:
+def _with_spool(args: argparse.Namespace, fn: Callable[[Spool, argparse.Namespace], Awaitable[int]]) -> int:
     config = load_config_or_report(args.config)
     if config is None:
         return EX_CONFIG
 
     async def go(cfg: Config) -> int:
-        if not cfg.spool_path.exists():
+        if cfg.spool.backend == "sqlite" and not cfg.spool_path.exists():
             print(f"no spool at {cfg.spool_path} (nothing received yet)", file=sys.stderr)
             return 0 if args.queue_command == "list" and not getattr(args, "json", False) else _empty(args)
         spool = await open_spool(cfg)
@@ -76,7 +76,11 @@ def _with_spool(args: argparse.Namespace, fn: Callable[[SqliteSpool, argparse.Na
         finally:
             await spool.close()
 
-    return asyncio.run(go(config))
+    try:
+        return asyncio.run(go(config))
+    except (SpoolError, ConfigError) as exc:  # the database is down, the DSN secret is missing …
+        print(f"mailgw queue: {exc}", file=sys.stderr)
+        return EX_TEMPFAIL
 
 
 def _empty(args: argparse.Namespace) -> int:
@@ -101,7 +105,7 @@ def _entries(n: int) -> str:
     return f"{n} entr{'y' if n == 1 else 'ies'}"
 
 
-async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _list(spool: Spool, args: argparse.Namespace) -> int:
     state = State(args.state) if args.state else None
     destination = getattr(args, "destination", None)
     limit = args.limit if args.limit is not None else (0 if args.json else TEXT_LIMIT)
@@ -145,7 +149,7 @@ async def _list(spool: SqliteSpool, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _show(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _show(spool: Spool, args: argparse.Namespace) -> int:
     entry = await spool.get(args.queue_id)
     if entry is None:
         print(f"no entry {args.queue_id}", file=sys.stderr)
@@ -268,7 +272,7 @@ async def _move(queue_id: str, verb: str, move: Awaitable[SpoolEntry], done: Cal
     return 0
 
 
-async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _retry(spool: Spool, args: argparse.Namespace) -> int:
     from gateway.intake.mailbox import is_placeholder
 
     current = await spool.get(args.queue_id)
@@ -282,14 +286,14 @@ async def _retry(spool: SqliteSpool, args: argparse.Namespace) -> int:
                        lambda e: f"{e.state}, due now (the daemon re-routes and redelivers it)")
 
 
-async def _release(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _release(spool: Spool, args: argparse.Namespace) -> int:
     from gateway.auth.held import release
 
     return await _move(args.queue_id, "release", release(spool, args.queue_id),
                        lambda e: "released, due now (the daemon delivers it as if it had passed)")
 
 
-async def _delete(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _delete(spool: Spool, args: argparse.Namespace) -> int:
     try:
         await spool.delete(args.queue_id)
     except UnknownEntry:

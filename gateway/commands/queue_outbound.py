@@ -14,12 +14,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from gateway.exitcodes import EX_DATAERR
-from gateway.spool import Direction, SpoolEntry, SqliteSpool, State, UnknownEntry
+from gateway.spool import Direction, Spool, SpoolEntry, State, UnknownEntry
 from gateway.spool.base import InvalidTransition
 
 DONE = ("sent", "failed")
 
-WithSpool = Callable[[argparse.Namespace, Callable[[SqliteSpool, argparse.Namespace], Awaitable[int]]], int]
+WithSpool = Callable[[argparse.Namespace, Callable[[Spool, argparse.Namespace], Awaitable[int]]], int]
 
 
 def register(qsub: Any, list_parser: argparse.ArgumentParser, with_spool: WithSpool,
@@ -64,7 +64,7 @@ def matches_destination(entry: SpoolEntry, domain: str | None) -> bool:
     return entry.direction == Direction.OUTBOUND and domain.lower().rstrip(".") in destinations(entry)
 
 
-async def _cancel(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _cancel(spool: Spool, args: argparse.Namespace) -> int:
     rc = 0
     for queue_id in args.queue_id:
         entry = await spool.get(queue_id)
@@ -91,7 +91,7 @@ async def _cancel(spool: SqliteSpool, args: argparse.Namespace) -> int:
     return rc
 
 
-async def _flush(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _flush(spool: Spool, args: argparse.Namespace) -> int:
     due = [e.queue_id async for e in spool.scan(state=State.OUTGOING, direction=Direction.OUTBOUND)
            if matches_destination(e, args.destination)]
     moved = await spool.wake(due)
@@ -101,7 +101,7 @@ async def _flush(spool: SqliteSpool, args: argparse.Namespace) -> int:
     return 0
 
 
-async def _stats(spool: SqliteSpool, args: argparse.Namespace) -> int:
+async def _stats(spool: Spool, args: argparse.Namespace) -> int:
     counts = await spool.counts()
     per_dest: dict[str, Counter[str]] = {}
     for state in (State.OUTGOING, State.EXCEPTION):

@@ -461,8 +461,7 @@ class ImapPoller(MailboxPoller):
 
     # -- lifecycle --------------------------------------------------------------------------------------
 
-    async def run(self) -> None:
-        self._task = asyncio.current_task()
+    async def _poll(self) -> None:
         self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
         try:
             while not self._stopping:
@@ -491,7 +490,6 @@ class ImapPoller(MailboxPoller):
                 if not self._stopping:
                     await self._sleep(self._backoff.next_delay())
         finally:
-            self._finished.set()
             self.log.info("imap.stopped")
 
     # -- one connection ---------------------------------------------------------------------------------

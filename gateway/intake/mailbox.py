@@ -41,7 +41,7 @@ from typing import Any
 from gateway.config import Config, MailboxBase
 from gateway.headers import address_domain, envelope_from_head, header_section
 from gateway.logs import get_logger
-from gateway.spool.base import Envelope, PutItem, Spool, SpoolEntry, State, UnknownEntry
+from gateway.spool.base import Envelope, MailboxLock, PutItem, Spool, SpoolEntry, State, UnknownEntry
 
 log = get_logger("mailgw.intake.mailbox")
 
@@ -363,13 +363,15 @@ _commits_seen = 0
 
 class MailboxPoller:
     """What the IMAP and POP3 pollers share: state, stats, backoff, a stop that finishes the batch in
-    progress, outage logging once per change. Subclasses implement `run()`."""
+    progress, outage logging once per change, and polling only while this gateway holds the mailbox. Subclasses
+    implement `_poll()`, which runs until `_stopping`."""
 
     intake = "mailbox"
     identity: tuple[str, ...] = ()
     extra_stats: tuple[str, ...] = ()
     backoff_initial = 1.0
     backoff_max = 300.0
+    standby_retry = 2.0  # seconds between tries for a mailbox another gateway polls
 
     def __init__(self, cfg: MailboxBase, config: Config, spool: Spool) -> None:
         self.cfg = cfg
@@ -386,6 +388,53 @@ class MailboxPoller:
         self._finished = asyncio.Event()
         self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
         self._last_error: str | None = None
+
+    async def _poll(self) -> None:
+        raise NotImplementedError
+
+    async def run(self) -> None:
+        """Poll the mailbox while this gateway holds it. Gateways sharing a PostgreSQL spool take turns: one polls,
+        the others wait on standby and take over when its database session ends (it died, or lost the database).
+        With SQLite the lock is always held."""
+        self._task = asyncio.current_task()
+        lock = self.spool.mailbox_lock(f"{self.intake}:{self.cfg.name}")
+        standby = False
+        try:
+            while not self._stopping:
+                if not await lock.acquire():
+                    if not standby:
+                        self.log.info(f"{self.intake}.standby", note="another gateway polls this mailbox (or the "
+                                      "spool database is unreachable); waiting for the mailbox")
+                        standby = True
+                    await self._sleep(self.standby_retry)
+                    continue
+                if standby:
+                    self.log.info(f"{self.intake}.active", note="this gateway polls the mailbox now")
+                    standby = False
+                await self._poll_while_held(lock)
+        finally:
+            with contextlib.suppress(Exception):
+                await lock.release()
+            self._finished.set()
+
+    async def _poll_while_held(self, lock: MailboxLock) -> None:
+        poll = asyncio.create_task(self._poll(), name=f"{self.intake}-{self.cfg.name}")
+        lost = asyncio.create_task(lock.lost.wait())
+        try:
+            await asyncio.wait({poll, lost}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            lost.cancel()
+            if not poll.done():
+                # Mid-batch is fine: what was committed and not yet flagged is a ledger hit for the next holder.
+                poll.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await poll
+        failure = poll.exception() if poll.done() and not poll.cancelled() else None
+        if failure is not None:
+            raise failure
+        if lock.lost.is_set() and not self._stopping:
+            self.log.warning(f"{self.intake}.mailbox_lost", note="the spool session holding the mailbox ended; "
+                             "polling stopped until it is held again")
 
     async def stop(self, grace: float = 10.0) -> None:
         """Finish the batch in progress (spool + mailbox action), log out, return. Cancels after `grace`."""

@@ -234,8 +234,7 @@ class Pop3Poller(MailboxPoller):
         super().__init__(cfg, config, spool)
         self._left: set[str] = set()  # ledger keys of messages deliberately left on the server
 
-    async def run(self) -> None:
-        self._task = asyncio.current_task()
+    async def _poll(self) -> None:
         self._backoff = BackoffPolicy(self.backoff_initial, self.backoff_max)
         try:
             while not self._stopping:
@@ -266,7 +265,6 @@ class Pop3Poller(MailboxPoller):
                 if not self._stopping and delay > 0:
                     await self._sleep(delay)
         finally:
-            self._finished.set()
             self.log.info("pop3.stopped")
 
     async def _session(self, client: Pop3Client, starttls: ssl.SSLContext | None) -> bool:

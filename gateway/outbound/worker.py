@@ -71,6 +71,7 @@ class OutboundWorker:
         self._wake = asyncio.Event()
         self._inflight: set[asyncio.Task[Any]] = set()
         self._slots = asyncio.Semaphore(self.cfg.concurrency)
+        self._claim_error: str | None = None
 
     def kick(self) -> None:
         self._wake.set()
@@ -87,7 +88,15 @@ class OutboundWorker:
         poll = self.config.delivery.poll_interval
         while not self._stopping:
             free = self.cfg.concurrency - len(self._inflight)
-            entries = await self.spool.claim(Direction.OUTBOUND, self.worker_id, limit=free) if free > 0 else []
+            try:
+                entries = await self.spool.claim(Direction.OUTBOUND, self.worker_id, limit=free) if free > 0 else []
+            except Exception as exc:  # the spool is unreachable (database restarting): retry at the next poll
+                entries = []
+                if str(exc) != self._claim_error:
+                    log.error("outbound.claim_failed", error=str(exc))
+                self._claim_error = str(exc)
+            else:
+                self._claim_error = None
             for entry in entries:
                 task = asyncio.create_task(self._guarded(entry))
                 self._inflight.add(task)

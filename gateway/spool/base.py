@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -13,6 +14,9 @@ from typing import Any, Protocol
 import orjson
 
 from gateway.errors import GatewayError
+from gateway.logs import get_logger
+
+log = get_logger("mailgw.spool")
 
 
 class Direction(StrEnum):
@@ -80,6 +84,15 @@ class InvalidTransition(SpoolError):
 
 class UnknownEntry(SpoolError):
     pass
+
+
+class SpoolUnavailable(SpoolError):
+    """The spool cannot be reached now (database down, restarting, timed out): try again later. Nothing was
+    acknowledged for what raised it; a write may or may not have been committed (at-least-once)."""
+
+
+class LeaseLost(SpoolError):
+    """This process's claim on the entry expired and another instance took it over: the write was not done."""
 
 
 # What Envelope.client may hold (XFORWARD's attributes, lower-cased): address, reverse name, port, HELO name,
@@ -194,6 +207,134 @@ class PutItem:
     next_attempt_at: float | None = None  # when a worker may first claim it (None: now)
 
 
+# The columns every backend stores for an entry, in the order `entry_from_row` reads them.
+ENTRY_COLUMNS = (
+    "queue_id", "direction", "state", "mail_from", "rcpt_tos", "intake", "peer", "helo", "source", "message_id",
+    "message_id_generated", "size", "received_at", "updated_at", "attempts", "next_attempt_at", "last_error", "route",
+    "rcpt_status", "crashes", "claimed_by", "client",
+)
+# What `put` writes, in the order of the tuple `put_row` builds.
+PUT_COLUMNS = (
+    "queue_id", "direction", "state", "mail_from", "rcpt_tos", "intake", "peer", "helo", "source", "message_id",
+    "message_id_generated", "size", "received_at", "updated_at", "next_attempt_at", "last_error", "dedup_key",
+    "client",
+)
+
+
+def entry_from_row(row: Sequence[Any]) -> SpoolEntry:
+    """A row of ENTRY_COLUMNS (JSON columns as text) -> SpoolEntry."""
+    (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, mid_gen, size,
+     received_at, updated_at, attempts, next_attempt_at, last_error, route, rcpt_status, crashes,
+     claimed_by, client) = row
+    return SpoolEntry(
+        queue_id=queue_id,
+        direction=Direction(direction),
+        state=State(state),
+        envelope=Envelope(
+            mail_from=mail_from,
+            rcpt_tos=tuple(json.loads(rcpt_tos)),
+            intake=intake,
+            peer=peer,
+            helo=helo,
+            received_at=received_at,
+            source=json.loads(source) if source else None,
+            client=json.loads(client) if client else None,
+        ),
+        message_id=message_id,
+        message_id_generated=bool(mid_gen),
+        size=size,
+        attempts=attempts,
+        next_attempt_at=next_attempt_at,
+        last_error=last_error,
+        route=json.loads(route) if route else None,
+        rcpt_status=json.loads(rcpt_status) if rcpt_status else None,
+        updated_at=updated_at,
+        crashes=crashes,
+        claimed_by=claimed_by,
+    )
+
+
+# (row of PUT_COLUMNS, or the item's own error), the raw bytes, the ledger key
+PutRow = tuple[tuple[Any, ...] | BaseException, bytes, str | None]
+
+
+def put_row(item: PutItem) -> PutRow:
+    """The row `put` stores for an item, with a fresh queue id (or the error that refuses it)."""
+    env = item.envelope
+    queue_id = new_queue_id(env.received_at)
+    state = item.state or INITIAL[item.direction]
+    if state not in TRANSITIONS[item.direction]:
+        return InvalidTransition(f"{state} is not a {item.direction} state"), item.raw, item.dedup_key
+    message_id, generated = item.message_id, item.message_id_generated
+    if message_id is None and item.message_id_domain:
+        # Stable from the first attempt on, so Odoo deduplicates a redelivery (it would invent a new one).
+        message_id, generated = f"<{queue_id}@{item.message_id_domain}>", True
+    now = time.time()
+    row = (queue_id, str(item.direction), str(state), env.mail_from, dumps(list(env.rcpt_tos)), env.intake,
+           env.peer, env.helo, dumps(env.source), message_id, int(generated), len(item.raw), env.received_at,
+           now, now if item.next_attempt_at is None else item.next_attempt_at, item.last_error, item.dedup_key,
+           dumps(env.client))
+    return row, item.raw, item.dedup_key
+
+
+def log_puts(items: Sequence[PutItem], rows: Sequence[PutRow],
+             results: Sequence[tuple[str, bool] | BaseException]) -> None:
+    """One `spool.put` line per message stored (not for ledger hits or failures)."""
+    for item, (row, _raw, _key), result in zip(items, rows, results, strict=True):
+        if isinstance(result, tuple) and result[1] and not isinstance(row, BaseException):
+            src = item.envelope.source
+            # Mailbox intakes add where the message came from: this is their one line per message.
+            extra = {"mailbox": src["mailbox"], "key": item.dedup_key} if src and "mailbox" in src else {}
+            if item.envelope.client:  # the original client a trusted relay (Postfix) named
+                extra["client"] = item.envelope.client.get("addr") or item.envelope.client.get("name")
+            log.info("spool.put", queue_id=result[0], message_id=row[9], state=row[2], intake=item.envelope.intake,
+                     size=len(item.raw), rcpts=len(item.envelope.rcpt_tos), **extra)
+
+
+def log_transition(queue_id: str, current: State, to: State, entry: SpoolEntry, error: str | None) -> None:
+    log.info("spool.transition", queue_id=queue_id, message_id=entry.message_id, **{"from": str(current)},
+             to=str(to), attempts=entry.attempts, error=error)
+
+
+def parked_reason(crashes: int, state: str) -> str:
+    return f"parked: the worker died {crashes} times while handling it (was {state})"
+
+
+# Where the poison guard parks an entry, per direction.
+PARKED: Mapping[Direction, State] = {Direction.INBOUND: S.FAILED, Direction.OUTBOUND: S.EXCEPTION}
+
+
+# An entry as `mailgw spool export` moves it: ENTRY_COLUMNS and dedup_key by name, and the raw message.
+ExportRow = tuple[dict[str, Any], bytes]
+EXPORT_COLUMNS = (*ENTRY_COLUMNS, "dedup_key")
+
+
+class MailboxLock(Protocol):
+    """The right to poll one mailbox (IMAP folder, POP3 maildrop). With a shared spool only one gateway holds
+    it at a time; `lost` is set when it was taken away (the connection that held it broke)."""
+
+    lost: asyncio.Event
+
+    async def acquire(self) -> bool:
+        """Try once; True when held (now or already)."""
+        ...
+
+    async def release(self) -> None: ...
+
+
+class AlwaysHeld:
+    """The mailbox lock of a spool only one gateway uses (SQLite): always granted, never lost."""
+
+    def __init__(self) -> None:
+        self.lost = asyncio.Event()
+
+    async def acquire(self) -> bool:
+        return True
+
+    async def release(self) -> None:
+        return None
+
+
 @dataclass(frozen=True, slots=True)
 class RecoveryReport:
     released: tuple[str, ...]
@@ -288,3 +429,24 @@ class Spool(Protocol):
     async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]: ...
 
     async def close(self) -> None: ...
+
+    # Shared queue (several gateways on one spool). A spool only one gateway uses keeps these defaults.
+
+    def add_listener(self, callback: Callable[[Direction], None]) -> None:
+        """Call `callback(direction)` when another process stored mail that is due now (a peer gateway, pipe)."""
+        return None
+
+    def mailbox_lock(self, name: str) -> MailboxLock:
+        """The lock that lets exactly one gateway poll mailbox `name`."""
+        return AlwaysHeld()
+
+    # Moving entries between spools (`mailgw spool export|import|migrate --from`).
+
+    async def export_rows(self, after: str, limit: int) -> Sequence[ExportRow]:
+        """Entries with queue_id > `after` in queue_id order: (ENTRY_COLUMNS + dedup_key as a dict, raw)."""
+        ...
+
+    async def import_rows(self, rows: Sequence[ExportRow]) -> Sequence[bool]:
+        """Store exported entries as they are (queue ids kept, claims cleared); False for each one skipped because
+        its queue id or ledger key is already stored. Idempotent."""
+        ...

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
-import json
 import os
 import queue
 import sqlite3
@@ -30,14 +29,18 @@ from gateway.logs import get_logger
 from gateway.spool.base import (
     ACTIVE,
     ADDED_COLUMNS,
-    INITIAL,
+    ENTRY_COLUMNS,
+    EXPORT_COLUMNS,
+    PARKED,
+    PUT_COLUMNS,
     REQUEUE,
     SCHEMA_VERSION,
     TRANSITIONS,
     Direction,
-    Envelope,
+    ExportRow,
     InvalidTransition,
     PutItem,
+    PutRow,
     RecoveryReport,
     Spool,
     SpoolEntry,
@@ -45,7 +48,11 @@ from gateway.spool.base import (
     State,
     UnknownEntry,
     dumps,
-    new_queue_id,
+    entry_from_row,
+    log_puts,
+    log_transition,
+    parked_reason,
+    put_row,
 )
 
 log = get_logger("mailgw.spool")
@@ -90,18 +97,10 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 # spool as for an old one, so there is one path to test.
 FIRST_SCHEMA_VERSION = 1
 
-_INSERT_ENTRY = (
-    "INSERT INTO entries (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
-    "message_id_generated, size, received_at, updated_at, next_attempt_at, last_error, dedup_key, client) VALUES "
-)
+_INSERT_ENTRY = f"INSERT INTO entries ({', '.join(PUT_COLUMNS)}) VALUES "
 _INSERT_MESSAGE = "INSERT INTO messages (queue_id, raw) VALUES "
-_ENTRY_VALUES = "(" + ",".join("?" * 18) + ")"
-
-_COLUMNS = (
-    "queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, "
-    "message_id_generated, size, received_at, updated_at, attempts, next_attempt_at, last_error, route, "
-    "rcpt_status, crashes, claimed_by, client"
-)
+_ENTRY_VALUES = "(" + ",".join("?" * len(PUT_COLUMNS)) + ")"
+_COLUMNS = ", ".join(ENTRY_COLUMNS)
 
 
 def _migrate(conn: sqlite3.Connection) -> None:
@@ -126,38 +125,6 @@ def _migrate(conn: sqlite3.Connection) -> None:
         raise
 
 
-def _row_to_entry(row: Sequence[Any]) -> SpoolEntry:
-    (queue_id, direction, state, mail_from, rcpt_tos, intake, peer, helo, source, message_id, mid_gen, size,
-     received_at, updated_at, attempts, next_attempt_at, last_error, route, rcpt_status, crashes,
-     claimed_by, client) = row
-    return SpoolEntry(
-        queue_id=queue_id,
-        direction=Direction(direction),
-        state=State(state),
-        envelope=Envelope(
-            mail_from=mail_from,
-            rcpt_tos=tuple(json.loads(rcpt_tos)),
-            intake=intake,
-            peer=peer,
-            helo=helo,
-            received_at=received_at,
-            source=json.loads(source) if source else None,
-            client=json.loads(client) if client else None,
-        ),
-        message_id=message_id,
-        message_id_generated=bool(mid_gen),
-        size=size,
-        attempts=attempts,
-        next_attempt_at=next_attempt_at,
-        last_error=last_error,
-        route=json.loads(route) if route else None,
-        rcpt_status=json.loads(rcpt_status) if rcpt_status else None,
-        updated_at=updated_at,
-        crashes=crashes,
-        claimed_by=claimed_by,
-    )
-
-
 def connect(path: Path | str, *, busy_timeout_ms: int = 30000) -> sqlite3.Connection:
     conn = sqlite3.connect(str(path), isolation_level=None, check_same_thread=False, timeout=busy_timeout_ms / 1000)
     conn.execute(f"PRAGMA busy_timeout={busy_timeout_ms}")
@@ -168,7 +135,7 @@ def connect(path: Path | str, *, busy_timeout_ms: int = 30000) -> sqlite3.Connec
     return conn
 
 
-_Row = tuple[tuple[Any, ...] | BaseException, bytes, str | None]
+_Row = PutRow
 _MAX_PARAMS = 500  # values per IN (...): well under SQLite's bound-parameter limit
 _MAX_ROWS_PER_INSERT = 256
 
@@ -486,36 +453,10 @@ class SqliteSpool(Spool):
         """Store several messages in one writer operation (one commit). Each item is stored or fails on its
         own; results come back in order: (queue_id, created) or the item's exception."""
         self._check_open()
-        rows = [self._row(item) for item in items]
+        rows = [put_row(item) for item in items]
         results = await self._writer.submit_rows(rows, asyncio.get_running_loop())
-        for item, (row, _raw, _key), result in zip(items, rows, results, strict=True):
-            if isinstance(result, tuple) and result[1] and not isinstance(row, BaseException):
-                src = item.envelope.source
-                # Mailbox intakes add where the message came from: this is their one line per message.
-                extra = {"mailbox": src["mailbox"], "key": item.dedup_key} if src and "mailbox" in src else {}
-                if item.envelope.client:  # the original client a trusted relay (Postfix) named
-                    extra["client"] = item.envelope.client.get("addr") or item.envelope.client.get("name")
-                log.info("spool.put", queue_id=result[0], message_id=row[9], state=row[2], intake=item.envelope.intake,
-                         size=len(item.raw), rcpts=len(item.envelope.rcpt_tos), **extra)
+        log_puts(items, rows, results)
         return results
-
-    @staticmethod
-    def _row(item: PutItem) -> _Row:
-        env = item.envelope
-        queue_id = new_queue_id(env.received_at)
-        state = item.state or INITIAL[item.direction]
-        if state not in TRANSITIONS[item.direction]:
-            return InvalidTransition(f"{state} is not a {item.direction} state"), item.raw, item.dedup_key
-        message_id, generated = item.message_id, item.message_id_generated
-        if message_id is None and item.message_id_domain:
-            # Stable from the first attempt on, so Odoo deduplicates a redelivery (it would invent a new one).
-            message_id, generated = f"<{queue_id}@{item.message_id_domain}>", True
-        now = time.time()
-        row = (queue_id, str(item.direction), str(state), env.mail_from, dumps(list(env.rcpt_tos)), env.intake,
-               env.peer, env.helo, dumps(env.source), message_id, int(generated), len(item.raw), env.received_at,
-               now, now if item.next_attempt_at is None else item.next_attempt_at, item.last_error, item.dedup_key,
-               dumps(env.client))
-        return row, item.raw, item.dedup_key
 
     async def claim(self, direction: Direction, worker: str, *, limit: int, now: float | None = None
                     ) -> list[SpoolEntry]:
@@ -539,7 +480,7 @@ class SqliteSpool(Spool):
                 f"UPDATE entries SET claimed_by=?, claimed_at=? WHERE queue_id IN ({due}) RETURNING {_COLUMNS}",
                 (worker, at, str(direction), *states, at, limit),
             ).fetchall()
-            entries = [_row_to_entry(r) for r in rows]
+            entries = [entry_from_row(r) for r in rows]
             entries.sort(key=lambda e: (e.envelope.received_at, e.queue_id))
             return entries
 
@@ -580,11 +521,10 @@ class SqliteSpool(Spool):
             new = conn.execute(
                 f"UPDATE entries SET {', '.join(sets)} WHERE queue_id=? RETURNING {_COLUMNS}", (*args, queue_id)
             ).fetchone()
-            return current, _row_to_entry(new)
+            return current, entry_from_row(new)
 
         current, entry = await self._write(op)
-        log.info("spool.transition", queue_id=queue_id, message_id=entry.message_id, **{"from": str(current)},
-                 to=str(to), attempts=entry.attempts, error=error)
+        log_transition(queue_id, current, to, entry, error)
         return entry
 
     async def defer_many(self, queue_ids: Sequence[str], *, next_attempt_at: float, error: str) -> list[str]:
@@ -667,12 +607,10 @@ class SqliteSpool(Spool):
             for queue_id, direction, state, crashes in rows:
                 crashes += 1
                 if crashes >= crash_limit:
-                    failed = State.FAILED if direction == Direction.INBOUND else State.EXCEPTION
                     conn.execute(
                         "UPDATE entries SET state=?, crashes=?, claimed_by=NULL, claimed_at=NULL, updated_at=?, "
                         "last_error=? WHERE queue_id=?",
-                        (str(failed), crashes, now,
-                         f"parked: the worker died {crashes} times while handling it (was {state})", queue_id))
+                        (str(PARKED[Direction(direction)]), crashes, now, parked_reason(crashes, state), queue_id))
                     parked.append(queue_id)
                 else:
                     conn.execute("UPDATE entries SET crashes=?, claimed_by=NULL, claimed_at=NULL WHERE queue_id=?",
@@ -690,7 +628,7 @@ class SqliteSpool(Spool):
     async def get(self, queue_id: str) -> SpoolEntry | None:
         def fn(conn: sqlite3.Connection) -> SpoolEntry | None:
             row = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE queue_id=?", (queue_id,)).fetchone()
-            return _row_to_entry(row) if row else None
+            return entry_from_row(row) if row else None
 
         return await self._read(fn)
 
@@ -723,7 +661,7 @@ class SqliteSpool(Spool):
         sql, args = self._list_query(state, direction)
 
         def fn(conn: sqlite3.Connection) -> list[SpoolEntry]:
-            return [_row_to_entry(r) for r in conn.execute(sql + " LIMIT ?", (*args, limit)).fetchall()]
+            return [entry_from_row(r) for r in conn.execute(sql + " LIMIT ?", (*args, limit)).fetchall()]
 
         return await self._read(fn)
 
@@ -738,7 +676,7 @@ class SqliteSpool(Spool):
             cursor = await asyncio.to_thread(conn.execute, sql, args)
             while rows := await asyncio.to_thread(cursor.fetchmany, page):
                 for row in rows:
-                    yield _row_to_entry(row)
+                    yield entry_from_row(row)
         finally:
             await asyncio.to_thread(conn.close)
 
@@ -775,11 +713,41 @@ class SqliteSpool(Spool):
                 rows = conn.execute(f"SELECT {_COLUMNS} FROM entries WHERE message_id IN ({marks}) "
                                     "ORDER BY received_at", part).fetchall()
                 for row in rows:
-                    entry = _row_to_entry(row)
+                    entry = entry_from_row(row)
                     found.setdefault(entry.message_id or "", []).append(entry)
             return {k: tuple(v) for k, v in found.items()}
 
         return await self._read(fn) if wanted else {}
+
+    # -- moving entries between spools ---------------------------------------------------------------
+
+    async def export_rows(self, after: str, limit: int) -> Sequence[ExportRow]:
+        names = EXPORT_COLUMNS
+
+        def fn(conn: sqlite3.Connection) -> Sequence[ExportRow]:
+            rows = conn.execute(
+                f"SELECT {', '.join('e.' + n for n in names)}, m.raw FROM entries e "
+                "JOIN messages m ON m.queue_id = e.queue_id WHERE e.queue_id > ? ORDER BY e.queue_id LIMIT ?",
+                (after, limit)).fetchall()
+            return [(dict(zip(names, row[:-1], strict=True)), bytes(row[-1])) for row in rows]
+
+        return await self._read(fn)
+
+    async def import_rows(self, rows: Sequence[ExportRow]) -> Sequence[bool]:
+        names = [n for n in EXPORT_COLUMNS if n != "claimed_by"]
+
+        def op(conn: sqlite3.Connection) -> Sequence[bool]:
+            out = []
+            for row, raw in rows:
+                cur = conn.execute(f"INSERT OR IGNORE INTO entries ({', '.join(names)}) VALUES "
+                                   f"({','.join('?' * len(names))})", [row.get(n) for n in names])
+                if cur.rowcount:
+                    conn.execute("INSERT OR REPLACE INTO messages (queue_id, raw) VALUES (?, ?)",
+                                 (row["queue_id"], raw))
+                out.append(bool(cur.rowcount))
+            return out
+
+        return await self._write(op)
 
     async def close(self) -> None:
         if self._closed:

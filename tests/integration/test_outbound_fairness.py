@@ -3,13 +3,14 @@ thousands from one instance does not hold back the other's mail."""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Awaitable, Callable
+from typing import Any
 
-from gateway.spool import Direction, Envelope, SqliteSpool
+from gateway.spool import Direction, Envelope
 
 
-async def test_claims_round_robin_between_sender_domains(tmp_path: Path) -> None:
-    spool = await SqliteSpool.open(tmp_path / "spool.db")
+async def test_claims_round_robin_between_sender_domains(spool_opener: Callable[[], Awaitable[Any]]) -> None:
+    spool = await spool_opener()  # SQLite and PostgreSQL
     try:
         ids: dict[str, list[str]] = {"a": [], "b": []}
         for i in range(50):  # instance A's mailing arrives first
