@@ -15,9 +15,9 @@ from typing import Any, TypeVar
 from gateway.logs import get_logger
 from gateway.spool.base import (
     ACTIVE,
+    DEFERRABLE,
     EXPORT_COLUMNS,
     PARKED,
-    REQUEUE,
     TRANSITIONS,
     Direction,
     ExportRow,
@@ -29,12 +29,15 @@ from gateway.spool.base import (
     SpoolError,
     State,
     UnknownEntry,
+    by_message_id,
     dumps,
     entry_from_row,
+    log_deferred,
     log_puts,
     log_transition,
     parked_reason,
     put_row,
+    requeue_target,
 )
 from gateway.spool.sqlite.schema import COLUMNS, FIRST_SCHEMA_VERSION, SCHEMA, connect, in_chunks, migrate
 from gateway.spool.sqlite.writer import GroupCommitWriter
@@ -185,22 +188,19 @@ class SqliteSpool(Spool):
     async def defer_many(self, queue_ids: Sequence[str], *, next_attempt_at: float, error: str) -> list[str]:
         if not queue_ids:
             return []
-        deferrable = sorted(str(st) for st, to in TRANSITIONS[Direction.INBOUND].items() if State.DEFERRED in to)
-
         def op(conn: sqlite3.Connection) -> list[str]:
             moved: list[str] = []
             now = time.time()
             for marks, chunk in in_chunks(queue_ids):
                 moved.extend(q for (q,) in conn.execute(
                     f"UPDATE entries SET state=?, updated_at=?, last_error=?, next_attempt_at=?, claimed_by=NULL, "
-                    f"claimed_at=NULL WHERE direction=? AND state IN ({','.join('?' * len(deferrable))}) "
+                    f"claimed_at=NULL WHERE direction=? AND state IN ({','.join('?' * len(DEFERRABLE))}) "
                     f"AND queue_id IN ({marks}) RETURNING queue_id",
-                    (str(State.DEFERRED), now, error, next_attempt_at, str(Direction.INBOUND), *deferrable, *chunk)))
+                    (str(State.DEFERRED), now, error, next_attempt_at, str(Direction.INBOUND), *DEFERRABLE, *chunk)))
             return moved
 
         moved = await self._write(op)
-        for queue_id in moved:
-            log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
+        log_deferred(moved, error)
         return moved
 
     async def release(self, queue_id: str) -> None:
@@ -225,11 +225,8 @@ class SqliteSpool(Spool):
 
     async def requeue(self, queue_id: str) -> SpoolEntry:
         """Operator retry: failed/exception/cancel -> received/outgoing, due now, crash counter cleared."""
-        entry = await self.get(queue_id)
-        if entry is None:
-            raise UnknownEntry(queue_id)
-        target = REQUEUE[entry.direction]
-        if entry.state == target and entry.direction == Direction.OUTBOUND:
+        entry, target = await requeue_target(self, queue_id)
+        if target is None:
             return entry
         new = await self.transition(queue_id, target, error=None, next_attempt_at=time.time())
         await self._write(lambda c: c.execute("UPDATE entries SET crashes=0 WHERE queue_id=?", (queue_id,)))
@@ -274,8 +271,7 @@ class SqliteSpool(Spool):
             return RecoveryReport(tuple(released), tuple(parked))
 
         report = await self._write(op)
-        if report.released or report.parked:
-            log.warning("spool.recovered", released=len(report.released), parked=list(report.parked))
+        report.log()
         return report
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -355,22 +351,13 @@ class SqliteSpool(Spool):
 
         return await self._read(fn) if wanted else {}
 
-    async def has_dedup_key(self, key: str) -> str | None:
-        return (await self.has_dedup_keys([key])).get(key)
-
     async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]:
         """Message-Id -> the entries carrying it, for a batch (mailbox intakes spot what they already spooled)."""
         wanted = sorted(set(message_ids))
 
         def fn(conn: sqlite3.Connection) -> dict[str, tuple[SpoolEntry, ...]]:
-            found: dict[str, list[SpoolEntry]] = {}
-            for marks, part in in_chunks(wanted):
-                rows = conn.execute(f"SELECT {COLUMNS} FROM entries WHERE message_id IN ({marks}) "
-                                    "ORDER BY received_at", part).fetchall()
-                for row in rows:
-                    entry = entry_from_row(row)
-                    found.setdefault(entry.message_id or "", []).append(entry)
-            return {k: tuple(v) for k, v in found.items()}
+            return by_message_id(entry_from_row(row) for marks, part in in_chunks(wanted) for row in conn.execute(
+                f"SELECT {COLUMNS} FROM entries WHERE message_id IN ({marks}) ORDER BY received_at", part).fetchall())
 
         return await self._read(fn) if wanted else {}
 
