@@ -14,9 +14,9 @@ same time. When an instance's breaker closes again, its deferred entries are wok
 are claimed — and delivered — in arrival order instead of by their scattered backoff times.
 """
 
+from gateway.inbound.outage import IntakeHold
 from gateway.inbound.outcomes import FINAL, BounceHandler
 from gateway.inbound.service import InboundService, build_clients
 from gateway.inbound.worker import InboundWorker
-from gateway.outage import IntakeHold
 
 __all__ = ["FINAL", "BounceHandler", "InboundService", "InboundWorker", "IntakeHold", "build_clients"]

@@ -19,6 +19,7 @@ from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
 from gateway.errors import ConfigProblem, PermFailure, TempFailure
 from gateway.headers import get_header, line_ending
+from gateway.inbound.outage import IntakeHold, OutagePolicy, SenderHold, sender_lane
 from gateway.inbound.outcomes import (
     FINAL,
     BounceHandler,
@@ -35,7 +36,6 @@ from gateway.odoo.breaker import BreakerOpenError
 from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, ProcessResult
 from gateway.odoo.directory import DirectorySync
 from gateway.odoo.headers import delivery_headers, stable_message_id
-from gateway.outage import IntakeHold, OutagePolicy, SenderHold, sender_lane
 from gateway.retry import backoff_delay
 from gateway.routing_policy import policy_from_config
 from gateway.spool import Direction, Spool, SpoolEntry, State
@@ -107,7 +107,7 @@ class InboundWorker:
         self._kick.set()
 
     def intake_hold(self, mail_from: str, rcpts: Sequence[str]) -> IntakeHold | None:
-        """For mail arriving now: spool it deferred if this worker would only defer it (gateway/outage.py)."""
+        """For mail arriving now: spool it deferred if this worker would only defer it (outage.py)."""
         return self.outage.intake_hold(mail_from, rcpts)
 
     def _breaker_listener(self, instance: str) -> Callable[[str], None]:
@@ -493,7 +493,7 @@ class InboundWorker:
             if client is None:
                 continue
             if client.breaker.state != "closed":
-                # Parked until the instance is back (gateway/outage.py), not until its next probe.
+                # Parked until the instance is back (outage.py), not until its next probe.
                 next_at = max(next_at, self.outage.parked_until(entry.envelope.received_at, client.breaker.retry_at))
             elif isinstance(exc, BreakerOpenError):
                 next_at = now  # it closed while we were busy: go again now, in order
