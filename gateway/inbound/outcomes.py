@@ -15,7 +15,7 @@ from gateway.odoo.breaker import BreakerOpenError
 from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, OdooTempError, ProcessResult
 from gateway.odoo.transport import TransportError
 from gateway.spool import SpoolEntry
-from routing.decision import DeliveryPlan, RouteDecision, is_deferral, is_discard, plan_deliveries
+from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, is_deferral, is_discard, plan_deliveries
 
 log = get_logger("mailgw.inbound")
 
@@ -44,6 +44,22 @@ def refused(d: RouteDecision, status: dict[str, dict[str, Any]], failed: list[Fa
         status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": f"{code} {enhanced} {text}",
                                "at": now}
         failed.append(FailedRecipient(d.recipient, enhanced, f"{text} ({d.reason})" if d.reason else text))
+
+
+def split_decisions(decisions: Sequence[RouteDecision], status: dict[str, dict[str, Any]],
+                    failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]], now: float
+                    ) -> tuple[list[RouteDecision], list[RouteDecision]]:
+    """(to deliver, bounces); the refused recipients get their status here."""
+    deliver: list[RouteDecision] = []
+    bounces: list[RouteDecision] = []
+    for d in decisions:
+        if d.route == "refuse":
+            refused(d, status, failed, temp, now)
+        elif d.route == "bounce":
+            bounces.append(d)
+        elif d.route in DELIVERING:
+            deliver.append(d)
+    return deliver, bounces
 
 
 async def handle_bounces(handler: BounceHandler, entry: SpoolEntry, raw: bytes, bounces: list[RouteDecision],

@@ -27,8 +27,8 @@ from gateway.inbound.outcomes import (
     handle_bounces,
     instance_wide,
     record_result,
-    refused,
     resolve_lookups,
+    split_decisions,
 )
 from gateway.inbound.replies import known_replies
 from gateway.logs import get_logger
@@ -39,7 +39,7 @@ from gateway.odoo.headers import delivery_headers, stable_message_id
 from gateway.retry import backoff_delay
 from gateway.routing_policy import policy_from_config
 from gateway.spool import Direction, Spool, SpoolEntry, State
-from routing.decision import DELIVERING, DeliveryPlan, RouteDecision
+from routing.decision import DeliveryPlan, RouteDecision
 from routing.directory import Directory
 from routing.message import MessageView
 from routing.router import Router
@@ -358,16 +358,7 @@ class InboundWorker:
                 await self._retry_later(entry, f"sender authentication: {held.reason}")
                 return None
 
-        deliver: list[RouteDecision] = []
-        bounces: list[RouteDecision] = []
-        for d in decisions:
-            if d.route == "refuse":
-                refused(d, status, failed, temp, now)
-            elif d.route == "bounce":
-                bounces.append(d)
-            elif d.route in DELIVERING:
-                deliver.append(d)
-
+        deliver, bounces = split_decisions(decisions, status, failed, temp, now)
         if bounces and self.bounce_handler is not None:
             await handle_bounces(self.bounce_handler, entry, raw, bounces, status, temp, now)
             bounces = []
