@@ -40,13 +40,14 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 HERE = Path(__file__).resolve().parent
 # bench/ holds routing.py and bounce.py: the repository must come first, or they shadow the packages.
 sys.path.insert(0, str(HERE.parent))
+from bench.common import free_port, pg_spool, start_postgres, start_sink, wait_port  # noqa: E402
+
 VENV_BIN = Path(sys.executable).parent
 
 BARE_SERVER = """
@@ -111,23 +112,6 @@ uvloop.run(main(int(sys.argv[1])))
 """
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_port(port: int, timeout: float = 15) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=1):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise TimeoutError(f"port {port} never opened")
-
-
 def drive(ports: list[int], messages: int, sessions: int, size: int) -> float:
     """One smtp-source per port, started together, each with its share of sessions and messages: total msg/s."""
     start = time.perf_counter()
@@ -141,11 +125,6 @@ def drive(ports: list[int], messages: int, sessions: int, size: int) -> float:
             raise RuntimeError(err.decode())
     elapsed = time.perf_counter() - start
     return (messages // len(ports)) * len(ports) / elapsed
-
-
-def start_sink(port: int) -> subprocess.Popen[bytes]:
-    return subprocess.Popen(["smtp-sink", "-u", "nobody" if os.getuid() == 0 else os.environ.get("USER", "nobody"),
-                             f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def start_bare(port: int) -> subprocess.Popen[bytes]:
@@ -262,26 +241,6 @@ def measure_sessions(workdir: Path, count: int) -> tuple[int, int]:
         stop(proc)
 
 
-def start_postgres() -> Any:
-    """A private PostgreSQL server (tests/pgcluster.py) with fsync on, or None when it cannot run here."""
-    from tests.pgcluster import PgCluster, why_unavailable
-
-    reason = why_unavailable()
-    if reason:
-        print(f"PostgreSQL runs skipped: {reason}", file=sys.stderr)
-        return None
-    cluster = PgCluster(durable=True).start()
-    cluster.create_database("bench")
-    return cluster
-
-
-def pg_spool(cluster: Any, workdir: Path, run: int, name: str) -> dict[str, str]:
-    """A fresh schema per measurement, so every run starts from an empty queue."""
-    secret = workdir / "spool.dsn"
-    secret.write_text(cluster.dsn("bench"))
-    return {"backend": "postgres", "dsn_file": str(secret), "schema": f"{name.replace('-', '_')}_{run}"}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=4000)
@@ -320,7 +279,8 @@ def main() -> int:
                 for name in names:
                     count = 2 if name == "mailgw-pg-x2" else 1
                     ports = [free_port() for _ in range(count)]
-                    spool = pg_spool(cluster, workdir, run, name) if name.startswith("mailgw-pg") else None
+                    spool = (pg_spool(cluster, workdir, f"{name.replace('-', '_')}_{run}")
+                             if name.startswith("mailgw-pg") else None)
                     nameserver = dns.nameserver if name == "mailgw-auth" else None
                     procs = [start_mailgw(port, workdir, args.log_level, nameserver, spool)
                              if name.startswith("mailgw") else servers[name](port) for port in ports]

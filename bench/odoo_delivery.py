@@ -39,8 +39,8 @@ import xmlrpc.client
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository first: bench/routing.py shadows routing/
+from bench.common import DEVNULL, REPO, padded, pg_spool, start_postgres
 
 STANDIN = f"""
 import sys
@@ -55,7 +55,6 @@ sys.stdin.read()
 s.stop()
 """
 SENDERS = 64
-DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - the log sink for the whole run
 
 
 def make_message(i: int, size: int) -> bytes:
@@ -63,8 +62,7 @@ def make_message(i: int, size: int) -> bytes:
             f"Subject: benchmark message {i}\r\nMessage-Id: <bench.{i}@example.org>\r\n"
             f"Date: Sun, 22 Nov 2026 12:00:00 +0000\r\nMIME-Version: 1.0\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\n\r\n").encode()
-    line = b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n"
-    return head + line * max(1, (size - len(head)) // len(line))
+    return padded(head, b"The quick brown fox jumps over the lazy dog, again and again and again.\r\n", size)
 
 
 def start_standin() -> tuple[subprocess.Popen[str], str]:
@@ -284,13 +282,6 @@ def run_gateway(url: str, n: int, conc: int, size: int, api: str, pg: dict[str, 
 _schemas = itertools.count()
 
 
-def pg_spool(cluster: Any, tmp: Path) -> dict[str, Any]:
-    """A fresh schema on the bench's PostgreSQL server for each measurement."""
-    secret = tmp / "spool.dsn"
-    secret.write_text(cluster.dsn("bench"))
-    return {"backend": "postgres", "dsn_file": str(secret), "schema": f"bench_{next(_schemas)}"}
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--messages", type=int, default=2000)
@@ -309,17 +300,7 @@ def main() -> int:
             return 0
         uvloop.run(worker_process(spec))
         return 0
-    cluster = None
-    if not args.no_postgres:
-        sys.path.insert(0, str(REPO))
-        from tests.pgcluster import PgCluster, why_unavailable
-
-        reason = why_unavailable()
-        if reason:
-            print(f"PostgreSQL runs skipped: {reason}", file=sys.stderr)
-        else:
-            cluster = PgCluster(durable=True).start()
-            cluster.create_database("bench")
+    cluster = None if args.no_postgres else start_postgres()
     proc, url = start_standin()
     ok = True
     names = ["bare", "mailgw"] + (["mailgw-pg", "mailgw-pg-x2"] if cluster is not None else [])
@@ -339,7 +320,7 @@ def main() -> int:
                             secs, cpu = run_gateway(url, args.messages, conc, args.size, api)
                         else:
                             with tempfile.TemporaryDirectory() as tmp:
-                                pg = pg_spool(cluster, Path(tmp))
+                                pg = pg_spool(cluster, Path(tmp), f"bench_{next(_schemas)}")
                                 secs, cpu = run_gateway(url, args.messages, conc, args.size, api, pg,
                                                         2 if name.endswith("x2") else 1)
                         rates[name].append(args.messages / secs)

@@ -21,26 +21,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import shutil
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-DEVNULL = open(os.devnull, "w")  # noqa: SIM115 - the log sink for the whole run
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository first: bench/routing.py shadows routing/
+from bench.common import DEVNULL, SMTP_SINK, free_port, padded, start_sink, wait_port
 
 
 def message(i: int, size: int) -> bytes:
@@ -48,8 +37,8 @@ def message(i: int, size: int) -> bytes:
             f"Subject: Your order {i}\r\nDate: Mon, 01 Dec 2025 10:00:00 +0000\r\n"
             f"Message-Id: <{i}.1700000000-openerp-{i}-sale.order@odoo>\r\nMIME-Version: 1.0\r\n"
             f"Content-Type: text/plain; charset=utf-8\r\n\r\n").encode()
-    line = b"Thank you for your order. Here are the details of what you bought and when it ships.\r\n"
-    return head + line * max(1, (size - len(head)) // len(line))
+    return padded(head, b"Thank you for your order. Here are the details of what you bought and when it ships.\r\n",
+                  size)
 
 
 async def bare(port: int, n: int, size: int, sessions: int) -> float:
@@ -154,20 +143,13 @@ def main() -> int:
     ap.add_argument("--size", type=int, default=4096)
     ap.add_argument("--sessions", type=int, default=10)
     args = ap.parse_args()
-    sink = shutil.which("smtp-sink") or "/usr/sbin/smtp-sink"
-    if not Path(sink).exists():
+    if not Path(SMTP_SINK).exists():
         print("smtp-sink not found (Debian package postfix)", file=sys.stderr)
         return 1
     port = free_port()
-    proc = subprocess.Popen([sink, "-u", "nobody", f"127.0.0.1:{port}", "1024"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = start_sink(port)
     try:
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as s:
-                if s.connect_ex(("127.0.0.1", port)) == 0:
-                    break
-            time.sleep(0.05)
+        wait_port(port, timeout=10)
         with tempfile.TemporaryDirectory() as tmp_name:
             tmp = Path(tmp_name)
             keys = make_keys(tmp)

@@ -112,7 +112,7 @@ def store_without_daemon(config_path: str, sender: str | None, rcpts: list[str],
     from gateway.host import default_hostname
     from gateway.intake.pipe import pipe_limits, store_piped
     from gateway.logs import setup_logging
-    from gateway.spool import open_spool
+    from gateway.spool import opened_spool
 
     setup_logging("warning", "auto")
     config = load_config_or_report(config_path, prefix="4.3.5 mailgw pipe: ")
@@ -129,11 +129,8 @@ def store_without_daemon(config_path: str, sender: str | None, rcpts: list[str],
 
     async def store() -> Answer:
         config.state_dir.mkdir(parents=True, exist_ok=True)
-        spool = await open_spool(config)
-        try:
+        async with opened_spool(config) as spool:
             return await store_piped(config, spool, sender, rcpts, raw, hostname=default_hostname())
-        finally:
-            await spool.close()
 
     try:
         return asyncio.run(store())

@@ -15,7 +15,7 @@ from typing import Any
 from gateway.commands import SubParsers, add_config_arg, load_config_or_report, queue_outbound
 from gateway.config import Config, ConfigError
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_TEMPFAIL, EX_USAGE
-from gateway.spool import Spool, SpoolEntry, SpoolError, State, UnknownEntry, open_spool
+from gateway.spool import Spool, SpoolEntry, SpoolError, State, UnknownEntry, opened_spool
 from gateway.spool.base import InvalidTransition
 
 TEXT_LIMIT = 1000  # entries `queue list` prints without --json unless told otherwise
@@ -70,11 +70,8 @@ def _with_spool(args: argparse.Namespace, fn: Callable[[Spool, argparse.Namespac
         if cfg.spool.backend == "sqlite" and not cfg.spool_path.exists():
             print(f"no spool at {cfg.spool_path} (nothing received yet)", file=sys.stderr)
             return 0 if args.queue_command == "list" and not getattr(args, "json", False) else _empty(args)
-        spool = await open_spool(cfg)
-        try:
+        async with opened_spool(cfg) as spool:
             return await fn(spool, args)
-        finally:
-            await spool.close()
 
     try:
         return asyncio.run(go(config))

@@ -13,7 +13,7 @@ from typing import Any
 from gateway.commands import SubParsers, add_config_arg, load_config_or_report
 from gateway.config import Config, ConfigError
 from gateway.exitcodes import EX_CONFIG, EX_DATAERR, EX_NOINPUT, EX_TEMPFAIL, EX_USAGE
-from gateway.spool import Spool, SpoolError, SpoolUnavailable, SqliteSpool, open_spool, spool_location
+from gateway.spool import Spool, SpoolError, SpoolUnavailable, SqliteSpool, open_spool, opened_spool, spool_location
 
 
 def register(sub: SubParsers) -> None:
@@ -98,8 +98,7 @@ async def _sqlite_source(args: argparse.Namespace) -> SqliteSpool:
 
 
 async def _status(config: Config, args: argparse.Namespace) -> int:
-    spool = await open_spool(config)
-    try:
+    async with opened_spool(config) as spool:
         print(f"backend: {config.spool.backend}")
         print(f"spool: {spool_location(config)}")
         version = getattr(spool, "schema_version", None)
@@ -110,14 +109,11 @@ async def _status(config: Config, args: argparse.Namespace) -> int:
             print(f"{direction}/{state}: {n}")
         if not counts:
             print("no entries")
-    finally:
-        await spool.close()
     return 0
 
 
 async def _migrate(config: Config, args: argparse.Namespace) -> int:
-    spool = await open_spool(config)  # opening applies what is missing
-    try:
+    async with opened_spool(config) as spool:  # opening applies what is missing
         before, after = getattr(spool, "migrated", (None, None))
         if after is None:
             print(f"{spool_location(config)}: SQLite creates its schema when it opens; nothing to migrate")
@@ -127,8 +123,6 @@ async def _migrate(config: Config, args: argparse.Namespace) -> int:
             print(f"{spool_location(config)}: schema migrated from version {before} to {after}")
         if args.source:
             return await _copy_in(spool, args)
-    finally:
-        await spool.close()
     return 0
 
 
@@ -166,11 +160,8 @@ async def _export(config: Config, args: argparse.Namespace) -> int:
 async def _import(config: Config, args: argparse.Namespace) -> int:
     from gateway.spool.transfer import read_export
 
-    dst = await open_spool(config)
-    try:
+    async with opened_spool(config) as dst:
         report = await read_export(args.input, dst)
-    finally:
-        await dst.close()
     print(f"imported {report.added} entries; {report.skipped} already there")
     _warn_claimed(report.claimed)
     return 0

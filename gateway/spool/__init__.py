@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import AsyncIterator
+
 from gateway.config import Config
 from gateway.spool.base import (
     Direction,
@@ -23,7 +26,7 @@ from gateway.spool.sqlite import SqliteSpool
 __all__ = [
     "Direction", "Envelope", "InvalidTransition", "LeaseLost", "PutItem", "RecoveryReport", "Spool", "SpoolEntry",
     "SpoolError", "SpoolUnavailable", "SqliteSpool", "State", "UnknownEntry", "new_queue_id", "open_spool",
-    "spool_location",
+    "opened_spool", "spool_location",
 ]
 
 
@@ -41,6 +44,16 @@ async def open_spool(config: Config, *, daemon: bool = False) -> Spool:
             pool_size=sc.pool_size, connect_timeout=sc.connect_timeout, statement_timeout=sc.statement_timeout,
             max_batch=sc.max_batch, commit_window=sc.commit_window, crash_limit=config.delivery.crash_limit)
     return await SqliteSpool.open(config.spool_path, max_batch=sc.max_batch, commit_window=sc.commit_window)
+
+
+@contextlib.asynccontextmanager
+async def opened_spool(config: Config) -> AsyncIterator[Spool]:
+    """The configured spool for the length of an `async with` block (a command's): closed however it ends."""
+    spool = await open_spool(config)
+    try:
+        yield spool
+    finally:
+        await spool.close()
 
 
 def spool_location(config: Config) -> str:

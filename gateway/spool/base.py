@@ -6,7 +6,7 @@ import asyncio
 import json
 import random
 import time
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any, Protocol
@@ -68,6 +68,8 @@ ACTIVE: Mapping[Direction, frozenset[State]] = {
 }
 # Where an operator's `queue retry` sends an entry.
 REQUEUE: Mapping[Direction, State] = {Direction.INBOUND: S.RECEIVED, Direction.OUTBOUND: S.OUTGOING}
+# Inbound states `defer_many` moves to deferred (as text, for the statements).
+DEFERRABLE = tuple(sorted(str(st) for st, to in TRANSITIONS[Direction.INBOUND].items() if S.DEFERRED in to))
 # rcpt_status also carries the sender-authentication gate's own state under this key (no recipient address can
 # be "@auth"): {"state": "held" | "released", "rule", "detail", "at"}. A released entry is delivered as if it
 # had passed; the key survives every later transition because workers rewrite rcpt_status whole.
@@ -296,8 +298,22 @@ def log_transition(queue_id: str, current: State, to: State, entry: SpoolEntry, 
              to=str(to), attempts=entry.attempts, error=error)
 
 
+def log_deferred(queue_ids: Sequence[str], error: str) -> None:
+    """One `spool.transition` line per entry `defer_many` moved."""
+    for queue_id in queue_ids:
+        log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
+
+
 def parked_reason(crashes: int, state: str) -> str:
     return f"parked: the worker died {crashes} times while handling it (was {state})"
+
+
+def by_message_id(entries: Iterable[SpoolEntry]) -> dict[str, tuple[SpoolEntry, ...]]:
+    """`find_message_ids`'s answer: Message-Id -> its entries, in the order given."""
+    found: dict[str, list[SpoolEntry]] = {}
+    for entry in entries:
+        found.setdefault(entry.message_id or "", []).append(entry)
+    return {k: tuple(v) for k, v in found.items()}
 
 
 # Where the poison guard parks an entry, per direction.
@@ -339,6 +355,20 @@ class AlwaysHeld:
 class RecoveryReport:
     released: tuple[str, ...]
     parked: tuple[str, ...]
+
+    def log(self) -> None:
+        if self.released or self.parked:
+            log.warning("spool.recovered", released=len(self.released), parked=list(self.parked))
+
+
+async def requeue_target(spool: Spool, queue_id: str) -> tuple[SpoolEntry, State | None]:
+    """For an operator's retry: the entry (UnknownEntry if there is none) and where it moves; None for outbound
+    mail already waiting to go, which a retry leaves as it is."""
+    entry = await spool.get(queue_id)
+    if entry is None:
+        raise UnknownEntry(queue_id)
+    target = REQUEUE[entry.direction]
+    return entry, None if entry.state == target and entry.direction == Direction.OUTBOUND else target
 
 
 class Spool(Protocol):
@@ -422,7 +452,9 @@ class Spool(Protocol):
 
     async def counts(self) -> dict[tuple[str, str], int]: ...
 
-    async def has_dedup_key(self, key: str) -> str | None: ...
+    async def has_dedup_key(self, key: str) -> str | None:
+        """The queue id stored under this ledger key, or None (written once here, on `has_dedup_keys`)."""
+        return (await self.has_dedup_keys([key])).get(key)
 
     async def has_dedup_keys(self, keys: Sequence[str]) -> dict[str, str]: ...
 

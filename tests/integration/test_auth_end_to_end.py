@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import inspect
 import smtplib
-import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +26,7 @@ from tests.integration.auth_zone import ORIGIN_IP, STRANGER_IP, Keys, message
 from tests.integration.dnsserver import DnsTestServer, mail_zone
 from tests.integration.smtpwire import SmtpWire
 from tests.odoo_standin import OdooStandin, odoo_instance_config
+from tests.waiting import wait_until
 
 AUTHSERV = "gw.example.com"
 FORGED_AR = f"Authentication-Results: {AUTHSERV}; spf=pass; dkim=pass; dmarc=pass header.from=customer.test\r\n"
@@ -84,22 +83,10 @@ async def running(tmp_path: Path, standin: OdooStandin, dns: DnsTestServer, poli
     daemon = Daemon(cfg)
     await daemon.start()
     try:
-        await wait_for(lambda: daemon.inbound.directory.current.is_ready("main"), "directory")
+        await wait_until(lambda: daemon.inbound.directory.current.is_ready("main"), "directory")
         yield daemon
     finally:
         await daemon.drain()
-
-
-async def wait_for(predicate: Callable[[], Any], what: str, timeout: float = 15.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if inspect.isawaitable(value):
-            value = await value
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def delivered(standin: OdooStandin, mid: str) -> bytes | None:
@@ -144,7 +131,7 @@ async def test_impersonation_refused_held_or_tagged(tmp_path: Path, odoo_standin
             code, _ = await asyncio.to_thread(send, port, source, sender, [rcpt], good)
             assert code == 250, name
             mid = good.split(b"Message-Id: ")[1].split(b"\r\n")[0].decode()
-            ok = await wait_for(lambda mid=mid: delivered(odoo_standin, mid), f"{name} delivered")
+            ok = await wait_until(lambda mid=mid: delivered(odoo_standin, mid), f"{name} delivered")
             [ar] = our_results(ok)
             assert "dmarc=pass" in ar
             assert ok.index(b"Authentication-Results: " + AUTHSERV.encode()) < ok.index(b"\r\nFrom: ")
@@ -157,11 +144,11 @@ async def test_impersonation_refused_held_or_tagged(tmp_path: Path, odoo_standin
                 continue
             assert code == 250, (name, code, text)
             if action == "hold":
-                entry = await wait_for(lambda fmid=fmid: _held(daemon, fmid), f"{name} held")
+                entry = await wait_until(lambda fmid=fmid: _held(daemon, fmid), f"{name} held")
                 assert "sender authentication" in (entry.last_error or "")
                 assert delivered(odoo_standin, fmid) is None
                 continue
-            got = await wait_for(lambda fmid=fmid: delivered(odoo_standin, fmid), f"{name} tagged")
+            got = await wait_until(lambda fmid=fmid: delivered(odoo_standin, fmid), f"{name} tagged")
             [ar] = our_results(got)
             assert "dmarc=fail" in ar and "spf=fail" in ar  # delivered, with the verdict
         # A forged Authentication-Results with our authserv-id never reached Odoo.
@@ -204,9 +191,9 @@ async def test_defaults_release_lmtp_relays_and_temperror(tmp_path: Path, odoo_s
         forged = message("Boss <boss@example.com>", to="sales@example.com", mid="<b9@example.com>", extra=FORGED_AR)
         code, _ = await asyncio.to_thread(send, port, STRANGER_IP, "boss@example.com", ["sales@example.com"], forged)
         assert code == 250
-        entry = await wait_for(lambda: _held(daemon, "<b9@example.com>"), "held")
+        entry = await wait_until(lambda: _held(daemon, "<b9@example.com>"), "held")
         await release(daemon.spool, entry.queue_id)
-        got = await wait_for(lambda: delivered(odoo_standin, "<b9@example.com>"), "released and delivered")
+        got = await wait_until(lambda: delivered(odoo_standin, "<b9@example.com>"), "released and delivered")
         [ar] = our_results(got)
         assert "dmarc=fail" in ar and b"header.from=customer.test" not in got
         # LMTP from Postfix (a trusted relay behind a unix socket): the client is the one Postfix's Received
@@ -217,7 +204,7 @@ async def test_defaults_release_lmtp_relays_and_temperror(tmp_path: Path, odoo_s
                                           ["sales@example.com", "support@example.com"],
                                           relayed + message("carol@customer.test", mid="<l1@customer.test>"))
         assert [a[0] for a in answers.values()] == [250, 250]
-        got = await wait_for(lambda: delivered(odoo_standin, "<l1@customer.test>"), "relayed delivered")
+        got = await wait_until(lambda: delivered(odoo_standin, "<l1@customer.test>"), "relayed delivered")
         assert "spf=pass" in our_results(got)[0] and "dmarc=pass" in our_results(got)[0]
         forged_lmtp = await asyncio.to_thread(lmtp, tmp_path / "lmtp.sock", "x@strict.test",
                                               ["sales@example.com", "support@example.com"],

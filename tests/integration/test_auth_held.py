@@ -26,9 +26,9 @@ from tests.integration.test_auth_end_to_end import (
     keys,  # noqa: F401 - fixture
     our_results,
     running,
-    wait_for,
 )
 from tests.odoo_standin import OdooStandin
+from tests.waiting import wait_until
 
 AUTH = {"authserv_id": "mx.example.com", "ar": "mx.example.com; dmarc=fail header.from=example.com",
         "dmarc": "fail", "spf": "fail", "dkim": [], "arc": "none", "from_domain": "example.com"}
@@ -115,8 +115,8 @@ async def test_pipe_mail_is_verified_by_the_worker(tmp_path: Path, odoo_standin:
             await daemon.spool.put(Envelope("boss@example.com", ("sales@example.com",), "pipe"), raw,
                                    message_id=extract_message_id(raw))
         daemon.inbound.worker.kick()
-        await wait_for(lambda: _held(daemon, "<pp1@x>"), "forged internal user held")
-        ok = await wait_for(lambda: delivered(odoo_standin, "<pp2@x>"), "authenticated pipe mail delivered")
+        await wait_until(lambda: _held(daemon, "<pp1@x>"), "forged internal user held")
+        ok = await wait_until(lambda: delivered(odoo_standin, "<pp2@x>"), "authenticated pipe mail delivered")
         assert "spf=pass" in our_results(ok)[0] and "dmarc=pass" in our_results(ok)[0]
-        tagged = await wait_for(lambda: delivered(odoo_standin, "<pp3@x>"), "unauthenticated pipe mail tagged")
+        tagged = await wait_until(lambda: delivered(odoo_standin, "<pp3@x>"), "unauthenticated pipe mail tagged")
         assert "dmarc=fail" in our_results(tagged)[0]

@@ -17,20 +17,7 @@ from gateway.intake.imap import ImapPoller, uid_set
 from gateway.intake.mailbox import MailboxPoller, imap_key
 from gateway.spool import Envelope, SpoolEntry, SqliteSpool, State
 from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message
-
-
-async def wait_until(pred: Callable[[], Any], timeout: float = 15.0, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        result = pred()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.02)
-
+from tests.waiting import wait_until
 
 P = TypeVar("P", bound=MailboxPoller)
 

@@ -24,7 +24,8 @@ from tests.integration.dovecot import (
     why_unavailable,
 )
 from tests.integration.oauth2_idp import OAuth2Provider
-from tests.integration.test_imap import running, wait_until
+from tests.integration.test_imap import running
+from tests.waiting import wait_until
 
 USER = "oauth-box"
 

@@ -15,9 +15,9 @@ from structlog.testing import capture_logs
 from gateway.bounces import BounceForwarder
 from gateway.spool import SpoolEntry, SqliteSpool, State
 from routing.decision import RouteDecision
-from tests.integration.hostile import until
 from tests.integration.test_odoo_inbound import Harness, message
 from tests.odoo_standin import OdooStandin, odoo_instance_config
+from tests.waiting import wait_until
 
 # A delivery report that names no recipient anywhere, neither in a delivery-status part nor in its text.
 UNREADABLE_BOUNCE = (
@@ -108,10 +108,10 @@ async def test_10_an_outage_costs_bounded_spool_writes_however_many_breaker_peri
                    for i in range(100)]
             for qid in ids:
                 await h.wait(qid, State.DEFERRED)
-            await until(lambda: len(opened) >= 5, "five failed probes")
+            await wait_until(lambda: len(opened) >= 5, "five failed probes")
             early = dict(writes.per_entry)
             claims = writes.claims
-            await until(lambda: len(opened) >= 40, "forty failed probes", timeout=30)
+            await wait_until(lambda: len(opened) >= 40, "forty failed probes", timeout=30)
             # Nothing was claimed while the breaker stayed open, and no entry was written again.
             assert writes.claims == claims and dict(writes.per_entry) == early
             assert max(writes.per_entry[q] for q in ids) <= 4, writes.per_entry.most_common(3)
@@ -141,7 +141,7 @@ async def test_10_mail_arriving_during_an_outage_waits_for_the_breaker(tmp_path:
             writes = SpoolWrites(h.spool)
             opened: list[str] = []
             h.clients["main"].breaker.subscribe(lambda s: opened.append(s) if s == "open" else None)
-            await until(lambda: len(opened) >= 10, "ten failed probes")
+            await wait_until(lambda: len(opened) >= 10, "ten failed probes")
             assert writes.claims == 0
             odoo.up()
             await h.wait(first, State.DELIVERED, timeout=20)

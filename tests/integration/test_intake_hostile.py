@@ -14,14 +14,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.hostile import LOOPS, OURS, Watch, run_on, until, watched
+from tests.integration.hostile import LOOPS, OURS, Watch, run_on, watched
 from tests.integration.smtpwire import SmtpWire, wire
+from tests.waiting import wait_until
 
 pytestmark = pytest.mark.parametrize("loop", LOOPS)
 
 
 async def clean(w: Watch) -> None:
-    await until(lambda: not w.listener.sessions, "every session slot released")
+    await wait_until(lambda: not w.listener.sessions, "every session slot released")
     assert w.problems() == []
 
 

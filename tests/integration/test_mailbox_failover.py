@@ -12,8 +12,8 @@ from gateway.config import parse_config
 from gateway.intake.imap import ImapPoller
 from gateway.spool.postgres import PostgresSpool
 from tests.integration.dovecot import DovecotServer, mailbox_config_dict, message
-from tests.integration.test_imap import wait_until
 from tests.system.daemon import DaemonProcess, base_config
+from tests.waiting import wait_until
 
 
 async def test_one_gateway_polls_and_the_other_takes_over_when_it_dies(dovecot: DovecotServer, tmp_path: Path,

@@ -14,7 +14,8 @@ from gateway.intake.mailbox import pop3_key
 from gateway.intake.pop import Pop3Client, Pop3Poller
 from gateway.spool import Envelope, SqliteSpool, State
 from tests.integration.dovecot import DovecotServer, MailUser, mailbox_config_dict, message, preload_maildir
-from tests.integration.test_imap import append, running, wait_until
+from tests.integration.test_imap import append, running
+from tests.waiting import wait_until
 
 
 @asynccontextmanager

@@ -18,8 +18,8 @@ from gateway.spool import Direction, Envelope, LeaseLost, SpoolUnavailable, Stat
 from gateway.spool.postgres import PostgresSpool
 from gateway.spool.postgres.control import InstanceNameInUse
 from gateway.spool.postgres.schema import LATEST, MIGRATIONS, migrate
-from tests.integration.test_imap import wait_until
 from tests.pgcluster import PgCluster, cluster_fixture
+from tests.waiting import wait_until
 
 
 def env(**kw: Any) -> Envelope:
@@ -159,14 +159,14 @@ async def test_new_mail_wakes_the_other_gateways(gateways: Callable[..., Any]) -
         heard: list[Direction] = []
         listening.add_listener(heard.append)
         await storing.put(env(), b"due now")
-        await wait_until(lambda: Direction.INBOUND in heard, 10, "NOTIFY")
+        await wait_until(lambda: Direction.INBOUND in heard, "NOTIFY", 10)
         heard.clear()
         await storing.put(env(), b"o", direction=Direction.OUTBOUND)
-        await wait_until(lambda: Direction.OUTBOUND in heard, 10, "NOTIFY outbound")
+        await wait_until(lambda: Direction.OUTBOUND in heard, "NOTIFY outbound", 10)
         heard.clear()
         await storing.put(env(), b"later", state=State.DEFERRED, next_attempt_at=time.time() + 600)
         await storing.put(env(), b"now")  # a later insert that notifies: the deferred one did not
-        await wait_until(lambda: heard, 10, "NOTIFY")
+        await wait_until(lambda: heard, "NOTIFY", 10)
         assert heard == [Direction.INBOUND]
 
 
@@ -182,11 +182,11 @@ async def test_one_gateway_polls_a_mailbox_and_another_takes_over_when_its_sessi
         # holder is told at once.
         pid = await a._control._conn.fetchval("SELECT pg_backend_pid()")  # type: ignore[union-attr]
         pg_cluster.psql(f"SELECT pg_terminate_backend({pid})")
-        await wait_until(lambda: la.lost.is_set(), 10, "the holder to notice")
-        await wait_until(lb.acquire, 10, "the take-over")
+        await wait_until(lambda: la.lost.is_set(), "the holder to notice", 10)
+        await wait_until(lb.acquire, "the take-over", 10)
         assert not await la.acquire()
         await lb.release()
-        await wait_until(la.acquire, 20, "the first gateway's control session to come back")
+        await wait_until(la.acquire, "the first gateway's control session to come back", 20)
 
 
 async def test_a_statement_timeout_leaves_no_claim(gateways: Callable[..., Any], pg_spool: dict[str, str]) -> None:
@@ -234,7 +234,7 @@ async def test_database_restart_fails_writes_cleanly_then_resumes_without_reopen
                 await spool.claim(Direction.INBOUND, "w", limit=1)
             with pytest.raises(SpoolUnavailable):
                 await spool.transition(held.queue_id, State.DELIVERED)  # outcome unknown to the worker
-            await wait_until(lambda: lock.lost.is_set(), 10, "the mailbox lock to be reported lost")
+            await wait_until(lambda: lock.lost.is_set(), "the mailbox lock to be reported lost", 10)
             await asyncio.to_thread(own_cluster.start)
             after, created = await spool.put(env(), b"after")
         assert created and await spool.raw(after) == b"after"
@@ -245,9 +245,9 @@ async def test_database_restart_fails_writes_cleanly_then_resumes_without_reopen
             entry = await spool.get(held.queue_id)
             return entry is not None and entry.claimed_by is None and entry.crashes == 0
 
-        await wait_until(released, 10, "the abandoned claim to be released")
+        await wait_until(released, "the abandoned claim to be released", 10)
         assert kept == held.queue_id
-        await wait_until(lock.acquire, 20, "the mailbox lock again")
+        await wait_until(lock.acquire, "the mailbox lock again", 20)
     finally:
         await spool.close()
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.system.daemon import MAILGW, REPO, DaemonProcess, base_config
+from tests.waiting import wait_until_sync
 
 
 def sender_thread(port: int, tag: str, acked: list[str], stop: threading.Event) -> None:
@@ -102,18 +103,12 @@ def test_sighup_with_invalid_config_keeps_running_and_sigterm_drains(daemon: Dae
     good = dict(daemon.config)
     daemon.write_config({**good, "listeners": "nonsense"})
     daemon.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "daemon.reload_rejected" not in daemon.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "daemon.reload_rejected" in daemon.log_text()
+    wait_until_sync(lambda: "daemon.reload_rejected" in daemon.log_text(), "the bad config to be refused", 10)
     with smtplib.SMTP("127.0.0.1", daemon.smtp_port, timeout=5) as client:  # still serving
         client.sendmail("a@example.org", ["b@example.com"], b"Subject: after hup\r\n\r\nx\r\n")
     daemon.write_config(good)
     daemon.signal(signal.SIGHUP)
-    deadline = time.monotonic() + 10
-    while "daemon.reloaded" not in daemon.log_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert "daemon.reloaded" in daemon.log_text()
+    wait_until_sync(lambda: "daemon.reloaded" in daemon.log_text(), "the reload", 10)
     assert daemon.stop() == 0
     assert "daemon.stopped" in daemon.log_text()
 

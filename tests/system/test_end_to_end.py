@@ -5,46 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import smtplib
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
-
-from aiosmtpd.smtp import SMTP
 
 from bounce.verp import decode
 from tests.integration.dnsserver import DnsTestServer, mail_zone
+from tests.integration.fakemx import FakeMx, fake_mx
 from tests.odoo_standin import OdooStandin
 from tests.system.daemon import DaemonProcess, free_port
+from tests.waiting import wait_until
 
 VERP_SECRET = "e2e-verp-secret-0123456789"
-
-
-class RemoteMx:
-    """The internet's side: accepts ok@, refuses bad@ with 550."""
-
-    def __init__(self) -> None:
-        self.received: list[tuple[str, list[str], bytes]] = []
-
-    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str, options: list[str]) -> str:
-        if address.startswith("bad@"):
-            return "550 5.1.1 <bad@remote.test>: Recipient address rejected: User unknown"
-        envelope.rcpt_tos.append(address)
-        return "250 2.1.5 OK"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.received.append((envelope.mail_from, list(envelope.rcpt_tos), envelope.original_content))
-        return "250 2.0.0 Ok: queued"
-
-
-async def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def send(port: int, sender: str, rcpts: list[str], data: bytes) -> dict[str, tuple[int, bytes]]:
@@ -54,32 +24,30 @@ def send(port: int, sender: str, rcpts: list[str], data: bytes) -> dict[str, tup
 
 async def test_end_to_end(tmp_path: Path, odoo_standin: OdooStandin) -> None:
     odoo_standin.add_message("<thread-1-openerp-42-crm.lead@odoo>", "crm.lead", 42)
-    remote = RemoteMx()
-    loop = asyncio.get_running_loop()
-    mx = await loop.create_server(lambda: SMTP(remote, hostname="mx.remote.test"), "127.0.0.1", 0)
-    mx_port = mx.sockets[0].getsockname()[1]
     smtp_port, submission_port = free_port(), free_port()
-    with DnsTestServer(mail_zone("remote.test", mx=["10 mx.remote.test."], extra=["mx A 127.0.0.1"])) as dns:
-        config = {
-            "state_dir": str(tmp_path / "state"),
-            "listeners": [{"kind": "smtp", "bind": f"127.0.0.1:{smtp_port}", "hostname": "gw.example.com"},
-                          {"kind": "submission", "bind": f"127.0.0.1:{submission_port}", "hostname": "gw.example.com"}],
-            "odoo": [{"name": "main", "url": odoo_standin.url, "database": "odoo", "login": "mailgw",
-                      "password_env": "E2E_ODOO_PW", "domains": ["example.com"]}],
-            "delivery": {"poll_interval": "0.2s", "retry_initial": "0.5s"},
-            "outbound": {"smtp_port": mx_port, "nameservers": [dns.nameserver], "retry_initial": "0.5s"},
-            "bounce": {"verp_secret_env": "E2E_VERP"},
-            "logging": {"format": "json"},
-        }
-        daemon = DaemonProcess(tmp_path, config, env={"E2E_ODOO_PW": "secret", "E2E_VERP": VERP_SECRET})
-        try:
-            await asyncio.to_thread(daemon.start)
-            await wait_for(lambda: (tmp_path / "state" / "directory.json").exists(), what="directory from Odoo")
-            await _inbound_cases(daemon, odoo_standin)
-            await _outbound_and_bounces(daemon, odoo_standin, remote)
-        finally:
-            await asyncio.to_thread(daemon.stop)
-            mx.close()
+    # The internet's side: accepts ok@, refuses bad@ with 550 5.1.1.
+    async with fake_mx("127.0.0.1") as remote:
+        with DnsTestServer(mail_zone("remote.test", mx=["10 mx.remote.test."], extra=["mx A 127.0.0.1"])) as dns:
+            config = {
+                "state_dir": str(tmp_path / "state"),
+                "listeners": [{"kind": "smtp", "bind": f"127.0.0.1:{smtp_port}", "hostname": "gw.example.com"},
+                              {"kind": "submission", "bind": f"127.0.0.1:{submission_port}",
+                               "hostname": "gw.example.com"}],
+                "odoo": [{"name": "main", "url": odoo_standin.url, "database": "odoo", "login": "mailgw",
+                          "password_env": "E2E_ODOO_PW", "domains": ["example.com"]}],
+                "delivery": {"poll_interval": "0.2s", "retry_initial": "0.5s"},
+                "outbound": {"smtp_port": remote.port, "nameservers": [dns.nameserver], "retry_initial": "0.5s"},
+                "bounce": {"verp_secret_env": "E2E_VERP"},
+                "logging": {"format": "json"},
+            }
+            daemon = DaemonProcess(tmp_path, config, env={"E2E_ODOO_PW": "secret", "E2E_VERP": VERP_SECRET})
+            try:
+                await asyncio.to_thread(daemon.start)
+                await wait_until(lambda: (tmp_path / "state" / "directory.json").exists(), what="directory from Odoo")
+                await _inbound_cases(daemon, odoo_standin)
+                await _outbound_and_bounces(daemon, odoo_standin, remote)
+            finally:
+                await asyncio.to_thread(daemon.stop)
 
 
 async def _inbound_cases(daemon: DaemonProcess, odoo: OdooStandin) -> None:
@@ -88,8 +56,8 @@ async def _inbound_cases(daemon: DaemonProcess, odoo: OdooStandin) -> None:
     body = b"From: Customer <c@customer.test>\r\nTo: sales@example.com\r\nSubject: Quote\r\n" \
            b"Message-Id: <q1@customer.test>\r\n\r\nPlease quote 10 chairs.\r\n"
     assert await asyncio.to_thread(send, port, "c@customer.test", ["sales@example.com"], body) == {}
-    call = await wait_for(lambda: next((c for c in odoo.message_calls() if c.message_id == "<q1@customer.test>"),
-                                       None), what="delivery to Odoo")
+    call = await wait_until(lambda: next((c for c in odoo.message_calls() if c.message_id == "<q1@customer.test>"),
+                                         None), what="delivery to Odoo")
     assert call.message is not None and call.message.endswith(body)
     assert b"Return-Path: <c@customer.test>" in call.message
     assert b"Delivered-To:" not in call.message  # sales@ shows in To: Odoo decides from the headers as sent
@@ -104,13 +72,13 @@ async def _inbound_cases(daemon: DaemonProcess, odoo: OdooStandin) -> None:
     reply = b"From: c@customer.test\r\nTo: catchall@example.com\r\nSubject: Re: Quote\r\n" \
             b"In-Reply-To: <thread-1-openerp-42-crm.lead@odoo>\r\nMessage-Id: <r1@customer.test>\r\n\r\nOK!\r\n"
     assert await asyncio.to_thread(send, port, "c@customer.test", ["catchall@example.com"], reply) == {}
-    await wait_for(lambda: any(c.message_id == "<r1@customer.test>" for c in odoo.message_calls()), what="reply")
-    entries = await wait_for(lambda: [e for e in daemon.queue() if e["message_id"] == "<r1@customer.test>"
-                                      and e["state"] == "delivered"], what="reply delivered")
+    await wait_until(lambda: any(c.message_id == "<r1@customer.test>" for c in odoo.message_calls()), what="reply")
+    entries = await wait_until(lambda: [e for e in daemon.queue() if e["message_id"] == "<r1@customer.test>"
+                                        and e["state"] == "delivered"], what="reply delivered")
     assert entries
 
 
-async def _outbound_and_bounces(daemon: DaemonProcess, odoo: OdooStandin, remote: RemoteMx) -> None:
+async def _outbound_and_bounces(daemon: DaemonProcess, odoo: OdooStandin, remote: FakeMx) -> None:
     # Odoo submits a notification with its static bounce address as envelope sender.
     notification = (b"Return-Path: <bounce@example.com>\r\nFrom: \"Sales\" <notifications@example.com>\r\n"
                     b"To: ok@remote.test, bad@remote.test\r\nSubject: Your quote\r\n"
@@ -119,16 +87,16 @@ async def _outbound_and_bounces(daemon: DaemonProcess, odoo: OdooStandin, remote
     refused = await asyncio.to_thread(send, submission_port, "bounce@example.com",
                                       ["ok@remote.test", "bad@remote.test"], notification)
     assert refused == {}  # the submission listener accepted both; delivery is the gateway's job now
-    mail_from, rcpts, data = await wait_for(lambda: remote.received[0] if remote.received else None,
-                                            what="delivery to the remote MX")
+    mail_from, rcpts, data = await wait_until(lambda: remote.transactions[0] if remote.messages else None,
+                                              what="delivery to the remote MX")
     token = decode(mail_from, VERP_SECRET.encode())
     assert rcpts == ["ok@remote.test"] and token is not None and token.valid
     assert b"Return-Path:" not in data.split(b"\r\n\r\n")[0]
     # bad@ was refused by the MX: the DSN goes to the bounce address, which is ours, so it comes back in and
     # reaches Odoo as a report naming bad@remote.test and the original Message-Id.
-    report = await wait_for(lambda: next((c for c in odoo.message_calls() if c.message and
-                                          b"Final-Recipient: rfc822; bad@remote.test" in c.message), None),
-                            timeout=30, what="bounce report to Odoo")
+    report = await wait_until(lambda: next((c for c in odoo.message_calls() if c.message and
+                                            b"Final-Recipient: rfc822; bad@remote.test" in c.message), None),
+                              timeout=30, what="bounce report to Odoo")
     assert report.message is not None
     assert b"<n1-openerp-42-crm.lead@odoo>" in report.message and b"To: bounce@example.com" in report.message
     # Later, ok@'s server bounces asynchronously to the VERP address: Odoo hears about ok@ too.
@@ -141,6 +109,6 @@ async def _outbound_and_bounces(daemon: DaemonProcess, odoo: OdooStandin, remote
             "Diagnostic-Code: smtp; 550 5.1.1 user unknown\r\n"
             "--B\r\nContent-Type: text/rfc822-headers\r\n\r\nMessage-Id: <n1-openerp-42-crm.lead@odoo>\r\n--B--\r\n")
     assert await asyncio.to_thread(send, daemon.smtp_port, "", [mail_from], late.encode()) == {}
-    await wait_for(lambda: any(c.message and b"Final-Recipient: rfc822; ok@remote.test" in c.message
-                               and b"To: bounce@example.com" in c.message for c in odoo.message_calls()),
-                   timeout=30, what="late bounce report to Odoo")
+    await wait_until(lambda: any(c.message and b"Final-Recipient: rfc822; ok@remote.test" in c.message
+                                 and b"To: bounce@example.com" in c.message for c in odoo.message_calls()),
+                     timeout=30, what="late bounce report to Odoo")

@@ -15,8 +15,7 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ from tests.integration.dovecot import (
     message,
     preload_maildir,
 )
+from tests.waiting import wait_until_sync
 
 MAILGW = str(Path(sys.executable).parent / "mailgw")
 
@@ -80,8 +80,8 @@ class RunnerProcess:
         """Graceful stop once the current run is ready (a SIGTERM before Python installed its handler — the
         process still importing — would end it by the default action, which is not what is being tested)."""
         assert self.proc is not None
-        wait_until(lambda: any(e.get("event") == "daemon.ready" for e in self.log_events(self.runs))
-                   or self.proc is None or self.proc.poll() is not None, what="daemon ready")
+        wait_until_sync(lambda: any(e.get("event") == "daemon.ready" for e in self.log_events(self.runs))
+                        or self.proc is None or self.proc.poll() is not None, what="daemon ready")
         self.proc.send_signal(signal.SIGTERM)
         return self.proc.wait(20)
 
@@ -108,14 +108,6 @@ class RunnerProcess:
             return []
         finally:
             conn.close()
-
-
-def wait_until(pred: Callable[[], bool], timeout: float = 30, what: str = "condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not pred():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def assert_exactly_once(runner: RunnerProcess, raws: list[bytes]) -> None:
@@ -146,7 +138,7 @@ def test_imap_kill_9_between_commit_and_seen(dovecot: DovecotServer, tmp_path: P
     assert spooled >= 10 and seen_after_crash < spooled
 
     runner.start()
-    wait_until(lambda: seen_count(dovecot, user) == 30, what="all 30 \\Seen after the restart")
+    wait_until_sync(lambda: seen_count(dovecot, user) == 30, what="all 30 \\Seen after the restart")
     assert runner.terminate() == 0
     assert_exactly_once(runner, raws)
     events = runner.log_events(2)
@@ -163,10 +155,10 @@ def test_imap_kill_9_at_an_arbitrary_moment(dovecot: DovecotServer, tmp_path: Pa
     runner = RunnerProcess(tmp_path, mailbox_config_dict(dovecot, user, tmp_path / "state", batch_size=7,
                                                          after="move:Done"))
     runner.start()
-    wait_until(lambda: len(runner.entries()) >= 40, what="some progress")
+    wait_until_sync(lambda: len(runner.entries()) >= 40, what="some progress")
     runner.kill()
     runner.start()
-    wait_until(lambda: len(dovecot.flags(user, "Done")) == 120, what="all moved")
+    wait_until_sync(lambda: len(dovecot.flags(user, "Done")) == 120, what="all moved")
     assert runner.terminate() == 0
     assert dovecot.flags(user) == {}
     assert_exactly_once(runner, raws)
@@ -185,7 +177,7 @@ def test_pop3_kill_9_between_commit_and_dele(dovecot: DovecotServer, tmp_path: P
     assert dovecot.pop3_count(user) == 30
 
     runner.start()
-    wait_until(lambda: dovecot.pop3_count(user) == 0, what="maildrop emptied")
+    wait_until_sync(lambda: dovecot.pop3_count(user) == 0, what="maildrop emptied")
     assert runner.terminate() == 0
     assert_exactly_once(runner, raws)
     redone = [e for e in runner.log_events(2) if e.get("event") == "pop3.already_spooled"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tests.odoo_standin import OdooStandin, odoo_instance_config
 from tests.system.daemon import DaemonProcess, base_config
+from tests.waiting import wait_until_sync
 
 SENDERS = [f"sender{i}@example.org" for i in range(5)]
 TOTAL = 200
@@ -35,15 +36,6 @@ def rcpt_accepted(port: int, rcpt: str) -> bool:
         return code == 250
 
 
-def wait_for(predicate, timeout: float, what: str, proc: DaemonProcess) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}\n{proc.log_text()[-4000:]}")
-
-
 def test_outage_defers_everything_then_delivers_each_once_in_order(tmp_path: Path) -> None:
     standin = OdooStandin().start()
     cfg = base_config(tmp_path)
@@ -55,8 +47,10 @@ def test_outage_defers_everything_then_delivers_each_once_in_order(tmp_path: Pat
     try:
         gw.start()
         # Odoo was up when the gateway started: the alias directory is fetched and cached...
-        wait_for(lambda: (tmp_path / "state" / "directory.json").exists(), 20, "the directory cache", gw)
-        wait_for(lambda: rcpt_accepted(gw.smtp_port, "sales@example.com"), 20, "RCPT accepted", gw)
+        wait_until_sync(lambda: (tmp_path / "state" / "directory.json").exists(), "the directory cache", 20,
+                        details=gw.log_text, interval=0.1)
+        wait_until_sync(lambda: rcpt_accepted(gw.smtp_port, "sales@example.com"), "RCPT accepted", 20,
+                        details=gw.log_text, interval=0.1)
         standin.down()  # ...then Odoo goes away (connection refused) while mail keeps coming.
         sent: dict[str, list[str]] = defaultdict(list)
         with smtplib.SMTP("127.0.0.1", gw.smtp_port, timeout=30) as smtp:
@@ -71,7 +65,7 @@ def test_outage_defers_everything_then_delivers_each_once_in_order(tmp_path: Pat
         def all_deferred() -> bool:
             return states(spool_db).get(("inbound", "deferred"), 0) == TOTAL
 
-        wait_for(all_deferred, 60, "200 deferred entries", gw)
+        wait_until_sync(all_deferred, "200 deferred entries", 60, details=gw.log_text, interval=0.1)
         time.sleep(1.0)  # stay down through a few breaker cooldowns: still nothing bounces
         during = states(spool_db)
         assert during.get(("inbound", "deferred")) == TOTAL
@@ -80,7 +74,8 @@ def test_outage_defers_everything_then_delivers_each_once_in_order(tmp_path: Pat
         assert not standin.message_calls()
 
         standin.up()
-        wait_for(lambda: states(spool_db).get(("inbound", "delivered"), 0) == TOTAL, 60, "200 deliveries", gw)
+        wait_until_sync(lambda: states(spool_db).get(("inbound", "delivered"), 0) == TOTAL, "200 deliveries", 60,
+                        details=gw.log_text, interval=0.1)
         calls = standin.message_calls()
         assert len(calls) == TOTAL  # exactly once: no call was repeated
         assert all(c.outcome.startswith("id:") for c in calls)

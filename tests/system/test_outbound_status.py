@@ -21,7 +21,7 @@ from tests.integration.dnsserver import DnsTestServer, mail_zone
 from tests.integration.fakemx import fake_mx
 from tests.odoo_standin import OdooStandin, odoo_instance_config
 from tests.system.daemon import DaemonProcess, free_port
-from tests.system.test_end_to_end import wait_for
+from tests.waiting import wait_until
 
 MID = "<417.1700000000-openerp-42-crm.lead@odoo>"
 
@@ -58,7 +58,7 @@ async def test_permanent_failures_are_visible_on_the_right_notification(tmp_path
             daemon = DaemonProcess(tmp_path, config, env={"STATUS_VERP": "status-test-verp-secret"})
             try:
                 await asyncio.to_thread(daemon.start)
-                await wait_for(lambda: (tmp_path / "state" / "directory.json").exists(), what="directory")
+                await wait_until(lambda: (tmp_path / "state" / "directory.json").exists(), what="directory")
                 for addr in partners:
                     await asyncio.to_thread(submit, submission, addr)
 
@@ -66,7 +66,7 @@ async def test_permanent_failures_are_visible_on_the_right_notification(tmp_path
                     return all(n["notification_status"] in ("bounce", "exception")
                                for n in odoo_standin.notifications(message))
 
-                await wait_for(settled, timeout=60, what="every notification final")
+                await wait_until(settled, timeout=60, what="every notification final")
                 queue = await asyncio.to_thread(daemon.queue)
             finally:
                 await asyncio.to_thread(daemon.stop)

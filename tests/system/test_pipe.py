@@ -9,11 +9,11 @@ import shutil
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from tests.system.daemon import MAILGW, DaemonProcess, as_user, base_config, mailgw_for, seed_directory
+from tests.waiting import wait_until_sync
 
 MSG = b"Message-Id: <pipe-%d@x>\r\nSubject: pipe\r\nTo: help@example.com\r\n\r\nbody\r\n"
 
@@ -126,7 +126,7 @@ def test_hand_over_only_to_a_daemon_running_the_same_config(daemon: DaemonProces
     assert stored_by_daemon(daemon) == set()
     daemon.signal(1)  # SIGHUP: the daemon reads the edited file; the hand-over works again
     daemon_reloaded = lambda: any(e.get("event") == "daemon.reloaded" for e in daemon.events())  # noqa: E731
-    _wait(daemon_reloaded)
+    wait_until_sync(daemon_reloaded, "the daemon to reload", 20)
     assert daemon.cli("pipe", "-c", str(daemon.config_path), stdin=message(3)).returncode == 0
     assert stored_by_daemon(daemon) == {"<pipe-3@x>"}
 
@@ -139,15 +139,6 @@ def test_broken_config_keeps_the_mail_at_the_mta(daemon: DaemonProcess) -> None:
     assert b"odoo" in run.stderr
     daemon.write_config(daemon.config)
     assert daemon.queue() == []
-
-
-def _wait(predicate: Any, timeout: float = 20.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def _unprivileged_user() -> str:

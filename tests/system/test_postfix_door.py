@@ -12,6 +12,7 @@ import pytest
 
 from tests.odoo_standin import OdooStandin, odoo_instance_config
 from tests.system.postfix import CLIENT_ADDRESS, PostfixStack
+from tests.waiting import wait_until_sync
 
 pytestmark = pytest.mark.needs_root
 
@@ -58,10 +59,7 @@ def test_unknown_alias_refused_in_postfix_dialogue(stack: PostfixStack, odoo_sta
 
     odoo_standin.up()
     directory = stack.root / "state" / "directory.json"
-    deadline = time.monotonic() + 30
-    while not directory.exists():
-        assert time.monotonic() < deadline, daemon.log_text()[-3000:]
-        time.sleep(0.2)
+    wait_until_sync(directory.exists, "the directory cache", 30, details=daemon.log_text, interval=0.2)
     code, text = rcpt_until(port, "sales@example.com", 250)
     assert code == 250, text
     code, text = rcpt_until(port, "ghost@example.com", 550)

@@ -22,6 +22,7 @@ import pytest
 from tests.odoo_standin import OdooStandin, odoo_instance_config
 from tests.pgcluster import PgCluster, cluster_fixture
 from tests.system.daemon import DaemonProcess, base_config
+from tests.waiting import wait_until_sync
 
 LEASE = "3s"
 
@@ -84,16 +85,6 @@ class Load:
         return list(self.acked)
 
 
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str, *daemons: DaemonProcess) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.2)
-    logs = "\n".join(d.log_text()[-3000:] for d in daemons)
-    raise AssertionError(f"timed out waiting for {what}\n{logs}")
-
-
 def gateway(tmp: Path, name: str, standin: OdooStandin, dsn: str, schema: str) -> DaemonProcess:
     home = tmp / name
     home.mkdir()
@@ -139,7 +130,7 @@ def test_kill9_one_of_two_gateways_loses_and_doubles_nothing(tmp_path: Path, sta
                                   "AND claim_token IS NOT NULL", "mailgw_test")
             return int(out or 0)
 
-        wait_for(lambda: claimed_by_gw1() > 0, 30, "gw1 to hold claims", gw1)
+        wait_until_sync(lambda: claimed_by_gw1() > 0, "gw1 to hold claims", 30, details=gw1.log_text, interval=0.2)
         gw1.kill9()  # mid-load, with claims in flight
         alive.remove(gw1.smtp_port)
         held = claimed_by_gw1()
@@ -151,7 +142,7 @@ def test_kill9_one_of_two_gateways_loses_and_doubles_nothing(tmp_path: Path, sta
             got = posted(standin)
             return all(got[m] for m in acked)
 
-        wait_for(all_delivered, 90, "every acknowledged message in Odoo", gw2)
+        wait_until_sync(all_delivered, "every acknowledged message in Odoo", 90, details=gw2.log_text, interval=0.2)
         assert gw1.proc is not None and gw1.proc.poll() is not None  # still dead: gw2 did it alone
         got = posted(standin)
         assert not [m for m in acked if got[m] > 1], "a message was posted twice"
@@ -197,7 +188,8 @@ def test_postgres_restart_under_load_loses_nothing_and_intake_recovers(tmp_path:
         assert len(acked) >= before + 100, f"intake did not recover: {len(acked)} acked, replies {load.codes}"
         assert during.get(451, 0) > 0, f"nothing was deferred while the database was away: {during}"
         assert not [c for c in load.codes if c >= 500], f"5xx replies: {load.codes}"
-        wait_for(lambda: all(posted(standin)[m] for m in acked), 90, "every acknowledged message in Odoo", gw)
+        wait_until_sync(lambda: all(posted(standin)[m] for m in acked), "every acknowledged message in Odoo", 90,
+                        details=gw.log_text, interval=0.2)
         assert not [m for m, n in posted(standin).items() if n > 1]
         events = [e.get("event") for e in gw.events()]
         assert "spool.unavailable" in events and "spool.available" in events
@@ -217,7 +209,8 @@ def test_a_gateway_started_before_its_database_waits_for_it(tmp_path: Path, stan
     try:
         starter = threading.Thread(target=gw.start, kwargs={"timeout": 60}, daemon=True)
         starter.start()
-        wait_for(lambda: "daemon.spool_unavailable" in gw.log_text(), 30, "the wait to be logged", gw)
+        wait_until_sync(lambda: "daemon.spool_unavailable" in gw.log_text(), "the wait to be logged", 30,
+                        details=gw.log_text, interval=0.2)
         assert "daemon.ready" not in gw.log_text()
         own_cluster.start()
         starter.join(60)

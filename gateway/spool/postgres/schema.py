@@ -6,7 +6,7 @@ applies what is missing at start-up and with `mailgw spool migrate`, in one tran
 `schema_version` (all or nothing: DDL is transactional in PostgreSQL). Several gateways starting at once are
 safe: the migration runs under a transaction-scoped advisory lock, and whoever comes second finds it applied.
 
-The entry columns mirror the SQLite spool's (gateway/spool/sqlite.py) so `entry_from_row` reads both; what
+The entry columns mirror the SQLite spool's (gateway/spool/sqlite/schema.py) so `entry_from_row` reads both; what
 only PostgreSQL needs is the lease: `claim_instance` (the gateway's name), `claim_token` (one per process, so
 a restarted gateway can tell its dead predecessor's claims from its own) and `lease_expires_at` (database
 time, so the gateways' clocks do not matter).

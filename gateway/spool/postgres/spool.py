@@ -34,10 +34,10 @@ import asyncpg
 
 from gateway.logs import get_logger
 from gateway.spool.base import (
+    DEFERRABLE,
     ENTRY_COLUMNS,
     EXPORT_COLUMNS,
     PARKED,
-    REQUEUE,
     TRANSITIONS,
     Direction,
     ExportRow,
@@ -51,12 +51,15 @@ from gateway.spool.base import (
     SpoolError,
     State,
     UnknownEntry,
+    by_message_id,
     dumps,
     entry_from_row,
+    log_deferred,
     log_puts,
     log_transition,
     parked_reason,
     put_row,
+    requeue_target,
 )
 from gateway.spool.postgres.connection import (
     Health,
@@ -293,7 +296,6 @@ class PostgresSpool(Spool):
     async def defer_many(self, queue_ids: Sequence[str], *, next_attempt_at: float, error: str) -> list[str]:
         if not queue_ids:
             return []
-        deferrable = sorted(str(st) for st, to in TRANSITIONS[Direction.INBOUND].items() if State.DEFERRED in to)
         ids = list(queue_ids)
         try:
             rows = await self._fetch(
@@ -302,7 +304,7 @@ class PostgresSpool(Spool):
                 "AND queue_id = ANY($6::text[]) "
                 "AND (claim_token IS NULL OR starts_with(claim_token, $7) OR lease_expires_at < now()) "
                 "RETURNING queue_id",
-                str(State.DEFERRED), time.time(), error, next_attempt_at, deferrable, ids, f"{self._token}.")
+                str(State.DEFERRED), time.time(), error, next_attempt_at, list(DEFERRABLE), ids, f"{self._token}.")
         except SpoolError:
             for queue_id in ids:
                 self._leases.abandon(queue_id)
@@ -310,7 +312,7 @@ class PostgresSpool(Spool):
         moved = [r["queue_id"] for r in rows]
         for queue_id in moved:
             self._leases.forget(queue_id)
-            log.info("spool.transition", queue_id=queue_id, to=str(State.DEFERRED), error=error)
+        log_deferred(moved, error)
         for queue_id in set(ids) - set(moved):
             self._leases.abandon(queue_id)  # not deferrable: do not keep it claimed
         return moved
@@ -352,11 +354,8 @@ class PostgresSpool(Spool):
 
     async def requeue(self, queue_id: str) -> SpoolEntry:
         """Operator retry: failed/exception/cancel -> received/outgoing, due now, crash counter cleared."""
-        entry = await self.get(queue_id)
-        if entry is None:
-            raise UnknownEntry(queue_id)
-        target = REQUEUE[entry.direction]
-        if entry.state == target and entry.direction == Direction.OUTBOUND:
+        entry, target = await requeue_target(self, queue_id)
+        if target is None:
             return entry
         new = await self.transition(queue_id, target, error=None, next_attempt_at=time.time(), reset_crashes=True)
         # Wake the workers of every gateway (inserts notify by trigger; this is an update).
@@ -398,8 +397,7 @@ class PostgresSpool(Spool):
                                        queue_id, crashes)
                     released.append(queue_id)
         report = RecoveryReport(tuple(released), tuple(parked))
-        if report.released or report.parked:
-            log.warning("spool.recovered", released=len(report.released), parked=list(report.parked))
+        report.log()
         return report
 
     # -- reads ------------------------------------------------------------------------------------------
@@ -457,20 +455,13 @@ class PostgresSpool(Spool):
                                  "WHERE dedup_key = ANY($1::text[])", wanted)
         return {k: q for k, q in rows}
 
-    async def has_dedup_key(self, key: str) -> str | None:
-        return (await self.has_dedup_keys([key])).get(key)
-
     async def find_message_ids(self, message_ids: Sequence[str]) -> dict[str, tuple[SpoolEntry, ...]]:
         wanted = sorted(set(message_ids))
         if not wanted:
             return {}
         rows = await self._fetch(f"SELECT {cols()} FROM {self.schema}.entries WHERE message_id = ANY($1::text[]) "
                                  "ORDER BY received_at", wanted)
-        found: dict[str, list[SpoolEntry]] = {}
-        for row in rows:
-            entry = entry_from_row(tuple(row))
-            found.setdefault(entry.message_id or "", []).append(entry)
-        return {k: tuple(v) for k, v in found.items()}
+        return by_message_id(entry_from_row(tuple(row)) for row in rows)
 
     # -- moving entries between spools ---------------------------------------------------------------
 

@@ -1,24 +1,10 @@
-"""InboundWorker: claim spooled mail → route → deliver to Odoo → transition (design: Flow, State machines).
-
-Per message:
-1. Route the recipients still pending (a retry skips those already delivered): the Router (routing/) with
-   the current directory snapshot, after looking up the message's References on the owning instances.
-2. Plan one `message_process` call per instance (routing/decision.py says why), prepend Return-Path,
-   Delivered-To, Received and, if missing, a stable Message-Id, and call Odoo.
-3. Map each result (the issue's table): id / False / loop-None ⇒ delivered; no route ⇒ failed + DSN;
-   credentials/database ⇒ deferred, never bounced, one loud log line per outage; anything transient ⇒
-   deferred with exponential backoff and jitter until `delivery.lifetime`, then failed + DSN.
-
-Ordering: entries are claimed in arrival order and two deliveries of one envelope sender never run at the
-same time. When an instance's breaker closes again, its deferred entries are woken together so that they
-are claimed — and delivered — in arrival order instead of by their scattered backoff times.
-"""
+"""InboundWorker: claims inbound mail and delivers each message (see the package docstring): sender lanes,
+claims and write-behind here, a message's recipient statuses in outcomes.py, the reply lookup in replies.py."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import functools
 import os
 import random
@@ -33,40 +19,35 @@ from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
 from gateway.errors import ConfigProblem, PermFailure, TempFailure
 from gateway.headers import get_header, line_ending
+from gateway.inbound.outage import IntakeHold, OutagePolicy, SenderHold, sender_lane
+from gateway.inbound.outcomes import (
+    FINAL,
+    BounceHandler,
+    delivery_plans,
+    handle_bounces,
+    instance_wide,
+    record_result,
+    resolve_lookups,
+    split_decisions,
+)
+from gateway.inbound.replies import known_replies
 from gateway.logs import get_logger
 from gateway.odoo.breaker import BreakerOpenError
-from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, OdooTempError, ProcessResult
+from gateway.odoo.client import NoRouteError, OdooClient, OdooRefusedError, ProcessResult
 from gateway.odoo.directory import DirectorySync
 from gateway.odoo.headers import delivery_headers, stable_message_id
-from gateway.odoo.transport import TransportError
-from gateway.outage import IntakeHold, OutagePolicy, SenderHold, sender_lane
 from gateway.retry import backoff_delay
 from gateway.routing_policy import policy_from_config
 from gateway.spool import Direction, Spool, SpoolEntry, State
-from routing.decision import DELIVERING, DeliveryPlan, RouteDecision, is_deferral, is_discard, plan_deliveries
+from routing.decision import DeliveryPlan, RouteDecision
 from routing.directory import Directory
 from routing.message import MessageView
-from routing.replies import KnownMessage
 from routing.router import Router
 
 log = get_logger("mailgw.inbound")
 
 _PREFETCH_BYTES = 256 * 1024
 _ADOPT_LIMIT = 100_000  # deferred entries adopted at start; any beyond come due at their own time
-# Recipient states kept in rcpt_status. Final ones are never delivered again on a retry.
-FINAL = frozenset({"delivered", "discarded", "bounce_handled"})
-BounceHandler = Callable[[SpoolEntry, bytes, Sequence[RouteDecision]], Awaitable[None]]
-
-
-def _instance_wide(exc: BaseException) -> bool:
-    """Failures that hit every message of the instance alike (as opposed to one message's trouble)."""
-    return isinstance(exc, TransportError | BreakerOpenError | ConfigProblem) or (
-        isinstance(exc, OdooTempError) and exc.kind == "http")
-
-
-def _known_message(instance: str, row: Mapping[str, Any]) -> KnownMessage:
-    return KnownMessage(instance=instance, model=row.get("model") or None, res_id=row.get("res_id") or None,
-                        message_id=str(row.get("message_id") or ""), id=int(row.get("id") or 0))
 
 
 class InboundWorker:
@@ -126,7 +107,7 @@ class InboundWorker:
         self._kick.set()
 
     def intake_hold(self, mail_from: str, rcpts: Sequence[str]) -> IntakeHold | None:
-        """For mail arriving now: spool it deferred if this worker would only defer it (gateway/outage.py)."""
+        """For mail arriving now: spool it deferred if this worker would only defer it (outage.py)."""
         return self.outage.intake_hold(mail_from, rcpts)
 
     def _breaker_listener(self, instance: str) -> Callable[[str], None]:
@@ -377,33 +358,13 @@ class InboundWorker:
                 await self._retry_later(entry, f"sender authentication: {held.reason}")
                 return None
 
-        deliver: list[RouteDecision] = []
-        bounces: list[RouteDecision] = []
-        for d in decisions:
-            if d.route == "refuse":
-                self._refused(d, status, failed, temp, now)
-            elif d.route == "bounce":
-                bounces.append(d)
-            elif d.route in DELIVERING:
-                deliver.append(d)
-
+        deliver, bounces = split_decisions(decisions, status, failed, temp, now)
         if bounces and self.bounce_handler is not None:
-            try:
-                await self.bounce_handler(entry, raw, bounces)
-            except TempFailure as exc:
-                temp.append((bounces[0].instance or "", exc))
-                for d in bounces:
-                    status[d.recipient] = {"state": "deferred", "detail": str(exc), "at": now}
-            except PermFailure as exc:  # unreadable or forged: a dead letter for an operator, no DSN to a bounce
-                for d in bounces:
-                    status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": str(exc), "at": now}
-            else:
-                for d in bounces:
-                    status[d.recipient] = {"state": "bounce_handled", "instance": d.instance, "at": now}
+            await handle_bounces(self.bounce_handler, entry, raw, bounces, status, temp, now)
             bounces = []
 
-        deliver = await self._resolve_lookups(deliver, status, failed, temp, now)
-        plans = self._plans(deliver, bounces)
+        deliver = await resolve_lookups(self.clients, deliver, status, failed, temp, now)
+        plans = delivery_plans(deliver, bounces)
         results: list[Any]
         if len(plans) == 1:  # the common case, without gather's tasks
             try:
@@ -441,98 +402,8 @@ class InboundWorker:
     async def known_replies(self, view: MessageView, recipients: Sequence[str]) -> dict[str, Any]:
         """The message's References that Odoo (or the outbound spool) knows: what makes it a reply. Raises
         TempFailure (with `.instance`) when an owning instance cannot be asked."""
-        router = self._router
-        known: dict[str, Any] = {}
-        refs = router.reference_ids(view)
-        if refs:
-            owners = dict.fromkeys(o for r in recipients
-                                   if (o := self._directory.owner_of(r.rpartition("@")[2])) in self.clients)
-            for instance in owners:
-                try:
-                    row = await self.clients[instance].find_message(refs)
-                except TempFailure as exc:
-                    exc.instance = instance  # type: ignore[attr-defined]
-                    raise
-                except PermFailure:
-                    row = None
-                if row and row.get("message_id") and row["message_id"] not in known:
-                    known[row["message_id"]] = _known_message(instance, row)
-            for mid, relayed in (await self._relayed(refs)).items():
-                known.setdefault(mid, relayed)
-        return known
-
-    async def _relayed(self, refs: Sequence[str]) -> dict[str, Any]:
-        """Message-Ids of mail the gateway relayed for Odoo (outbound spool), with the record from its
-        X-Odoo-Objects header: a reply is recognised even when Odoo's own lookup found nothing."""
-        out: dict[str, Any] = {}
-        for mid, entries in (await self.spool.find_message_ids(list(refs))).items():
-            for e in entries:
-                if e.direction != Direction.OUTBOUND or mid in out:
-                    continue
-                instance = self._directory.owner_of(e.envelope.mail_from.rpartition("@")[2])
-                if not instance:
-                    continue
-                objects = MessageView.from_bytes(await self.spool.raw(e.queue_id)).odoo_objects
-                if objects:
-                    out[mid] = KnownMessage(instance=instance, model=objects[0], res_id=objects[1], message_id=mid,
-                                            source="relayed")
-        return out
-
-    def _refused(self, d: RouteDecision, status: dict[str, dict[str, Any]], failed: list[FailedRecipient],
-                 temp: list[tuple[str, TempFailure]], now: float) -> None:
-        code, enhanced, text = d.reply or (550, "5.1.1", d.reason or "No such recipient here")
-        if is_discard(d):
-            status[d.recipient] = {"state": "discarded", "instance": d.instance, "detail": d.reason, "at": now}
-        elif is_deferral(d):
-            err = TempFailure(f"{code} {enhanced} {text}")
-            temp.append((d.instance or "", err))
-            status[d.recipient] = {"state": "deferred", "instance": d.instance, "detail": str(err), "at": now}
-        else:
-            status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": f"{code} {enhanced} {text}",
-                                   "at": now}
-            failed.append(FailedRecipient(d.recipient, enhanced, f"{text} ({d.reason})" if d.reason else text))
-
-    async def _resolve_lookups(self, deliver: list[RouteDecision], status: dict[str, dict[str, Any]],
-                               failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]],
-                               now: float) -> list[RouteDecision]:
-        """Reference patterns (catchall+SO042@): find the record the routing decision names."""
-        out = []
-        for d in deliver:
-            if d.lookup is None or d.thread_id or d.instance not in self.clients:
-                out.append(d)
-                continue
-            model, field, value = d.lookup
-            try:
-                rid = await self.clients[d.instance].find_record(model, field, value)
-            except TempFailure as exc:
-                temp.append((d.instance, exc))
-                status[d.recipient] = {"state": "deferred", "instance": d.instance, "detail": str(exc), "at": now}
-                continue
-            except PermFailure as exc:
-                rid, why = None, str(exc)
-            else:
-                why = f"no {model} record with {field} = {value!r}"
-            if rid is None:
-                status[d.recipient] = {"state": "failed", "instance": d.instance, "detail": why, "at": now}
-                failed.append(FailedRecipient(d.recipient, "5.1.1", why))
-                continue
-            out.append(dataclasses.replace(d, thread_id=rid))
-        return out
-
-    @staticmethod
-    def _plans(deliver: list[RouteDecision], bounces: list[RouteDecision]) -> list[DeliveryPlan]:
-        plans = {p.instance: p for p in plan_deliveries(deliver)}
-        # Without a bounce handler a bounce goes to its instance as Odoo would get it (Delivered-To: bounce@).
-        for d in bounces:
-            if not d.instance:
-                continue
-            p = plans.get(d.instance)
-            if p is None:
-                plans[d.instance] = DeliveryPlan(d.instance, None, None, (d.recipient,), (d,))
-            elif d.recipient not in p.recipients:
-                plans[d.instance] = dataclasses.replace(p, recipients=(*p.recipients, d.recipient),
-                                                        decisions=(*p.decisions, d))
-        return list(plans.values())
+        return await known_replies(self._router, lambda domain: self._directory.owner_of(domain), self.clients,
+                                   self.spool, view, recipients)
 
     async def _deliver(self, entry: SpoolEntry, raw: bytes, view: MessageView, plan: DeliveryPlan,
                        add_mid: str | None) -> ProcessResult:
@@ -553,41 +424,9 @@ class InboundWorker:
 
     def _apply(self, entry: SpoolEntry, plan: DeliveryPlan, res: Any, status: dict[str, dict[str, Any]],
                failed: list[FailedRecipient], temp: list[tuple[str, TempFailure]], now: float, log_id: str) -> None:
-        base = {"instance": plan.instance, "at": now}
-        ctx = {"queue_id": entry.queue_id, "message_id": log_id, "instance": plan.instance,
-               "recipients": list(plan.recipients)}
         if isinstance(res, ProcessResult | NoRouteError | OdooRefusedError):  # Odoo answered: it is back
             self._wake_later(plan.instance, self.outage.reached(plan.instance, entry.queue_id))
-        if isinstance(res, ProcessResult):
-            for r in plan.recipients:
-                status[r] = {**base, "state": "delivered", "result": res.outcome, "record_id": res.record_id,
-                             "detail": res.reason}
-            if res.outcome == "posted":
-                log.info("delivery.delivered", record_id=res.record_id, **ctx)
-            elif res.outcome == "false":
-                log.info("delivery.delivered", outcome="false", reason=res.reason, **ctx)
-            else:
-                log.warning("delivery.dropped", reason=res.reason, **ctx)
-        elif isinstance(res, NoRouteError | OdooRefusedError):
-            notified = isinstance(res, OdooRefusedError) and res.sender_notified
-            for r in plan.recipients:
-                status[r] = {**base, "state": "failed", "detail": str(res)}
-                if not notified:
-                    failed.append(FailedRecipient(r, "5.1.1" if isinstance(res, NoRouteError) else "5.7.1",
-                                                  _diagnostic(res)))
-            level = log.error if isinstance(res, OdooRefusedError) else log.warning
-            level("delivery.refused", error=str(res), sender_notified=notified, **ctx)
-        elif isinstance(res, PermFailure):
-            for r in plan.recipients:
-                status[r] = {**base, "state": "failed", "detail": str(res)}
-                failed.append(FailedRecipient(r, "5.0.0", _diagnostic(res)))
-            log.warning("delivery.refused", error=str(res), **ctx)
-        elif isinstance(res, TempFailure):
-            temp.append((plan.instance, res))
-            for r in plan.recipients:
-                status[r] = {**base, "state": "deferred", "detail": str(res)}
-        else:
-            raise res
+        record_result(entry, plan, res, status, failed, temp, now, log_id)
 
     def _record_loop(self, entry: SpoolEntry, view: Any, decisions: list[RouteDecision]) -> None:
         if not decisions:
@@ -639,13 +478,13 @@ class InboundWorker:
         attempts = entry.attempts + (0 if breaker_only else 1)
         now = time.time()
         next_at = now + self._backoff(max(1, attempts))
-        wide = [(i, e) for i, e in temp if _instance_wide(e)]
+        wide = [(i, e) for i, e in temp if instance_wide(e)]
         for instance, exc in wide:
             client = self.clients.get(instance)
             if client is None:
                 continue
             if client.breaker.state != "closed":
-                # Parked until the instance is back (gateway/outage.py), not until its next probe.
+                # Parked until the instance is back (outage.py), not until its next probe.
                 next_at = max(next_at, self.outage.parked_until(entry.envelope.received_at, client.breaker.retry_at))
             elif isinstance(exc, BreakerOpenError):
                 next_at = now  # it closed while we were busy: go again now, in order
@@ -665,51 +504,3 @@ class InboundWorker:
 
     def _backoff(self, attempts: int) -> float:
         return backoff_delay(attempts, self.delivery.retry_initial, self.delivery.retry_max, self._rng)
-
-
-def _diagnostic(exc: BaseException) -> str:
-    text = str(exc)
-    # "odoo main: mail.thread.message_process: No possible route …" -> the part a sender can read.
-    return text.split(": ", 2)[-1] if text.count(": ") >= 2 else text
-
-
-# -- daemon wiring ------------------------------------------------------------------------------------------
-
-def build_clients(config: Config) -> dict[str, OdooClient]:
-    d = config.delivery
-    return {inst.name: OdooClient(inst, breaker_threshold=d.breaker_threshold, breaker_cooldown=d.breaker_cooldown,
-                                  cache_size=config.routing.reply_cache_size, cache_ttl=config.routing.reply_cache_ttl)
-            for inst in config.odoo}
-
-
-class InboundService:
-    """The Odoo side as one daemon service: clients, directory sync, inbound worker; stopped in that order
-    reversed (worker first, so in-flight deliveries still have their connections)."""
-
-    def __init__(self, config: Config, spool: Spool, *, hostname: str | None = None,
-                 bounce_handler: BounceHandler | None = None):
-        self.config = config
-        self.clients = build_clients(config)
-        self.directory = DirectorySync(config, self.clients)
-        self.worker = InboundWorker(config, spool, self.clients, self.directory, hostname=hostname,
-                                    bounce_handler=bounce_handler)
-        self._starts: list[asyncio.Task[bool]] = []
-
-    async def run(self) -> None:
-        # Version and login in the background: an Odoo that hangs at start must not delay the worker (it
-        # authenticates lazily) nor the cached directory.
-        self._starts = [asyncio.create_task(c.start(), name=f"odoo-start-{n}") for n, c in self.clients.items()]
-        await self.directory.start()
-        await self.worker.run()
-
-    async def stop(self) -> None:
-        for task in self._starts:
-            task.cancel()
-        await self.worker.stop()
-        await self.directory.stop()
-        for client in self.clients.values():
-            await client.close()
-
-    async def reload(self, config: Config) -> None:
-        """SIGHUP: refresh the directory now (instance changes need a restart)."""
-        await self.directory.refresh()
