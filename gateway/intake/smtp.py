@@ -202,6 +202,8 @@ class _BusyProtocol(asyncio.Protocol):
             transport.write(self.line)  # type: ignore[attr-defined]
         except (OSError, RuntimeError):  # already reset by the peer
             pass
+        # A plain close, not the session's lingering hang-up: a client that waits for the greeting (RFC 5321
+        # §3.1) has sent nothing, so this is a FIN; lingering would let a flood hold sockets past max_sessions.
         transport.close()
 
 

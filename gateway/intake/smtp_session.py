@@ -5,9 +5,16 @@ message are in smtp_commands.py. Everything that decides how a session lives and
 aiosmtpd's own loop could not be fixed from outside (issue 18):
 
 - **One end.** `_run` is the session's only task and `_end` its only exit: timeout, limit, QUIT, peer close,
-  error — each releases the listener's slot (`on_end`), the timer and the transport, in one place. A peer's
-  EOF does not cancel the task (aiosmtpd did, so a client that half-closed after the final dot lost its
-  reply): the task sees it on its next read, after the reply went out.
+  error — each releases the timer and the transport in one place, and the listener's slot (`on_end`) once the
+  socket is gone, so max_sessions bounds sockets too. A peer's EOF does not cancel the task (aiosmtpd did, so a
+  client that half-closed after the final dot lost its reply): the task sees it on its next read, after the
+  reply went out.
+- **Hanging up without a reset.** Closing a socket with unread input makes the kernel answer RST and drop
+  what is still in our send queue, so a client that pipelined past the point where we hung up, or reads late,
+  lost our last replies and the 421 (and RFC 793 lets the client's stack flush what it had received). So
+  `_hang_up` sends FIN after the reply and reads and discards what the client still sends until its EOF, for at
+  most `_LINGER` seconds (Apache's lingering close); then the socket is closed anyway, so none waits for ever
+  on a client that neither reads nor closes.
 - **Deadlines, not idle timers.** A command line must arrive whole within `idle_timeout`; a DATA phase within
   `data_timeout` plus one second per `min_data_rate` octets received (Postfix's smtpd_min_data_rate model),
   so trickling a byte at a time cannot hold a session. Expiry answers `421 4.4.2` before closing. No deadline
@@ -50,6 +57,8 @@ _COMMAND_LINE_LIMIT = 2048
 # Replies are small: wait for the socket only when the peer does not read (flow control kicks in).
 _REPLY_BUFFER_LIMIT = 64 * 1024
 _TOO_LONG = b"\n"  # _read_command's answer for a line over the limit (never a line: line ends are stripped)
+# After we hang up: how long the client has to read our last reply and close its side (see _hang_up).
+_LINGER = 2.0
 
 
 class _Session(Session):
@@ -120,6 +129,8 @@ class SmtpSession(SMTP):
         self._timer_at = math.inf
         self._ended = False
         self._end_reason = ""
+        self._peer_eof = False  # the client closed its side
+        self._linger: asyncio.TimerHandle | None = None  # set once we hung up: the end of the wait for EOF
         self._command = ""  # the command being answered (refusals are counted by command and code)
         self._refused: Counter[str] = Counter()
         self._detail: dict[str, str] = {}
@@ -161,7 +172,7 @@ class SmtpSession(SMTP):
             self._end(reason)
 
     def _end(self, reason: str) -> None:
-        """The only way a session ends: slot, timer and transport released once, one line if worth one."""
+        """The only way a session ends: timer, transport and slot released once, one line if worth one."""
         if self._ended:
             return
         self._ended = True
@@ -170,32 +181,57 @@ class SmtpSession(SMTP):
             self._timeout_handle.cancel()
             self._timeout_handle = None
         self._deadline = math.inf
-        if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
-        if self._on_end is not None:
-            self._on_end(self)
+        self._hang_up()
+        self._release()
         if self._refused or reason not in ("quit", "eof", "lost", "drain"):
             log.info("intake.session_end", peer=self.peer, reason=reason, accepted=self._accepted,
                      refused=dict(self._refused), seconds=round(self.loop.time() - self._started, 3))
+
+    def _release(self) -> None:
+        """The listener's slot comes back when the session is over and its socket gone (a hang-up lingers)."""
+        if self._ended and self.transport is None and self._on_end is not None:
+            on_end, self._on_end = self._on_end, None
+            on_end(self)
 
     def close_session(self, reply: str | None, reason: str | None = None) -> None:
         """Say `reply` (if the peer reads) and hang up; the task sees EOF on its next read and ends."""
         if reason and not self._end_reason:
             self._end_reason = reason
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._linger is not None:
             return
         if reply is not None and transport.get_write_buffer_size() <= _REPLY_BUFFER_LIMIT:  # type: ignore[attr-defined]
             transport.write(reply.format(host=self.hostname).encode() + b"\r\n")  # type: ignore[attr-defined]
-            transport.close()
+            self._hang_up()
         else:  # it does not read what we send: nothing more will reach it
             transport.abort()  # type: ignore[attr-defined]
         self._reader.feed_eof()
+
+    def _hang_up(self) -> None:
+        """Close our side once what we wrote is out, without a reset: FIN, then what the client still sends is
+        read and dropped (data_received) until its EOF closes the socket (eof_received), or until `_LINGER`
+        passes and it is closed anyway. TLS cannot half-close: close_notify and close."""
+        transport = self.transport
+        if transport is None or self._linger is not None:
+            return
+        self._linger = self.loop.call_later(_LINGER, transport.abort)  # type: ignore[attr-defined]
+        if self._peer_eof or transport.is_closing() or not transport.can_write_eof():  # type: ignore[attr-defined]
+            transport.close()
+        else:
+            transport.write_eof()  # type: ignore[attr-defined]
+            transport.resume_reading()  # type: ignore[attr-defined]  # the reader may have paused it when full
+
+    def data_received(self, data: bytes) -> None:
+        if self._linger is not None:
+            return  # we hung up: read only so that closing does not reset the connection
+        super().data_received(data)
 
     def connection_lost(self, error: Exception | None) -> None:
         if self._timeout_handle is not None:
             self._timeout_handle.cancel()
             self._timeout_handle = None
+        if self._linger is not None:
+            self._linger.cancel()
         if self._original_transport is not None:  # after STARTTLS: close the socket under the TLS layer too
             self._original_transport.close()
         # The reader sees EOF (or the error), a pending drain its error, a TLS handshake its waiter's error: the
@@ -208,12 +244,14 @@ class SmtpSession(SMTP):
         task = self._handler_coroutine
         if task is None or task.done():
             self._end("eof")
+        self._release()
 
     def eof_received(self) -> bool | None:
         # Feed EOF to the reader and keep our side open: the reply to a message whose final dot came with the
-        # EOF still goes out. (TLS cannot half-close: False.)
+        # EOF still goes out. (TLS cannot half-close: False.) After we hung up, both sides are done: close.
+        self._peer_eof = True
         asyncio.StreamReaderProtocol.eof_received(self)
-        return self.session is None or self.session.ssl is None
+        return self._linger is None and (self.session is None or self.session.ssl is None)
 
     # -- deadlines ---------------------------------------------------------------------------------------
 
@@ -361,7 +399,7 @@ class SmtpSession(SMTP):
             data = b"".join(self._held)
             self._held.clear()
         transport = self.transport
-        if transport is None or transport.is_closing():
+        if transport is None or transport.is_closing() or self._linger is not None:
             return  # the peer is gone (or we hung up): nobody reads it
         transport.write(data)  # type: ignore[attr-defined]
         if transport.get_write_buffer_size() > _REPLY_BUFFER_LIMIT:  # type: ignore[attr-defined]
