@@ -58,6 +58,15 @@ class ListenerConfig(Model):
     data_timeout: Duration = Field(parse_duration("5m"), gt=0)
     min_data_rate: Size = Field(500, ge=1)  # octets per second
     max_sessions: int = Field(500, ge=1)
+    # Concurrent sessions from one client address (Postfix's smtpd_client_connection_count_limit), so one host
+    # cannot take every slot; trusted_relays and unix-socket clients are not limited. Default: max_sessions / 10,
+    # at least 10. More get "421 4.7.0 ... too many connections from your address".
+    max_sessions_per_client: int | None = Field(None, ge=1)
+    # Refused commands (5xx replies) one SMTP or submission session may collect before it is told
+    # "421 4.7.0 ... too many errors" and hung up (Postfix's smtpd_hard_error_limit): a dictionary attack or a
+    # confused client ends there. Not applied to LMTP nor to trusted_relays (Postfix's transactions may refuse
+    # many recipients legitimately).
+    max_errors: int = Field(20, ge=1)
     tls: TlsConfig | None = None
     auth: AuthConfig | None = None
     socket_mode: FileMode = 0o660  # for unix sockets (Postfix's lmtp client must reach it)
@@ -88,6 +97,10 @@ class ListenerConfig(Model):
             except ValueError:
                 raise ValueError(f'trusted_relays: {entry!r} is neither "unix" nor an address or CIDR') from None
         return self
+
+    @property
+    def client_limit(self) -> int:
+        return self.max_sessions_per_client or max(10, self.max_sessions // 10)
 
     @property
     def unix_path(self) -> str | None:

@@ -14,6 +14,7 @@ import os
 import ssl
 import stat
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -275,6 +276,8 @@ class SmtpListener:
         self.server: asyncio.Server | None = None
         self.closing = False
         self._turned_away = 0  # connections refused since the listener filled up
+        self._per_client: Counter[str] = Counter()  # live sessions per client address (max_sessions_per_client)
+        self._over_limit: set[str] = set()  # clients told "too many connections" since they last were under it
         self._all_ended = asyncio.Event()
         self._all_ended.set()
         self._auth_kwargs: dict[str, Any] = {}
@@ -305,13 +308,36 @@ class SmtpListener:
         cls = GatewayLMTP if self.cfg.kind == "lmtp" else GatewaySMTP
         proto = cls(self.handler, listener=self.cfg, hostname=self.hostname, tls_context=self.tls_context,
                     require_starttls=bool(self.cfg.tls and self.cfg.tls.required), on_end=self._session_ended,
-                    **self._auth_kwargs)
+                    admit=self._admit, **self._auth_kwargs)
         self.sessions.add(proto)
         self._all_ended.clear()
         return proto
 
+    def _admit(self, session: SmtpSession, peer: Any) -> str | None:
+        """Called once the client's address is known: None to serve it, or the 421 that turns it away because
+        it already holds max_sessions_per_client sessions (one host must not take every slot). Trusted relays
+        (Postfix in front: every client arrives from its address) and unix-socket clients are not counted."""
+        if not (isinstance(peer, tuple) and peer) or self.handler.relays.trusts(peer):
+            return None
+        client = str(peer[0])
+        if self._per_client[client] >= self.cfg.client_limit:
+            if client not in self._over_limit:  # one line per client while it stays over, not one per connection
+                self._over_limit.add(client)
+                log.warning("intake.client_limit", listener=self.cfg.bind, client=client, limit=self.cfg.client_limit)
+            return "421 4.7.0 {host} Error: too many connections from your address, try again later"
+        self._per_client[client] += 1
+        session.client_address = client
+        return None
+
     def _session_ended(self, session: SmtpSession) -> None:
         self.sessions.discard(session)
+        client = session.client_address
+        if client is not None:
+            self._per_client[client] -= 1
+            if self._per_client[client] <= 0:
+                del self._per_client[client]
+            if client in self._over_limit and self._per_client[client] < self.cfg.client_limit:
+                self._over_limit.discard(client)
         if self._turned_away and len(self.sessions) < self.cfg.max_sessions:
             log.info("intake.sessions_available", listener=self.cfg.bind, turned_away=self._turned_away)
             self._turned_away = 0

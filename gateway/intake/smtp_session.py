@@ -82,7 +82,9 @@ class SmtpSession(SMTP):
         return hook_dir(self, ("smtp_", "auth_"))
 
     def __init__(self, handler: Any, *, listener: ListenerConfig, hostname: str,
-                 on_end: Callable[[SmtpSession], None] | None = None, tls_context: ssl.SSLContext | None = None,
+                 on_end: Callable[[SmtpSession], None] | None = None,
+                 admit: Callable[[SmtpSession, Any], str | None] | None = None,
+                 tls_context: ssl.SSLContext | None = None,
                  require_starttls: bool = False, authenticator: Any = None, auth_required: bool = False,
                  auth_require_tls: bool = True):
         # The state aiosmtpd 1.4's SMTP.__init__ sets up, with its per-connection introspection (dir,
@@ -92,6 +94,8 @@ class SmtpSession(SMTP):
         self.data_idle = asyncio.Event()  # clear while a DATA is being read and stored: drain waits for it
         self.data_idle.set()
         self._on_end = on_end
+        self._admit = admit
+        self.client_address: str | None = None  # set by the listener when it counts this session for its client
         self.__ident__ = listener.banner
         self.loop = asyncio.get_running_loop()
         asyncio.StreamReaderProtocol.__init__(
@@ -133,6 +137,8 @@ class SmtpSession(SMTP):
         self._linger: asyncio.TimerHandle | None = None  # set once we hung up: the end of the wait for EOF
         self._command = ""  # the command being answered (refusals are counted by command and code)
         self._refused: Counter[str] = Counter()
+        self._errors = 0  # refused commands so far (max_errors)
+        self._error_limit: float = math.inf  # set at connection_made: SMTP and submission from untrusted clients
         self._detail: dict[str, str] = {}
         self._accepted = 0
         self._started = self.loop.time()
@@ -152,6 +158,17 @@ class SmtpSession(SMTP):
         self.session.peer = transport.get_extra_info("peername")
         asyncio.StreamReaderProtocol.connection_made(self, transport)
         self.transport = transport
+        refusal = self._admit(self, self.session.peer) if self._admit is not None else None
+        if refusal is not None:
+            # Turned away like a full listener: a plain close (the client waits for the greeting, so it has
+            # sent nothing) and no task; connection_lost releases the slot.
+            transport.write(refusal.format(host=self.hostname).encode() + b"\r\n")  # type: ignore[attr-defined]
+            self._ended = True
+            transport.close()
+            return
+        relays = getattr(self.event_handler, "relays", None)
+        if not self.lmtp and not (relays is not None and relays.trusts(self.session.peer)):
+            self._error_limit = self.listener_cfg.max_errors
         self._handler_coroutine = self.loop.create_task(self._run())
 
     async def _run(self) -> None:
@@ -336,6 +353,9 @@ class SmtpSession(SMTP):
                 await self.push(await self.handle_exception(exc))
             if self._end_reason:
                 return self._end_reason
+            if self._errors >= self._error_limit:
+                self.close_session("421 4.7.0 {host} Error: too many errors", "too_many_errors")
+                return "too_many_errors"
         return "eof"
 
     async def _read_command(self) -> bytes | None:
@@ -414,6 +434,8 @@ class SmtpSession(SMTP):
         await self.push(lines[-1])
 
     def _note_refusal(self, reply: str) -> None:
+        if reply[:1] == "5":  # the client's errors; 4xx are ours or limits it may overshoot (452 too many rcpts)
+            self._errors += 1
         key = f"{self._command or 'session'} {reply[:3]}"
         self._refused[key] += 1
         if self._refused[key] == 1:  # the first of its class in this session; the count comes at its end

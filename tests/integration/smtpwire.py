@@ -13,13 +13,15 @@ class SmtpWire:
         self.buf = b""
 
     @classmethod
-    def connect(cls, address: str | tuple[str, int], timeout: float = 10.0) -> SmtpWire:
+    def connect(cls, address: str | tuple[str, int], timeout: float = 10.0, source: str | None = None) -> SmtpWire:
+        """`source`: the loopback address to connect from (127.0.0.x plays another client)."""
         if isinstance(address, str):
             s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
             s.settimeout(timeout)
             s.connect(address)
         else:
-            s = socket.create_connection(address, timeout=timeout)
+            s = socket.create_connection(address, timeout=timeout,
+                                         source_address=(source, 0) if source else None)
         return cls(s)
 
     def send(self, data: bytes) -> None:

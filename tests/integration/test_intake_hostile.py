@@ -335,7 +335,8 @@ def test_9_reply_after_half_close_and_nothing_echoed_raw(tmp_path: Path, loop: s
 
 def test_refused_commands_are_logged_once_per_class_per_session(tmp_path: Path, loop: str) -> None:
     async def main() -> None:
-        async with watched(tmp_path) as w:
+        # max_errors (test_intake_limits.py) would end this session long before: the logging is tested here.
+        async with watched(tmp_path, max_errors=1000) as w:
             def session() -> None:
                 with wire(w.address) as c:
                     c.reply()

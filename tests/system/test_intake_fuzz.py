@@ -38,7 +38,10 @@ def fuzz_daemon(tmp_path: Path, **overrides: Any) -> tuple[DaemonProcess, dict[s
     ports = {"smtp": free_port(), "lmtp": free_port()}
     common = {"hostname": "mx.test", "idle_timeout": LIMITS.idle_timeout, "data_timeout": LIMITS.data_timeout,
               "min_data_rate": LIMITS.min_data_rate, "max_message_size": LIMITS.max_message_size,
-              "max_line_length": LIMITS.max_line_length, "max_sessions": 60, **overrides}
+              "max_line_length": LIMITS.max_line_length, "max_sessions": 60,
+              # Every fuzz client is 127.0.0.1, so that one host may take every slot here (the per-client
+              # limit has its own tests in test_intake_limits.py); max_errors stays at its default.
+              "max_sessions_per_client": 60, **overrides}
     cfg["listeners"] = [{"kind": kind, "bind": f"127.0.0.1:{port}", **common} for kind, port in ports.items()]
     return DaemonProcess(tmp_path, cfg), {k: ("127.0.0.1", p) for k, p in ports.items()}
 
