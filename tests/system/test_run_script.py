@@ -11,12 +11,14 @@ import pytest
 
 from tests.system.daemon import REPO
 
+COMPAT = "--config-settings editable_mode=compat"
 
-def fake_venv(root: Path) -> Path:
-    """A venv whose pip and mailgw only write down how they were called."""
+
+def fake_venv(root: Path, pip: str = "") -> Path:
+    """A venv whose pip and mailgw only write down how they were called (`pip`: more shell for pip)."""
     venv = root / "venv"
     (venv / "bin").mkdir(parents=True)
-    for name, body in (("python", "exit 0"), ("pip", f'echo "pip $*" >> {root}/calls'),
+    for name, body in (("python", "exit 0"), ("pip", f'echo "pip $*" >> {root}/calls\n{pip}'),
                        ("mailgw", f'echo "mailgw $*" >> {root}/calls')):
         script = venv / "bin" / name
         script.write_text(f"#!/bin/sh\n{body}\n")
@@ -40,11 +42,12 @@ def test_serve_after_test_installs_nothing_again(tmp_path: Path) -> None:
     venv = fake_venv(tmp_path)
     calls = tmp_path / "calls"
     assert run("setup", venv=venv).returncode == 0  # what ./run test does before pytest
-    assert calls.read_text().splitlines() == ["pip install -q -e .[test]"]
+    assert calls.read_text().splitlines() == [f"pip install -q -e .[test] {COMPAT}"]
     assert (venv / ".mailgw-installed").read_text() == "[test]\n"
     assert run("serve", "--foo", venv=venv).returncode == 0
     # Nothing installed again: the test extras contain what serve needs.
-    assert calls.read_text().splitlines() == ["pip install -q -e .[test]", "mailgw serve -c config.yaml --foo"]
+    assert calls.read_text().splitlines() == [f"pip install -q -e .[test] {COMPAT}",
+                                              "mailgw serve -c config.yaml --foo"]
     assert run("setup", venv=venv).returncode == 0
     assert len(calls.read_text().splitlines()) == 2
     # serve first, then test: test adds its extras once.
@@ -54,8 +57,18 @@ def test_serve_after_test_installs_nothing_again(tmp_path: Path) -> None:
     run("serve", venv=venv)
     run("setup", venv=venv)
     run("serve", venv=venv)
-    assert calls.read_text().splitlines() == ["pip install -q -e .", "mailgw serve -c config.yaml",
-                                              "pip install -q -e .[test]", "mailgw serve -c config.yaml"]
+    assert calls.read_text().splitlines() == [f"pip install -q -e . {COMPAT}", "mailgw serve -c config.yaml",
+                                              f"pip install -q -e .[test] {COMPAT}", "mailgw serve -c config.yaml"]
+
+
+def test_an_install_that_refuses_compat_mode_falls_back_to_the_default(tmp_path: Path) -> None:
+    """The compat editable mode saves every Python start its import hook; a setuptools without it still
+    installs."""
+    venv = fake_venv(tmp_path, pip='case "$*" in *editable_mode=compat*) echo refused >&2; exit 1;; esac')
+    assert run("setup", venv=venv).returncode == 0
+    assert (tmp_path / "calls").read_text().splitlines() == [f"pip install -q -e .[test] {COMPAT}",
+                                                             "pip install -q -e .[test]"]
+    assert (venv / ".mailgw-installed").read_text() == "[test]\n"
 
 
 def test_boot_changes_undo_only_what_the_new_packages_enabled(tmp_path: Path) -> None:
