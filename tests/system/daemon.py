@@ -62,10 +62,12 @@ _RUNNABLE: dict[str, str | None] = {}
 
 
 def mailgw_for(user: str) -> str | None:
-    """A `mailgw` executable `user` can run, or None. The venv's own when its interpreter is reachable for that
-    user; otherwise (the interpreter lives in a private home, e.g. pyenv under /root) a launcher on the system's
-    Python of the same version that imports mailgw from this venv's site-packages (compiled wheels are built per
-    minor version, so they load in either interpreter). Made once per user and test session, under /tmp."""
+    """A `mailgw` executable `user` can run, or None. The venv's own when that user can reach it; otherwise (the
+    interpreter in a private home, e.g. pyenv under /root, or the checkout in a directory only root may enter,
+    as `mktemp -d` makes) a copy under /tmp that every user can read: a venv on the system's Python of the same
+    version, with this venv's site-packages and mailgw's packages hard-linked in (copied where /tmp is another
+    file system; compiled wheels are built per minor version, so they load in either interpreter). Made once per
+    user and test session."""
     if user in _RUNNABLE:
         return _RUNNABLE[user]
     import atexit
@@ -77,6 +79,11 @@ def mailgw_for(user: str) -> str | None:
         probe = [*as_user(user), "/bin/sh", "-c", 'exec "$0" --version', exe]
         return subprocess.run(probe, capture_output=True).returncode == 0
 
+    def mirror(src: Path, dst: Path) -> None:
+        if subprocess.run(["cp", "-al", str(src), str(dst)], capture_output=True).returncode != 0:
+            shutil.rmtree(dst, ignore_errors=True)
+            shutil.copytree(src, dst, symlinks=True)
+
     found: str | None = MAILGW if runs(MAILGW) else None
     system = Path(f"/usr/bin/python{sys.version_info.major}.{sys.version_info.minor}")
     if found is None and system.exists():
@@ -86,8 +93,14 @@ def mailgw_for(user: str) -> str | None:
         subprocess.run([str(system), "-m", "venv", "--without-pip", str(shim / "venv")], check=True)
         site = subprocess.run([str(shim / "venv" / "bin" / "python"), "-c", "import sysconfig; "
                                "print(sysconfig.get_paths()['purelib'])"], capture_output=True, text=True, check=True)
-        own_site = sysconfig.get_paths()["purelib"]
-        Path(site.stdout.strip(), "mailgw-test-venv.pth").write_text(f"import site; site.addsitedir({own_site!r})\n")
+        mirror(Path(sysconfig.get_paths()["purelib"]), shim / "site")
+        for editable in (shim / "site").glob("__editable__*"):  # they point into the checkout: src/ instead
+            editable.unlink()
+        (shim / "src").mkdir()
+        for package in ("gateway", "routing", "bounce", "dns_checks"):
+            mirror(REPO / package, shim / "src" / package)
+        Path(site.stdout.strip(), "mailgw-test-venv.pth").write_text(
+            f"import sys, site; sys.path.insert(0, {str(shim / 'src')!r}); site.addsitedir({str(shim / 'site')!r})\n")
         launcher = shim / "mailgw"
         launcher.write_text(f"#!{shim / 'venv' / 'bin' / 'python'}\nimport sys\nfrom gateway.cli import main\n"
                             "sys.exit(main())\n")
