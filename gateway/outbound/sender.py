@@ -99,17 +99,18 @@ class SmtpSender:
         self.pool = SessionPool(cfg.sessions)
         self.destinations = Destinations(cfg)
         direct = cfg.relay is None
-        self.sts = (MtaSts(cfg.mta_sts, self.mx, state_dir / "mta-sts.json" if state_dir else None)
-                    if direct and cfg.mta_sts.enabled else None)
-        self.tls_reports = (TlsReportCounters(state_dir / "tls-reports" if state_dir else None)
-                            if direct and cfg.tls_reports.enabled else None)
         # Built once: a default context loads the system CA store, which is not worth doing per connection.
         ca_file = cfg.mta_sts.ca_file if direct else cfg.relay.ca_file if cfg.relay else None
         self._verified_tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        # Opportunistic STARTTLS without certificate checks, as MTAs do without MTA-STS/DANE.
-        self._any_tls = ssl.create_default_context()
+        # Opportunistic STARTTLS without certificate checks, as MTAs do without MTA-STS/DANE: no CA store to load.
+        self._any_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._any_tls.check_hostname = False
         self._any_tls.verify_mode = ssl.CERT_NONE
+        self.sts = (MtaSts(cfg.mta_sts, self.mx, state_dir / "mta-sts.json" if state_dir else None,
+                           tls=self._verified_tls)
+                    if direct and cfg.mta_sts.enabled else None)
+        self.tls_reports = (TlsReportCounters(state_dir / "tls-reports" if state_dir else None)
+                            if direct and cfg.tls_reports.enabled else None)
         self._relay_password: str | None = None
         self._relay_problem: str | None = None  # the relay's password cannot be read: defer, never bounce
         if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file):
