@@ -6,8 +6,9 @@ Light on imports on purpose: `mailgw pipe` runs once per message under an MTA.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
-from email.utils import getaddresses, parseaddr
+from collections.abc import Callable, Mapping, Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime, getaddresses, parseaddr
 
 _UNFOLD = re.compile(rb"\r?\n(?=[ \t])")
 _WHITESPACE = re.compile(rb"\s+")
@@ -87,31 +88,37 @@ _INTAKE_PROTOCOL = {
 }
 
 
-def intake_protocol(intake: str, tls: bool = False) -> str:
+def _intake_protocol(intake: str, tls: bool = False) -> str:
     """The ``with`` word of a Received field for mail that came in by `intake` (RFC 3848)."""
     proto = _INTAKE_PROTOCOL.get(intake, intake.upper() or "local")
     return proto.replace("ESMTP", "ESMTPS") if tls and proto.startswith("ESMTP") else proto
 
 
-def received_field(*, hostname: str, queue_id: str, protocol: str, when: str, helo: str | None = None,
-                   peer: str | None = None, recipient: str | None = None,
+def clean_value(value: str) -> str:
+    """An envelope value for a header field: envelope values come from SMTP and cannot hold CR/LF; strip them
+    anyway, so that no value can inject a field."""
+    return value.replace("\r", "").replace("\n", "").strip()
+
+
+def received_field(*, hostname: str, queue_id: str, intake: str, received_at: float, tls: bool = False,
+                   helo: str | None = None, peer: str | None = None, recipients: Sequence[str] = (),
                    client: Mapping[str, str] | None = None) -> str:
-    """A ``Received:`` trace field (RFC 5321 §4.4), folded, without its final line ending. `client` is the original
+    """A ``Received:`` trace field (RFC 5321 §4.4), folded, without its final line ending, for mail that came in by
+    `intake` at `received_at`; ``for <recipient>`` only when the hop has exactly one. `client` is the original
     client a trusted relay named (XFORWARD, spool Envelope.client): the line then names it and its protocol, as
     Postfix's own after a content filter does, instead of the relay on the loopback."""
-    def clean(value: str) -> str:  # envelope values cannot hold CR/LF; strip them anyway: no header injection
-        return value.replace("\r", "").replace("\n", "").strip()
-
+    protocol = _intake_protocol(intake, tls)
     frm = ""
     if client:
         name, addr = client.get("name"), client.get("addr")
-        where = f"{clean(name or 'unknown')} [{clean(addr)}]" if addr else clean(name or "unknown")
-        frm = f"from {clean(client.get('helo') or name or 'unknown')} ({where})\r\n\t"
-        protocol = clean(client.get("proto") or protocol)
+        where = f"{clean_value(name or 'unknown')} [{clean_value(addr)}]" if addr else clean_value(name or "unknown")
+        frm = f"from {clean_value(client.get('helo') or name or 'unknown')} ({where})\r\n\t"
+        protocol = clean_value(client.get("proto") or protocol)
     elif helo or peer:
-        frm = "from " + clean(helo or "unknown") + (f" ({clean(peer)})" if peer else "") + "\r\n\t"
-    for_clause = f" for <{clean(recipient)}>" if recipient else ""
-    return (f"Received: {frm}by {clean(hostname)} (mailgw) with {protocol}\r\n\tid {queue_id}{for_clause};"
+        frm = "from " + clean_value(helo or "unknown") + (f" ({clean_value(peer)})" if peer else "") + "\r\n\t"
+    for_clause = f" for <{clean_value(recipients[0])}>" if len(recipients) == 1 else ""
+    when = format_datetime(datetime.fromtimestamp(received_at, UTC))
+    return (f"Received: {frm}by {clean_value(hostname)} (mailgw) with {protocol}\r\n\tid {queue_id}{for_clause};"
             f"\r\n\t{when}")
 
 

@@ -20,21 +20,14 @@ import base64
 import binascii
 import re
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
-from email.utils import format_datetime
 
-from gateway.headers import header_fields, intake_protocol, line_ending, received_field, split_message, unfold
+from gateway.headers import clean_value, header_fields, line_ending, received_field, split_message, unfold
 
 
 def stable_message_id(queue_id: str, domain: str) -> str:
     """Deterministic per spooled message: the same on every retry, unique per queue entry."""
     domain = (domain or "mailgw.invalid").strip().strip(".").lower() or "mailgw.invalid"
     return f"<mailgw.{queue_id.lower()}@{domain}>"
-
-
-def _clean(value: str) -> str:
-    # Envelope values come from SMTP and cannot hold CR/LF; strip them anyway: no header injection.
-    return value.replace("\r", "").replace("\n", "").strip()
 
 
 def delivery_headers(*, mail_from: str, recipients: Sequence[str], queue_id: str, received_at: float,
@@ -48,13 +41,12 @@ def delivery_headers(*, mail_from: str, recipients: Sequence[str], queue_id: str
     `client` is the original client a trusted relay named (XFORWARD, spool Envelope.client): the Received line then
     names it, as Postfix's own after a content filter does, instead of the relay on the loopback.
     """
-    lines = [f"Return-Path: <{_clean(mail_from)}>"]
-    lines += [f"Delivered-To: {_clean(r)}" for r in (recipients if delivered_to is None else delivered_to)]
-    lines.append(received_field(hostname=hostname, queue_id=queue_id, protocol=intake_protocol(intake), helo=helo,
-                                peer=peer, recipient=recipients[0] if len(recipients) == 1 else None, client=client,
-                                when=format_datetime(datetime.fromtimestamp(received_at, UTC))))
+    lines = [f"Return-Path: <{clean_value(mail_from)}>"]
+    lines += [f"Delivered-To: {clean_value(r)}" for r in (recipients if delivered_to is None else delivered_to)]
+    lines.append(received_field(hostname=hostname, queue_id=queue_id, intake=intake, received_at=received_at,
+                                helo=helo, peer=peer, recipients=recipients, client=client))
     if message_id:
-        lines.append(f"Message-Id: {_clean(message_id)}")
+        lines.append(f"Message-Id: {clean_value(message_id)}")
     text = "\r\n".join(lines) + "\r\n"
     if eol != b"\r\n":
         text = text.replace("\r\n", eol.decode("ascii"))

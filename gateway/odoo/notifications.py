@@ -27,6 +27,7 @@ from typing import Any
 
 from gateway.logs import get_logger
 from gateway.odoo.client import OdooClient
+from routing.address import normalize_address
 
 log = get_logger("mailgw.odoo")
 
@@ -53,14 +54,6 @@ def failure_type_for(status: str, reason: str) -> str:
     return "unknown"  # "Unknown error", with the server's answer as the reason, as for any other SMTP refusal
 
 
-def email_normalize(address: str) -> str:
-    """As Odoo's `email_normalize`: the domain lower-cased, the local part too when it is ASCII."""
-    local, at, domain = address.strip().strip("<>").rpartition("@")
-    if not at:
-        return address.strip().lower()
-    return f"{local.lower() if local.isascii() else local}@{domain.lower()}"
-
-
 def _id(value: Any) -> Any:
     """A many2one value as Odoo returns it over RPC ([id, name] or False) -> id or False."""
     return value[0] if isinstance(value, list) and value else value
@@ -79,7 +72,7 @@ async def report_delivery_failure(client: OdooClient, failure: DeliveryFailure) 
         return "no_message"
     message_id = int(messages[0]["id"])
     author = _id(messages[0].get("author_id")) or False
-    email = email_normalize(failure.recipient)
+    email = normalize_address(failure.recipient)  # as Odoo computes res.partner.email_normalized
     partners = [int(p["id"]) for p in await client.search_read("res.partner", [["email_normalized", "=", email]],
                                                                  ["id"])]
     domain: list[Any] = [["mail_message_id", "=", message_id]]

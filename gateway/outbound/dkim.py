@@ -149,11 +149,16 @@ class DkimSigner:
                    if b":" in h and not h[:1].isspace()}
         headers = [h for h in SIGNED_HEADERS if h in present or h == b"from"]
         signatures = b""
+        # One parse of the message for every key: dkimpy's `dkim.sign` splits the whole message into lines each
+        # time (~8 ms of a 500 KB message), and signing leaves the parsed message as it was.
+        message: dkim.DKIM | None = None
         for key in keys:
             try:
-                sig = dkim.sign(raw, key.selector.encode(), key.domain.encode(), key.private_key,
-                                include_headers=headers, signature_algorithm=key.algorithm.encode(),
-                                canonicalize=CANONICALIZATION, linesep=b"\r\n")
+                if message is None:
+                    message = dkim.DKIM(raw, linesep=b"\r\n")
+                sig = message.sign(key.selector.encode(), key.domain.encode(), key.private_key,
+                                   include_headers=headers, signature_algorithm=key.algorithm.encode(),
+                                   canonicalize=CANONICALIZATION)
             except Exception as exc:  # a broken key must not stop mail; it goes without this signature, loudly
                 log.error("dkim.sign_failed", domain=key.domain, selector=key.selector, error=str(exc))
                 continue

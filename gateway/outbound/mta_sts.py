@@ -108,12 +108,14 @@ def parse_policy(text: str, domain: str, policy_id: str, now: float) -> StsPolic
 
 class MtaSts:
     def __init__(self, cfg: MtaStsConfig, resolver: MxResolver, cache_path: Path | None = None,
-                 clock: Callable[[], float] = time.time):
+                 clock: Callable[[], float] = time.time, *, tls: ssl.SSLContext | None = None):
         self.cfg = cfg
         self.resolver = resolver
         self.cache_path = cache_path
         self.clock = clock
-        self.tls = ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
+        # The sender passes the context it verifies MX certificates with: the same trust (cfg.ca_file or the
+        # system's CAs), and loading a CA store costs ~20 ms.
+        self.tls = tls or ssl.create_default_context(cafile=str(cfg.ca_file) if cfg.ca_file else None)
         self._cache: dict[str, StsPolicy] = self._load()
         self._locks: dict[str, asyncio.Lock] = {}
 

@@ -33,6 +33,7 @@ log = get_logger("mailgw.outbound")
 
 TlsMode = Literal["none", "opportunistic", "required", "implicit"]
 Verify = Literal["no", "try", "must"]  # try: check the certificate, deliver anyway (MTA-STS testing)
+_RELAY_TLS: dict[str, TlsMode] = {"none": "none", "starttls": "required", "implicit": "implicit"}
 _CONNECTION_ERRORS = (aiosmtplib.SMTPException, OSError, TimeoutError, ssl.SSLError)
 
 
@@ -99,17 +100,23 @@ class SmtpSender:
         self.pool = SessionPool(cfg.sessions)
         self.destinations = Destinations(cfg)
         direct = cfg.relay is None
-        self.sts = (MtaSts(cfg.mta_sts, self.mx, state_dir / "mta-sts.json" if state_dir else None)
-                    if direct and cfg.mta_sts.enabled else None)
-        self.tls_reports = (TlsReportCounters(state_dir / "tls-reports" if state_dir else None)
-                            if direct and cfg.tls_reports.enabled else None)
         # Built once: a default context loads the system CA store, which is not worth doing per connection.
         ca_file = cfg.mta_sts.ca_file if direct else cfg.relay.ca_file if cfg.relay else None
         self._verified_tls = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
-        # Opportunistic STARTTLS without certificate checks, as MTAs do without MTA-STS/DANE.
-        self._any_tls = ssl.create_default_context()
+        # Opportunistic STARTTLS without certificate checks, as MTAs do without MTA-STS/DANE: no CA store to load.
+        self._any_tls = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         self._any_tls.check_hostname = False
         self._any_tls.verify_mode = ssl.CERT_NONE
+        self.sts = (MtaSts(cfg.mta_sts, self.mx, state_dir / "mta-sts.json" if state_dir else None,
+                           tls=self._verified_tls)
+                    if direct and cfg.mta_sts.enabled else None)
+        self.tls_reports = (TlsReportCounters(state_dir / "tls-reports" if state_dir else None)
+                            if direct and cfg.tls_reports.enabled else None)
+        self._relay_targets: list[Target] = []
+        if cfg.relay is not None:
+            tls = _RELAY_TLS[cfg.relay.tls]
+            self._relay_targets = [Target(cfg.relay.host, cfg.relay.port, cfg.relay.host, tls,
+                                          "no" if tls == "none" else "must")]
         self._relay_password: str | None = None
         self._relay_problem: str | None = None  # the relay's password cannot be read: defer, never bounce
         if cfg.relay and (cfg.relay.password_env or cfg.relay.password_file):
@@ -134,9 +141,7 @@ class SmtpSender:
             return temporary(all_rcpts, f"4.3.5 {self._relay_problem}")
         policy: StsPolicy | None = None
         if self.relay is not None:
-            relay = self.relay
-            tls: TlsMode = {"none": "none", "starttls": "required", "implicit": "implicit"}[relay.tls]  # type: ignore[assignment]
-            targets = [Target(relay.host, relay.port, relay.host, tls, "no" if tls == "none" else "must")]
+            targets = self._relay_targets
             dest = self.destinations.relay()
         else:
             try:
@@ -329,7 +334,7 @@ class SmtpSender:
                 session = await self._connect(current)
             except TlsFailure as exc:
                 self._report_tls(domain, policy, current, None, exc)
-                current = current.weaker() if self.relay is None else None
+                current = current.weaker()  # None for required TLS: the relay's, MTA-STS enforce
                 if current is None:
                     raise
                 continue
@@ -370,7 +375,7 @@ class SmtpSender:
     def _report_tls(self, domain: str, policy: StsPolicy | None, target: Target, session: SmtpSession | None,
                     failure: TlsFailure | None) -> None:
         reports = self.tls_reports
-        if reports is None or self.relay is not None:
+        if reports is None:  # also with a relay: TLS-RPT is about MX delivery
             return
         if failure is not None:
             if policy is not None or failure.result_type == "starttls-not-supported":

@@ -20,11 +20,6 @@ from gateway.outbound.mta_sts import StsPolicy
 log = get_logger("mailgw.outbound")
 
 FLUSH_EVERY = 60.0
-# RFC 8460 §4.3 result types the sender can observe.
-RESULT_TYPES = frozenset({
-    "starttls-not-supported", "certificate-host-mismatch", "certificate-expired", "certificate-not-trusted",
-    "validation-failure", "sts-policy-fetch-error", "sts-policy-invalid", "sts-webpki-invalid",
-})
 
 
 def day_of(ts: float) -> str:

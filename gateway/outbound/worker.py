@@ -18,13 +18,11 @@ import contextlib
 import random
 import time
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
-from email.utils import format_datetime
 from typing import Any
 
 from gateway.config import Config
 from gateway.dsn_sender import FailedRecipient, send_dsn
-from gateway.headers import header_fields, intake_protocol, received_field, split_message
+from gateway.headers import header_fields, received_field, split_message
 from gateway.logs import get_logger
 from gateway.outbound.dkim import DkimSigner
 from gateway.outbound.results import RcptResult, Transaction, temporary
@@ -191,13 +189,9 @@ class OutboundWorker:
     def _received(self, entry: SpoolEntry) -> bytes:
         """This hop's trace field (RFC 5321 §4.4): who handed us the message, when, under which queue id."""
         env = entry.envelope
-        tls = bool((env.source or {}).get("tls"))
-        rcpts = env.rcpt_tos
-        field = received_field(hostname=self.hostname, queue_id=entry.queue_id,
-                               protocol=intake_protocol(env.intake, tls), helo=env.helo, peer=env.peer,
-                               client=env.client,
-                               recipient=rcpts[0] if len(rcpts) == 1 else None,
-                               when=format_datetime(datetime.fromtimestamp(env.received_at, UTC)))
+        field = received_field(hostname=self.hostname, queue_id=entry.queue_id, intake=env.intake,
+                               received_at=env.received_at, tls=bool((env.source or {}).get("tls")), helo=env.helo,
+                               peer=env.peer, recipients=env.rcpt_tos, client=env.client)
         return field.encode("utf-8", "surrogateescape") + b"\r\n"
 
     def _transactions(self, entry: SpoolEntry, rcpts: list[str]) -> list[Transaction]:

@@ -8,11 +8,12 @@ import asyncio
 import pytest
 
 from gateway.config import parse_config
-from gateway.odoo.notifications import email_normalize, failure_type_for
+from gateway.odoo.notifications import failure_type_for
 from gateway.outbound.destinations import Destinations
 from gateway.outbound.mta_sts import StsFetchError, StsPolicy, parse_policy
 from gateway.outbound.results import is_throttling, reply_result
 from gateway.outbound.sender import tls_result_type, wire_address
+from routing.address import normalize_address
 
 
 class Clock:
@@ -150,6 +151,6 @@ def test_odoo_failure_types(status: str, reason: str, expected: str) -> None:
     assert failure_type_for(status, reason) == expected
 
 
-def test_email_normalize_as_odoo() -> None:
-    assert email_normalize("<Ann.Smith@Example.COM>") == "ann.smith@example.com"
-    assert email_normalize("Jörg@Example.COM") == "Jörg@example.com"  # non-ASCII local part kept as is
+def test_recipient_normalized_as_odoo_does_for_partners() -> None:
+    assert normalize_address("<Ann.Smith@Example.COM>") == "ann.smith@example.com"
+    assert normalize_address("Jörg@Example.COM") == "Jörg@example.com"  # non-ASCII local part kept as is
